@@ -1,0 +1,89 @@
+"""Model files: weights in safetensors (no pickle: loading runs no code), everything else in its metadata.
+
+A model file carries what inference needs: the preset, µm/px, input channels, the Reinhard target, the
+command that trained it and its validation figures. ``load_model`` rebuilds the detector from that alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import WsinucleiError
+from .models import DetectorConfig, build_detector
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "fast_default.safetensors"
+
+
+def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, target_sigma,
+               half: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Write a model file atomically. ``half`` stores float16 weights (half the size; loaded back as
+    float32, so inference arithmetic is unchanged apart from the rounding of the weights)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    meta = {
+        "format": "wsinuclei-model-1",
+        "preset": json.dumps(config.to_dict()),
+        "mpp": str(config.mpp),
+        "input_channels": config.input_channels,
+        "target_mu": json.dumps([float(v) for v in target_mu]),
+        "target_sigma": json.dumps([float(v) for v in target_sigma]),
+        "extra": json.dumps(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+class LoadedModel:
+    """A detector with the settings it was trained with."""
+
+    def __init__(self, model, config: DetectorConfig, target_mu, target_sigma, extra: dict, path: Path):
+        self.model, self.config = model, config
+        self.target_mu, self.target_sigma = target_mu, target_sigma
+        self.extra, self.path = extra, path
+
+    @property
+    def mpp(self) -> float:
+        return self.config.mpp
+
+    @property
+    def input_channels(self) -> str:
+        return self.config.input_channels
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    path = Path(path) if path else DEFAULT_MODEL
+    if not path.is_file():
+        if path == DEFAULT_MODEL:
+            raise WsinucleiError(f"no model installed (expected {path}); train one with 'wsinuclei train'")
+        raise WsinucleiError(f"{path}: no such model file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WsinucleiError(f"{path}: not a readable model file ({exc})") from None
+    if meta.get("format") != "wsinuclei-model-1":
+        raise WsinucleiError(f"{path}: not a wsinuclei model file (no wsinuclei metadata)")
+    config = DetectorConfig.from_dict(json.loads(meta["preset"]))
+    model = build_detector(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WsinucleiError(f"{path}: weights do not fit preset '{config.name}' ({str(exc)[:200]})") from None
+    model.eval().to(device)
+    return LoadedModel(model, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
+                       json.loads(meta.get("extra", "{}")), path)

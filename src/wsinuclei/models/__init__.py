@@ -1,0 +1,10 @@
+"""Detector architectures (torchvision Faster R-CNN parts) and their presets."""
+
+from .builder import (  # noqa: F401
+    DetectorConfig,
+    build_detector,
+    count_parameters,
+    list_presets,
+    load_preset,
+    set_num_units,
+)

@@ -1,0 +1,258 @@
+"""Build a Faster R-CNN nuclei detector from torchvision's detection parts, configured by a preset.
+
+A preset is a TOML file in ``presets/`` (data, not code): the backbone, the anchors, the RPN and RoI-head
+settings and the training recipe. The builder turns it into a :class:`torchvision.models.detection.FasterRCNN`
+whose input transform never resizes a tile (torchvision's default would rescale every input to 800 px).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..errors import WsinucleiError
+
+# Mean/std of the network input in 0-1 units. Tiles are Reinhard-normalised to one target first, so these
+# are fixed numbers of that target's colour space, not data-set statistics that would need shipping.
+IMAGE_MEAN = (0.70, 0.55, 0.70)
+IMAGE_STD = (0.18, 0.20, 0.15)
+
+
+@dataclass
+class DetectorConfig:
+    """A preset, parsed. ``raw`` keeps the whole TOML so a checkpoint can store it verbatim."""
+
+    name: str
+    mpp: float
+    input_channels: str
+    backbone: dict[str, Any]
+    anchors: dict[str, Any]
+    rpn: dict[str, Any]
+    roi_heads: dict[str, Any]
+    train: dict[str, Any]
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectorConfig":
+        try:
+            cfg = cls(
+                name=d["name"],
+                mpp=float(d["mpp"]),
+                input_channels=d.get("input_channels", "rgb"),
+                backbone=dict(d["backbone"]),
+                anchors=dict(d["anchors"]),
+                rpn=dict(d["rpn"]),
+                roi_heads=dict(d["roi_heads"]),
+                train=dict(d.get("train", {})),
+                description=d.get("description", ""),
+                raw=copy.deepcopy(d),
+            )
+        except KeyError as exc:
+            raise WsinucleiError(f"preset is missing the entry {exc}") from None
+        if cfg.input_channels not in ("rgb", "hematoxylin"):
+            raise WsinucleiError(f"preset {cfg.name}: input_channels must be 'rgb' or 'hematoxylin'")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = copy.deepcopy(self.raw)
+        d.update(name=self.name, mpp=self.mpp, input_channels=self.input_channels, description=self.description)
+        for key in ("backbone", "anchors", "rpn", "roi_heads", "train"):
+            d[key] = copy.deepcopy(getattr(self, key))
+        return d
+
+
+def list_presets() -> list[str]:
+    folder = resources.files(__package__) / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name_or_path: str | Path) -> DetectorConfig:
+    """A preset by name (``fast``, ``resnet50``, ``resnet101``) or by the path of a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        text = path.read_text()
+    else:
+        if str(name_or_path) not in list_presets():
+            raise WsinucleiError(f"unknown preset '{name_or_path}' (known: {', '.join(list_presets())})")
+        text = (resources.files(__package__) / "presets" / f"{name_or_path}.toml").read_text()
+    return DetectorConfig.from_dict(tomllib.loads(text))
+
+
+def _norm_layer(kind: str):
+    if kind == "group":
+        # GroupNorm: batch statistics are meaningless with 1-4 crops per step, and nothing is pretrained.
+        return lambda c: nn.GroupNorm(min(32, c // 4) if c >= 16 else 1, c)
+    if kind == "batch":
+        return nn.BatchNorm2d
+    raise WsinucleiError(f"unknown norm '{kind}' (group or batch)")
+
+
+class LightTrunk(nn.Module):
+    """A small ResNet trunk of torchvision BasicBlocks: a two-conv stride-4 stem, then one stage per width,
+    each halving the resolution after the first. Children are named so BackboneWithFPN can tap them."""
+
+    def __init__(self, stem_channels: int, widths: list[int], blocks: list[int], norm: str):
+        super().__init__()
+        norm_layer = _norm_layer(norm)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem_channels, 3, stride=2, padding=1, bias=False),
+            norm_layer(stem_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(stem_channels, widths[0], 3, stride=2, padding=1, bias=False),
+            norm_layer(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        inplanes = widths[0]
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for j in range(n):
+                s = stride if j == 0 else 1
+                down = None
+                if s != 1 or inplanes != width:
+                    down = nn.Sequential(nn.Conv2d(inplanes, width, 1, stride=s, bias=False), norm_layer(width))
+                layers.append(resnet.BasicBlock(inplanes, width, s, down, norm_layer=norm_layer))
+                inplanes = width
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+
+    def forward(self, x):  # only used when called directly; BackboneWithFPN walks the children
+        x = self.stem(x)
+        for name, child in self.named_children():
+            if name.startswith("layer"):
+                x = child(x)
+        return x
+
+
+class NoResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform (normalise, batch with padding) without its rescaling: tiles arrive at the
+    model's µm/px already, and rescaling would change the nuclei's size the anchors were chosen for."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+_BLOCK_NAMES = ["stem", "block1", "block2", "block3", "block4"]
+
+
+def _resnet_backbone(cfg: dict[str, Any]) -> BackboneWithFPN:
+    kind = cfg["kind"]
+    builder = {"resnet50": resnet.resnet50, "resnet101": resnet.resnet101}[kind]
+    trunk = builder(weights=None, norm_layer=_norm_layer(cfg.get("norm", "group")))
+    full_units = len(trunk.layer3)
+    num_units = int(cfg.get("num_units", full_units))
+    if not 1 <= num_units <= full_units:
+        raise WsinucleiError(f"{kind}: num_units must be between 1 and {full_units}, got {num_units}")
+    trunk.layer3 = nn.Sequential(*list(trunk.layer3)[:num_units])
+    # fine_tune_from: everything before the named block is frozen (the study fine-tuned from block 2 of an
+    # ImageNet model; with random weights freezing only makes sense for a model loaded from a checkpoint).
+    start = _BLOCK_NAMES.index(cfg.get("fine_tune_from", "stem"))
+    stem_modules = [trunk.conv1, trunk.bn1]
+    blocks = [stem_modules, [trunk.layer1], [trunk.layer2], [trunk.layer3], [trunk.layer4]]
+    for i, mods in enumerate(blocks):
+        for m in mods:
+            m.requires_grad_(i >= start)
+    returned = cfg.get("returned_layers", [1, 2, 3, 4])
+    in_channels = [256 * 2 ** (i - 1) for i in returned]
+    return BackboneWithFPN(
+        trunk,
+        return_layers={f"layer{i}": str(k) for k, i in enumerate(returned)},
+        in_channels_list=in_channels,
+        out_channels=int(cfg.get("fpn_channels", 256)),
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def _light_backbone(cfg: dict[str, Any]) -> BackboneWithFPN:
+    trunk = LightTrunk(int(cfg["stem_channels"]), list(cfg["widths"]), list(cfg["blocks"]), cfg.get("norm", "group"))
+    n = len(cfg["widths"])
+    return BackboneWithFPN(
+        trunk,
+        return_layers={f"layer{i + 1}": str(i) for i in range(n)},
+        in_channels_list=list(cfg["widths"]),
+        out_channels=int(cfg["fpn_channels"]),
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def build_detector(config: DetectorConfig | str) -> FasterRCNN:
+    """A Faster R-CNN with two classes (background, nucleus) for a preset or preset name."""
+    if isinstance(config, str):
+        config = load_preset(config)
+    bcfg = config.backbone
+    kind = bcfg.get("kind")
+    if kind == "light":
+        backbone = _light_backbone(bcfg)
+    elif kind in ("resnet50", "resnet101"):
+        backbone = _resnet_backbone(bcfg)
+    else:
+        raise WsinucleiError(f"unknown backbone kind '{kind}' (light, resnet50, resnet101)")
+
+    sizes = [tuple(int(s) for s in level) for level in config.anchors["sizes"]]
+    if len({len(level) for level in sizes}) != 1:
+        # torchvision's RPN head predicts one fixed number of anchors at every location of every level
+        raise WsinucleiError(f"preset {config.name}: every anchor level needs the same number of sizes")
+    ratios = tuple(float(r) for r in config.anchors["aspect_ratios"])
+    featmap_names = [str(i) for i in range(len(sizes) - 1)]  # the pooled extra level gets no RoIs
+    with torch.no_grad():
+        levels = len(backbone(torch.zeros(1, 3, 64, 64)))
+    if levels != len(sizes):
+        raise WsinucleiError(f"preset {config.name}: {len(sizes)} anchor levels for {levels} feature levels")
+    anchor_gen = AnchorGenerator(sizes=tuple(sizes), aspect_ratios=(ratios,) * len(sizes))
+    out = int(config.roi_heads["output_size"])
+    rep = int(config.roi_heads["representation_size"])
+    rpn, roi = config.rpn, config.roi_heads
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchor_gen,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=featmap_names, output_size=out, sampling_ratio=2),
+        box_head=TwoMLPHead(backbone.out_channels * out * out, rep),
+        box_predictor=FastRCNNPredictor(rep, 2),
+        rpn_pre_nms_top_n_train=int(rpn["pre_nms_top_n_train"]),
+        rpn_pre_nms_top_n_test=int(rpn["pre_nms_top_n_test"]),
+        rpn_post_nms_top_n_train=int(rpn["post_nms_top_n_train"]),
+        rpn_post_nms_top_n_test=int(rpn["post_nms_top_n_test"]),
+        rpn_batch_size_per_image=int(rpn["batch_size_per_image"]),
+        rpn_nms_thresh=float(rpn["nms_thresh"]),
+        box_batch_size_per_image=int(roi["batch_size_per_image"]),
+        box_score_thresh=float(roi["score_thresh"]),
+        box_nms_thresh=float(roi["nms_thresh"]),
+        box_detections_per_img=int(roi["detections_per_img"]),
+    )
+    model.transform = NoResizeTransform(
+        min_size=800, max_size=1333, image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD), size_divisible=32
+    )
+    return model
+
+
+def set_num_units(model: FasterRCNN, num_units: int) -> FasterRCNN:
+    """A copy of a ResNet-50/101 detector using only the first ``num_units`` units of block 3, as in the
+    study's experiment of cutting units at inference."""
+    body = model.backbone.body
+    if "layer3" not in dict(body.named_children()) or not isinstance(body.layer3[0], resnet.Bottleneck):
+        raise WsinucleiError("num_units applies to the ResNet-50/101 presets only")
+    if not 1 <= num_units <= len(body.layer3):
+        raise WsinucleiError(f"num_units must be between 1 and {len(body.layer3)}")
+    cut = copy.deepcopy(model)
+    cut.backbone.body.layer3 = nn.Sequential(*list(cut.backbone.body.layer3)[:num_units])
+    return cut
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,227 @@
+"""Stain operations: Reinhard colour normalisation and Ruifrok colour deconvolution.
+
+These follow HistomicsTK 1.4.0 (``histomicstk.preprocessing``) function by function, with the same names and
+the same numerical results (tested against ``shared/reference/stain_reference.npz``), so figures and
+parameters from HistomicsTK-based work carry over. HistomicsTK itself is not installable from PyPI alone.
+
+Every function takes numpy arrays; ``reinhard_torch`` gives the same normalisation on a batch of torch
+tensors for the GPU path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Ruderman et al. lαβ space: RGB -> LMS (cone responses), log, then a decorrelating rotation.
+_RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LMS2LAB = np.dot(
+    np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]),
+    np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]]),
+)
+_LMS2RGB = np.linalg.inv(_RGB2LMS)
+_LAB2LMS = np.linalg.inv(_LMS2LAB)
+
+#: Ruifrok & Johnston stain vectors (optical density of each stain in R, G, B), as HistomicsTK's
+#: ``stain_color_map``. The "null" stain marks a column to be completed by cross product.
+STAIN_COLOR_MAP: dict[str, list[float]] = {
+    "hematoxylin": [0.65, 0.70, 0.29],
+    "eosin": [0.07, 0.99, 0.11],
+    "dab": [0.27, 0.57, 0.78],
+    "null": [0.0, 0.0, 0.0],
+}
+
+#: The default H&E matrix (columns hematoxylin, eosin, null).
+STAIN_MATRIX_HE = np.array(
+    [STAIN_COLOR_MAP["hematoxylin"], STAIN_COLOR_MAP["eosin"], STAIN_COLOR_MAP["null"]]
+).T
+
+
+def rgb_to_lab(im_rgb: np.ndarray) -> np.ndarray:
+    """RGB (any range, usually uint8 0-255) -> Ruderman lαβ, natural log. Shape (..., 3) kept."""
+    shape = im_rgb.shape
+    rgb = np.reshape(im_rgb, (-1, 3)).astype(np.float64)
+    lms = rgb @ _RGB2LMS.T
+    lms[lms == 0] = np.spacing(1)  # black pixels: log(0) would be -inf
+    lab = np.log(lms) @ _LMS2LAB.T
+    return lab.reshape(shape)
+
+
+def lab_to_rgb(im_lab: np.ndarray) -> np.ndarray:
+    """Ruderman lαβ -> RGB as float (not clipped), the inverse of :func:`rgb_to_lab`."""
+    shape = im_lab.shape
+    lms = np.exp(np.reshape(im_lab, (-1, 3)) @ _LAB2LMS.T)
+    return (lms @ _LMS2RGB.T).reshape(shape)
+
+
+def lab_mean_std(
+    im_input: np.ndarray, im_lab: np.ndarray | None = None, mask_out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of each lαβ channel.
+
+    ``mask_out`` (bool, True = ignore) leaves pixels out, as in HistomicsTK.
+    """
+    if im_lab is None:
+        im_lab = rgb_to_lab(im_input)
+    pixels = im_lab.reshape(-1, 3)
+    if mask_out is not None:
+        pixels = pixels[~np.asarray(mask_out, dtype=bool).ravel()]
+    if pixels.shape[0] == 0:
+        raise ValueError("lab_mean_std: every pixel is masked out")
+    return pixels.mean(axis=0), pixels.std(axis=0)
+
+
+def reinhard(
+    im_src: np.ndarray,
+    target_mu,
+    target_sigma,
+    src_mu=None,
+    src_sigma=None,
+    mask_out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Reinhard colour normalisation: match lαβ mean and std to a target. Returns uint8 RGB.
+
+    Pass ``src_mu``/``src_sigma`` computed once per slide (see :func:`slide_lab_stats`); computing them
+    per tile makes the colour, and so the detections, drift from tile to tile.
+    """
+    im_lab = rgb_to_lab(im_src)
+    if src_mu is None or src_sigma is None:
+        src_mu, src_sigma = lab_mean_std(im_src, im_lab=im_lab)
+    src_mu, src_sigma = np.asarray(src_mu, float), np.asarray(src_sigma, float)
+    target_mu, target_sigma = np.asarray(target_mu, float), np.asarray(target_sigma, float)
+    im_lab = (im_lab - src_mu) / src_sigma * target_sigma + target_mu
+    out = np.clip(lab_to_rgb(im_lab), 0, 255)
+    if mask_out is not None:
+        mask = np.asarray(mask_out, dtype=bool)
+        out[mask] = im_src[mask]
+    return out.astype(np.uint8)
+
+
+def reinhard_torch(batch, target_mu, target_sigma, src_mu, src_sigma):
+    """:func:`reinhard` on a torch batch (N, 3, H, W), float 0-255 in and out, on the batch's device.
+
+    Same arithmetic as the numpy version in float32; results agree to within a grey level.
+    """
+    import torch
+
+    dev, dt = batch.device, torch.float32
+    rgb2lms = torch.as_tensor(_RGB2LMS, dtype=dt, device=dev)
+    lms2lab = torch.as_tensor(_LMS2LAB, dtype=dt, device=dev)
+    lab2lms = torch.as_tensor(_LAB2LMS, dtype=dt, device=dev)
+    lms2rgb = torch.as_tensor(_LMS2RGB, dtype=dt, device=dev)
+
+    def vec(v):
+        return torch.as_tensor(np.asarray(v, float), dtype=dt, device=dev).view(1, 3, 1, 1)
+
+    x = batch.to(dt)
+    lms = torch.einsum("ij,njhw->nihw", rgb2lms, x)
+    lms = torch.where(lms == 0, torch.full_like(lms, float(np.spacing(np.float32(1)))), lms)
+    lab = torch.einsum("ij,njhw->nihw", lms2lab, torch.log(lms))
+    lab = (lab - vec(src_mu)) / vec(src_sigma) * vec(target_sigma) + vec(target_mu)
+    rgb = torch.einsum("ij,njhw->nihw", lms2rgb, torch.exp(torch.einsum("ij,njhw->nihw", lab2lms, lab)))
+    return rgb.clamp(0, 255).floor()
+
+
+def normalize_columns(w: np.ndarray) -> np.ndarray:
+    """Each column scaled to unit norm (all-zero columns stay zero)."""
+    norms = np.linalg.norm(w, axis=0)
+    norms[norms == 0] = 1.0
+    return w / norms
+
+
+def complement_stain_matrix(w: np.ndarray) -> np.ndarray:
+    """Replace the third column by the unit cross product of the first two."""
+    stain0, stain1 = w[:, 0], w[:, 1]
+    stain2 = np.cross(stain0, stain1)
+    return np.array([stain0, stain1, stain2 / np.linalg.norm(stain2)]).T
+
+
+def rgb_to_sda(im_rgb: np.ndarray, I_0=None, allow_negatives: bool = False) -> np.ndarray:
+    """RGB -> scaled optical density (SDA), as HistomicsTK. ``I_0=None`` is its optical-density mode."""
+    im = np.asarray(im_rgb, dtype=np.float64)
+    if I_0 is None:
+        im = im + 1
+        I_0 = 256
+    if not allow_negatives:
+        im = np.minimum(im, I_0)
+    return -np.log(im / (1.0 * I_0)) * 255 / np.log(I_0)
+
+
+def sda_to_rgb(im_sda: np.ndarray, I_0=None) -> np.ndarray:
+    """Inverse of :func:`rgb_to_sda`."""
+    od_mode = I_0 is None
+    if od_mode:
+        I_0 = 256
+    return I_0 ** (1 - np.asarray(im_sda) / 255.0) - (1 if od_mode else 0)
+
+
+@dataclass
+class Unmixed:
+    """Result of :func:`color_deconvolution`: field names as HistomicsTK's namedtuple."""
+
+    Stains: np.ndarray
+    StainsFloat: np.ndarray
+    Wc: np.ndarray
+
+    def __iter__(self):
+        return iter((self.Stains, self.StainsFloat, self.Wc))
+
+
+def color_deconvolution(im_rgb: np.ndarray, stain_matrix: np.ndarray, I_0=None) -> Unmixed:
+    """Ruifrok colour deconvolution.
+
+    ``stain_matrix`` holds one stain vector per column; an all-zero third column is completed by cross
+    product. Returns the stain images as uint8 and float (each channel an RGB-like intensity, dark = much
+    stain) and the completed, unit-normalised matrix.
+    """
+    w = np.asarray(stain_matrix, dtype=np.float64)
+    wc = complement_stain_matrix(w) if np.linalg.norm(w[:, 2]) <= 1e-16 else w
+    wc = normalize_columns(wc)
+    q = np.linalg.pinv(wc)
+    rgb = np.asarray(im_rgb)[..., :3].reshape(-1, 3)
+    sda = rgb_to_sda(rgb, I_0)  # (N, 3)
+    deconv = sda @ q.T
+    stains_float = sda_to_rgb(deconv, 255 if I_0 is not None else None).reshape(im_rgb.shape[:-1] + (3,))
+    return Unmixed(stains_float.clip(0, 255).astype(np.uint8), stains_float, wc)
+
+
+def hematoxylin_channel(im_rgb: np.ndarray, stain_matrix: np.ndarray = STAIN_MATRIX_HE) -> np.ndarray:
+    """The hematoxylin (nuclear) stain image, uint8, stacked to three channels as the original study fed
+    its detector."""
+    h = color_deconvolution(im_rgb, stain_matrix).Stains[..., 0]
+    return np.repeat(h[..., None], 3, axis=-1)
+
+
+#: The Reinhard target used by the shipped model: HistomicsTK's documented example target
+#: (the lαβ statistics of its reference H&E image), so results compare with HistomicsTK's pipeline.
+DEFAULT_TARGET_MU = (8.63234435, -0.11501964, 0.03868433)
+DEFAULT_TARGET_SIGMA = (0.57506023, 0.10403329, 0.01364062)
+
+
+def slide_lab_stats(
+    im_rgb: np.ndarray, tissue_mask: np.ndarray | None = None, max_pixels: int = 2_000_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slide-wide lαβ mean/std from a low-resolution image, over tissue pixels only.
+
+    ``tissue_mask`` (True = tissue) may be at a different size than the image; it is resized by nearest
+    neighbour. At most ``max_pixels`` tissue pixels are sampled (seeded), which bounds the cost on big
+    thumbnails without changing the statistics in any way that matters.
+    """
+    pixels = np.asarray(im_rgb)[..., :3].reshape(-1, 3)
+    if tissue_mask is not None:
+        mask = _resize_mask(np.asarray(tissue_mask, bool), im_rgb.shape[:2]).ravel()
+        if mask.sum() >= 100:  # too little tissue to trust: fall back to the whole image
+            pixels = pixels[mask]
+    if pixels.shape[0] > max_pixels:
+        idx = np.random.default_rng(seed).choice(pixels.shape[0], max_pixels, replace=False)
+        pixels = pixels[idx]
+    return lab_mean_std(pixels.reshape(-1, 1, 3))
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == tuple(shape):
+        return mask
+    rows = (np.arange(shape[0]) * mask.shape[0] // shape[0]).clip(0, mask.shape[0] - 1)
+    cols = (np.arange(shape[1]) * mask.shape[1] // shape[1]).clip(0, mask.shape[1] - 1)
+    return mask[rows][:, cols]
