@@ -1,19 +1,109 @@
-"""The ``wsinuclei`` command: a thin layer over the library. Errors the user can fix come out as one line."""
+"""The ``wsinuclei`` command: a thin layer over the library. Errors the user can fix come out as one line
+on stderr with a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from pathlib import Path
 
 from .errors import WsinucleiError
+
+
+def _roi(text: str):
+    try:
+        x, y, w, h = (int(float(v)) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--roi takes x,y,w,h in base pixels, e.g. 1000,2000,4096,4096") from None
+    return (x, y, w, h)
+
+
+def _run_options(args):
+    from .pipeline import RunOptions
+
+    if args.tile_size < 64:
+        raise WsinucleiError("--tile-size must be at least 64")
+    if not 0 <= args.overlap < args.tile_size:
+        raise WsinucleiError("--overlap must be between 0 and the tile size")
+    if not 0 <= args.min_tissue <= 1:
+        raise WsinucleiError("--min-tissue is a fraction between 0 and 1")
+    return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
+                      min_tissue=args.min_tissue, model=args.model, min_score=args.min_score, device=args.device,
+                      batch_size=args.batch_size, readers=args.readers, workers=args.workers,
+                      scheduler=args.scheduler, force=args.force, gzip=args.gzip, progress=not args.quiet)
+
+
+def _cmd_detect(args) -> int:
+    from .pipeline import format_report, run_slide
+
+    opts = _run_options(args)
+    if len(args.slides) > 1 and opts.roi is not None:
+        raise WsinucleiError("--roi applies to one slide at a time")
+    for path in args.slides:
+        report = run_slide(path, args.out, opts)
+        print(format_report(report))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .checkpoint import DEFAULT_MODEL
+    from .datasets import cmu_small_region
+    from .pipeline import RunOptions, format_report, run_slide, survey_slide
+
+    slide = cmu_small_region(args.cache)
+    print(f"demo slide: {slide}")
+    opts = RunOptions(progress=not args.quiet, workers=args.workers)
+    if args.model or DEFAULT_MODEL.is_file():
+        opts.model = args.model
+        report = run_slide(slide, args.out, opts)
+        print(format_report(report))
+        print(f"results: {args.out}/{report.name}.csv, .geojson (QuPath), .anot.json (DSA); "
+              f"look at {args.out}/{report.name}.thumbnail.png first")
+    else:
+        s = survey_slide(slide, args.out, opts)
+        print(f"{s['name']}: {s['tiles']} tissue tiles ({s['skipped']} background) normalised and deconvolved; "
+              f"thumbnail: {s['thumbnail']}")
+        print("no model is installed, so no nuclei were detected; train one with 'wsinuclei train'")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .slide import Slide
+
+    for path in args.slides:
+        with Slide(path, mpp=args.mpp) as s:
+            i = s.info()
+        if args.json:
+            print(json.dumps(i.__dict__))
+            continue
+        print(f"{i.path}\n  format: {i.format}\n  size: {i.dimensions[0]} x {i.dimensions[1]} px")
+        mpp = f"{i.mpp:g} ({i.mpp_source})" if i.mpp else "unknown: give --mpp when detecting"
+        print(f"  µm/px: {mpp}\n  objective power: {i.objective_power or 'unknown'}")
+        print(f"  levels: {i.level_count}")
+        for k, (d, ds) in enumerate(zip(i.level_dimensions, i.level_downsamples)):
+            print(f"    {k}: {d[0]} x {d[1]} (downsample {ds:.3f})")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .report import evaluate_folders, format_table
+
+    res = evaluate_folders(args.pred, args.truth, args.out, score_threshold=args.score_threshold,
+                           iou_threshold=args.iou, radius_um=args.radius_um, mpp=args.mpp, border=args.border,
+                           images=args.images, overlays=not args.no_overlays)
+    print(format_table(res))
+    print(f"report: {args.out}/metrics.json, per_image.csv, pr_curve.png"
+          + ("" if args.no_overlays else ", overlay_*.png"))
+    return 0
 
 
 def _cmd_prepare(args) -> int:
     from .data import prepare
 
     m = prepare(args.data, args.out, mpp=args.mpp, source_mpp=args.source_mpp, tile=args.tile,
-                val_fraction=args.val_fraction, seed=args.seed)
+                val_fraction=args.val_fraction, seed=args.seed, progress=not args.quiet)
     print(f"prepared {m['tiles']['train']} train tiles ({m['boxes']['train']} boxes) and {m['tiles']['val']} "
           f"validation tiles from {len(m['images'])} images into {args.out}; validation images: {', '.join(m['val'])}")
     return 0
@@ -26,17 +116,100 @@ def _cmd_train(args) -> int:
     config = load_preset(args.preset)
     if args.input_channels:
         config.input_channels = args.input_channels
+    if not (Path(args.data) / "manifest.json").is_file():
+        raise WsinucleiError(f"{args.data}: not a prepared data folder (no manifest.json); run 'wsinuclei prepare'")
     command = "wsinuclei " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     best = train(config, args.data, args.run_dir, steps=args.steps, resume=args.resume, seed=args.seed,
-                 device=args.device, threads=args.threads, color_jitter=args.color_jitter, command=command)
+                 device=args.device, threads=args.threads, color_jitter=args.color_jitter, command=command,
+                 progress=not args.quiet)
     print(f"best validation F1@0.5 {best.get('val_f1', float('nan')):.3f} at step {best.get('step')}; "
           f"model: {args.run_dir}/best.safetensors")
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .checkpoint import load_model, save_model
+
+    m = load_model(args.model)
+    save_model(m.model, m.config, args.out, target_mu=m.target_mu, target_sigma=m.target_sigma, half=not args.fp32,
+               extra={**m.extra, "exported_from": str(args.model)})
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_build_slide(args) -> int:
+    from .synth import build_slide
+
+    cols, rows = (int(v) for v in args.grid.lower().split("x"))
+    r = build_slide(args.data, args.out, grid=(cols, rows), gap=args.gap, margin=args.margin, mpp=args.mpp,
+                    fill=args.fill, compression=args.compression, seed=args.seed)
+    print(f"wrote {r['slide']} ({r['size'][0]} x {r['size'][1]} px, {r['images']} images, {r['nuclei']} nuclei); "
+          f"truth: {r['truth']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsinuclei", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="wsinuclei", description="Find every cell nucleus in whole-slide H&E images.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("detect", help="detect nuclei in slides or image regions",
+                        description="Detect nuclei in slides (SVS, NDPI, MIRAX, tiled TIFF, ...) or plain images. "
+                        "Writes NAME.csv (x0,y0,x1,y1,score in base pixels), NAME.geojson (QuPath detections), "
+                        "NAME.anot.json (Digital Slide Archive), NAME.thumbnail.png (tissue and tiles), "
+                        "NAME.profile.csv (time per tile and stage) and NAME.run.json (run summary).")
+    sp.add_argument("slides", nargs="+", metavar="SLIDE_OR_IMAGE")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--mpp", type=float, default=None, help="µm per pixel of the slide's base level; overrides "
+                    "the file's metadata and is required when the file has none")
+    sp.add_argument("--roi", type=_roi, default=None, help="only this region: x,y,w,h in base pixels")
+    sp.add_argument("--tile-size", type=int, default=1024, help="tile size in model pixels (default 1024)")
+    sp.add_argument("--overlap", type=int, default=64, help="tile overlap in model pixels, at least the largest "
+                    "nucleus (default 64)")
+    sp.add_argument("--min-tissue", type=float, default=0.25, help="skip tiles whose core holds less tissue than "
+                    "this fraction (default 0.25)")
+    sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    sp.add_argument("--min-score", type=float, default=0.1, help="lowest score written out (default 0.1, the "
+                    "study's minimum probability; 0.5 is the evaluation's operating point)")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    sp.add_argument("--batch-size", type=int, default=1, help="tiles per inference batch (GPU: 4-16)")
+    sp.add_argument("--readers", type=int, default=2, help="tile reader threads for in-process runs (default 2)")
+    sp.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster with N worker processes "
+                    "(default 0: in-process)")
+    sp.add_argument("--scheduler", default=None, help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+    sp.add_argument("--force", action="store_true", help="recompute every tile instead of resuming")
+    sp.add_argument("--gzip", action="store_true", help="gzip the GeoJSON and DSA JSON outputs")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_detect)
+
+    sp = sub.add_parser("demo", help="fetch the bundled demo slide (CMU-1-Small-Region.svs) and run detection on it")
+    sp.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    sp.add_argument("--cache", default=None, help="where the demo slide is kept (default ~/.cache/wsinuclei)")
+    sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    sp.add_argument("--workers", type=int, default=0, help="local Dask workers (default 0: in-process)")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=_cmd_demo)
+
+    sp = sub.add_parser("info", help="print a slide's metadata: size, levels, µm/px, objective power")
+    sp.add_argument("slides", nargs="+", metavar="SLIDE")
+    sp.add_argument("--mpp", type=float, default=None, help="µm/px to assume")
+    sp.add_argument("--json", action="store_true", help="one JSON object per slide")
+    sp.set_defaults(func=_cmd_info)
+
+    sp = sub.add_parser("evaluate", help="match predictions to annotations one-to-one and report metrics",
+                        description="Pairs prediction files (CSV/GeoJSON) with truth files (Aperio XML, *_labels.png, "
+                        "GeoJSON, CSV) by name; writes metrics.json, per_image.csv, pr_curve.png and overlays "
+                        "(TP green, FP blue, FN red).")
+    sp.add_argument("--pred", required=True, help="prediction file or folder")
+    sp.add_argument("--truth", required=True, help="annotation file or folder")
+    sp.add_argument("--out", required=True, help="report folder")
+    sp.add_argument("--score-threshold", type=float, default=0.5, help="operating point for P/R/F1 (default 0.5)")
+    sp.add_argument("--iou", type=float, default=0.5, help="IoU for a true positive (default 0.5)")
+    sp.add_argument("--radius-um", type=float, default=3.0, help="centroid pairing radius in µm (default 3)")
+    sp.add_argument("--mpp", type=float, default=0.25, help="µm/px of the images, for the radius (default 0.25)")
+    sp.add_argument("--border", type=int, default=0, help="ignore boxes whose centre is within N px of the border")
+    sp.add_argument("--images", default=None, help="folder of the images, for overlays (default: beside the truth)")
+    sp.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
+    sp.set_defaults(func=_cmd_evaluate)
 
     sp = sub.add_parser("prepare", help="cut annotated images into normalised training tiles with boxes")
     sp.add_argument("data", help="folder of images with annotations (A.png + A_labels.png, or A.tif + A.xml)")
@@ -47,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile", type=int, default=512, help="training tile size in px (default 512)")
     sp.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out (default 0.1)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_prepare)
 
     sp = sub.add_parser("train", help="train a detector preset on prepared tiles (resumable)")
@@ -61,7 +235,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input-channels", choices=["rgb", "hematoxylin"], default=None,
                     help="override the preset's input channels")
     sp.add_argument("--color-jitter", type=float, default=0.0, help="colour jitter strength (default 0: off)")
+    sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("export", help="write a model file for shipping (fp16 weights by default)")
+    sp.add_argument("model", help="model file, e.g. RUN_DIR/best.safetensors")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    sp.set_defaults(func=_cmd_export)
+
+    sp = sub.add_parser("build-slide", help="write a pyramidal tiled TIFF test slide from annotated images, "
+                        "with the annotations in slide coordinates")
+    sp.add_argument("data", help="folder of annotated images (as for prepare)")
+    sp.add_argument("--out", required=True, help="TIFF path to write")
+    sp.add_argument("--grid", default="2x2", help="COLSxROWS cells (default 2x2)")
+    sp.add_argument("--gap", type=int, default=0, help="px between images (default 0)")
+    sp.add_argument("--margin", type=int, default=200, help="white margin in px (default 200)")
+    sp.add_argument("--fill", type=int, default=None, help="fill only N cells, cycling the images (big slides)")
+    sp.add_argument("--mpp", type=float, default=0.25)
+    sp.add_argument("--compression", default="jpeg", choices=["jpeg", "zlib", "none"])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_cmd_build_slide)
     return p
 
 
@@ -73,8 +267,11 @@ def main(argv=None) -> int:
         print(f"wsinuclei: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("wsinuclei: interrupted", file=sys.stderr)
+        print("wsinuclei: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("wsinuclei: error: out of memory", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

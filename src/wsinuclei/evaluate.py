@@ -62,11 +62,16 @@ def match(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5, *, ra
         quality = np.hypot(pc[:, None, 0] - tc[None, :, 0], pc[:, None, 1] - tc[None, :, 1])
         admissible = quality <= radius + 1e-12
         weight = np.where(admissible, 2.0 - quality / max(radius, 1e-12), 0.0)
+    return _assign(quality, admissible, weight)
+
+
+def _assign(quality: np.ndarray, admissible: np.ndarray, weight: np.ndarray):
+    """Hungarian assignment maximising ``weight`` over admissible pairs only."""
     # Only rows/columns with an admissible pair take part: this keeps the problem small in sparse scenes.
     rows = np.flatnonzero(admissible.any(axis=1))
     cols = np.flatnonzero(admissible.any(axis=0))
     if len(rows) == 0:
-        return empty
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     sub = weight[np.ix_(rows, cols)]
     r, c = linear_sum_assignment(sub, maximize=True)
     ok = sub[r, c] > 0
@@ -113,23 +118,36 @@ def count(pred, scores, truth, *, score_threshold=0.5, iou_threshold=0.5, radius
 def average_precision(tp_flags: np.ndarray, scores: np.ndarray, n_truth: int) -> tuple[float, np.ndarray, np.ndarray]:
     """All-point interpolated AP from per-prediction TP flags and scores pooled over a set.
 
-    Returns (ap, precision, recall) with the curve in descending score order. Ties in score are broken by a
-    stable sort (input order), as pycocotools does with mergesort.
+    The curve has one point per distinct score (a threshold), so predictions tied in score count together and
+    the result does not depend on their order. Returns (ap, precision, recall) in descending score order.
     """
     if n_truth == 0:
         return float("nan"), np.zeros(0), np.zeros(0)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
     tp = np.asarray(tp_flags, dtype=np.float64)[order]
     ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+    s = scores[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)
+    ctp, cfp = ctp[last_of_tie], cfp[last_of_tie]
     recall = ctp / n_truth
     precision = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
     # precision envelope (monotone non-increasing from the right), then area over recall steps
-    mrec = np.concatenate([[0.0], recall, [recall[-1] if len(recall) else 0.0]])
-    mpre = np.concatenate([[1.0], precision, [0.0]])
+    mrec = np.concatenate([[0.0], recall])
+    mpre = np.concatenate([[1.0], precision])
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    idx = np.flatnonzero(mrec[1:] != mrec[:-1])
-    ap = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+    ap = float(np.sum((mrec[1:] - mrec[:-1]) * mpre[1:]))
     return ap, precision, recall
+
+
+def pr_auc(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the raw (not interpolated) precision-recall curve by the trapezoid rule, starting at
+    recall 0 with the first point's precision."""
+    if len(recall) == 0:
+        return float("nan")
+    r = np.concatenate([[0.0], recall])
+    p = np.concatenate([[precision[0]], precision])
+    return float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2))
 
 
 @dataclass
@@ -205,7 +223,7 @@ def evaluate_set(
         "mAP": float(np.mean(ap_values)) if ap_values else float("nan"),
         "AP@0.1": ap.get("0.10", float("nan")),
         "AP@0.5": ap.get("0.50", float("nan")),
-        "PR-AUC": ap.get("0.50", float("nan")),
+        "PR-AUC": pr_auc(curves["0.50"]["precision"], curves["0.50"]["recall"]) if "0.50" in curves else float("nan"),
         "per_image": per_image,
         "n_truth": n_truth,
         "n_pred": int(len(scores_all)),
@@ -215,11 +233,4 @@ def evaluate_set(
 
 def _match_from_iou(iou: np.ndarray, threshold: float):
     admissible = iou >= threshold - 1e-12
-    rows = np.flatnonzero(admissible.any(axis=1))
-    cols = np.flatnonzero(admissible.any(axis=0))
-    if len(rows) == 0:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
-    sub = np.where(admissible, 1.0 + iou, 0.0)[np.ix_(rows, cols)]
-    r, c = linear_sum_assignment(sub, maximize=True)
-    ok = sub[r, c] > 0
-    return rows[r[ok]], cols[c[ok]], iou[rows[r[ok]], cols[c[ok]]]
+    return _assign(iou, admissible, np.where(admissible, 1.0 + iou, 0.0))

@@ -38,21 +38,27 @@ STAIN_MATRIX_HE = np.array(
 ).T
 
 
+def _mul3(pixels: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(N, 3) pixels times a 3x3 matrix, transposed: ``pixels @ m.T``. einsum's own loop, not BLAS: with a
+    3-wide inner dimension BLAS gains nothing, and its spinning threads fight torch's for the cores."""
+    return np.einsum("nj,ij->ni", pixels, m)
+
+
 def rgb_to_lab(im_rgb: np.ndarray) -> np.ndarray:
     """RGB (any range, usually uint8 0-255) -> Ruderman lαβ, natural log. Shape (..., 3) kept."""
     shape = im_rgb.shape
     rgb = np.reshape(im_rgb, (-1, 3)).astype(np.float64)
-    lms = rgb @ _RGB2LMS.T
+    lms = _mul3(rgb, _RGB2LMS)
     lms[lms == 0] = np.spacing(1)  # black pixels: log(0) would be -inf
-    lab = np.log(lms) @ _LMS2LAB.T
+    lab = _mul3(np.log(lms), _LMS2LAB)
     return lab.reshape(shape)
 
 
 def lab_to_rgb(im_lab: np.ndarray) -> np.ndarray:
     """Ruderman lαβ -> RGB as float (not clipped), the inverse of :func:`rgb_to_lab`."""
     shape = im_lab.shape
-    lms = np.exp(np.reshape(im_lab, (-1, 3)) @ _LAB2LMS.T)
-    return (lms @ _LMS2RGB.T).reshape(shape)
+    lms = np.exp(_mul3(np.reshape(im_lab, (-1, 3)), _LAB2LMS))
+    return _mul3(lms, _LMS2RGB).reshape(shape)
 
 
 def lab_mean_std(
@@ -181,7 +187,7 @@ def color_deconvolution(im_rgb: np.ndarray, stain_matrix: np.ndarray, I_0=None) 
     q = np.linalg.pinv(wc)
     rgb = np.asarray(im_rgb)[..., :3].reshape(-1, 3)
     sda = rgb_to_sda(rgb, I_0)  # (N, 3)
-    deconv = sda @ q.T
+    deconv = _mul3(sda, q)
     stains_float = sda_to_rgb(deconv, 255 if I_0 is not None else None).reshape(im_rgb.shape[:-1] + (3,))
     return Unmixed(stains_float.clip(0, 255).astype(np.uint8), stains_float, wc)
 

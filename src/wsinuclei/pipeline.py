@@ -1,0 +1,530 @@
+"""Whole-slide detection: tissue, tiles, stain steps, inference, seam-safe merging, outputs, profile.
+
+One pipeline with three executors: in-process (with reader threads and batched inference, the GPU path),
+a local Dask cluster, or an existing Dask cluster by scheduler address. Workers open the slide by path and
+load the model once per process; only tile coordinates travel to them and only boxes come back.
+
+Per-tile results are saved as they finish under ``OUT/.NAME.parts/<settings-hash>/``; rerunning the same
+command skips finished tiles, so an interrupted run resumes and gives the same output. The final files are
+written atomically once every tile is done.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import stain
+from .errors import WsinucleiError
+from .outputs import atomic_write_bytes, write_outputs
+from .slide import Slide
+from .tiles import Tile, TileGrid
+from .tissue import region_fraction, tissue_mask
+
+PROFILE_FIELDS = ["tile", "x", "y", "tissue_fraction", "read_s", "tissue_s", "reinhard_s", "deconvolution_s",
+                  "inference_s", "postprocess_s", "nuclei", "worker", "attempts"]
+
+
+@dataclass
+class RunOptions:
+    mpp: float | None = None  # override the slide's µm/px
+    roi: tuple[int, int, int, int] | None = None  # x, y, w, h in base pixels
+    tile_size: int = 1024
+    overlap: int = 64
+    min_tissue: float = 0.25
+    model: str | None = None  # path; None = the shipped default
+    min_score: float = 0.1
+    device: str = "cpu"
+    batch_size: int = 1
+    readers: int = 2
+    workers: int = 0  # 0 = in-process; N = local Dask cluster with N worker processes
+    scheduler: str | None = None  # address of an existing Dask scheduler
+    force: bool = False
+    gzip: bool = False
+    retries: int = 2
+    progress: bool = True
+    keep_parts: bool = False
+
+
+@dataclass
+class SlideContext:
+    """Everything a worker needs to process any tile of one slide (small; sent with each task)."""
+
+    path: str
+    mpp: float
+    model: str | None
+    model_mpp: float
+    input_channels: str
+    src_mu: list[float]
+    src_sigma: list[float]
+    target_mu: list[float]
+    target_sigma: list[float]
+    tile_size: int
+    mask: np.ndarray | None = None  # tissue mask for the per-tile tissue check
+    mask_downsample: float = 1.0
+    device: str = "cpu"
+    min_score: float = 0.1
+    retries: int = 2
+
+
+@dataclass
+class TileResult:
+    key: str
+    boxes: np.ndarray
+    scores: np.ndarray
+    profile: dict
+    failed: str | None = None
+
+
+# -- worker-side state: one model and one open slide per process ----------------------------------------
+_STATE: dict = {}
+_STATE_LOCK = threading.Lock()
+
+
+def _detector(model_path: str | None, device: str):
+    from .inference import NucleusDetector
+
+    key = ("model", model_path, device)
+    with _STATE_LOCK:
+        if key not in _STATE:
+            _STATE[key] = NucleusDetector.from_file(model_path, device=device)
+        return _STATE[key]
+
+
+def _slide(path: str, mpp: float) -> Slide:
+    key = ("slide", path, mpp, threading.get_ident())  # openslide handles are not shared across threads
+    if key not in _STATE:
+        _STATE[key] = Slide(path, mpp=mpp)
+    return _STATE[key]
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().name
+    except Exception:
+        return f"pid{os.getpid()}"
+
+
+def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict]:
+    """Read a tile at the model's µm/px and turn it into network input; times each stage."""
+    prof = {"tile": tile.key, "x": round(tile.x, 1), "y": round(tile.y, 1)}
+    attempts, last_exc = 0, None
+    t0 = time.perf_counter()
+    while attempts <= ctx.retries:
+        attempts += 1
+        try:
+            rgb = _slide(ctx.path, ctx.mpp).read_region(tile.x, tile.y, tile.size, tile.size, ctx.model_mpp)
+            break
+        except WsinucleiError as exc:  # a corrupt region: retry, then report the tile as failed
+            last_exc = exc
+            _STATE.pop(("slide", ctx.path, ctx.mpp, threading.get_ident()), None)
+    else:
+        raise TileReadError(str(last_exc), attempts)
+    prof["attempts"] = attempts
+    prof["read_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prof["tissue_fraction"] = (
+        round(region_fraction(ctx.mask, ctx.mask_downsample, tile.core[0], tile.core[1], tile.core[2], tile.core[3]), 4)
+        if ctx.mask is not None else 1.0
+    )
+    prof["tissue_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x = stain.reinhard(rgb, ctx.target_mu, ctx.target_sigma, src_mu=ctx.src_mu, src_sigma=ctx.src_sigma)
+    prof["reinhard_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if ctx.input_channels == "hematoxylin":
+        x = stain.hematoxylin_channel(x)
+    prof["deconvolution_s"] = time.perf_counter() - t0
+    return x, prof
+
+
+class TileReadError(Exception):
+    def __init__(self, msg, attempts):
+        super().__init__(msg)
+        self.attempts = attempts
+
+
+def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict) -> TileResult:
+    """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor."""
+    t0 = time.perf_counter()
+    scale = ctx.model_mpp / ctx.mpp
+    b = boxes * scale + np.array([tile.x, tile.y, tile.x, tile.y])
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    x0, y0, x1, y1 = tile.core
+    keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= ctx.min_score)
+    prof["postprocess_s"] = time.perf_counter() - t0
+    prof["nuclei"] = int(keep.sum())
+    prof["worker"] = _worker_name()
+    return TileResult(tile.key, b[keep], scores[keep], prof)
+
+
+def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
+    """The unit of work every executor runs (Dask tasks call this)."""
+    try:
+        x, prof = read_and_preprocess(ctx, tile)
+    except TileReadError as exc:
+        return _failed(tile, str(exc), exc.attempts)
+    t0 = time.perf_counter()
+    (boxes, scores), = _detector(ctx.model, ctx.device).predict([x])
+    prof["inference_s"] = time.perf_counter() - t0
+    return postprocess(ctx, tile, boxes, scores, prof)
+
+
+def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
+    prof = {"tile": tile.key, "x": round(tile.x, 1), "y": round(tile.y, 1), "attempts": attempts,
+            "worker": _worker_name(), "nuclei": 0}
+    return TileResult(tile.key, np.zeros((0, 4)), np.zeros(0), prof, failed=msg)
+
+
+# -- merging --------------------------------------------------------------------------------------------
+def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: float = 0.5):
+    """Concatenate kept detections and remove duplicates across seams: NMS between each pair of
+    neighbouring tiles only (right, below, below-left, below-right), over boxes within reach of the seam."""
+    from .evaluate import box_iou
+
+    by_tile = {k: r for k, r in results.items() if r.failed is None and len(r.boxes)}
+    suppressed = {k: np.zeros(len(r.boxes), bool) for k, r in by_tile.items()}
+    for key, r in by_tile.items():
+        row, col = (int(v) for v in key.split("_"))
+        for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            nkey = f"{row + dr:05d}_{col + dc:05d}"
+            if nkey not in by_tile:
+                continue
+            a, b = r, by_tile[nkey]
+            iou = box_iou(a.boxes, b.boxes)
+            for i, j in zip(*np.nonzero(iou > iou_threshold)):
+                if suppressed[key][i] or suppressed[nkey][j]:
+                    continue
+                if a.scores[i] >= b.scores[j]:
+                    suppressed[nkey][j] = True
+                else:
+                    suppressed[key][i] = True
+    keys = sorted(by_tile)
+    if not keys:
+        return np.zeros((0, 4)), np.zeros(0)
+    boxes = np.concatenate([by_tile[k].boxes[~suppressed[k]] for k in keys])
+    scores = np.concatenate([by_tile[k].scores[~suppressed[k]] for k in keys])
+    # a stable, executor-independent order: by row of centre, then column
+    order = np.lexsort(((boxes[:, 0] + boxes[:, 2]), (boxes[:, 1] + boxes[:, 3])))
+    return boxes[order], scores[order]
+
+
+# -- planning ------------------------------------------------------------------------------------------
+@dataclass
+class SlidePlan:
+    slide: Slide
+    ctx: SlideContext
+    grid: TileGrid
+    tiles: list[Tile]
+    skipped: list[Tile]
+    thumb: np.ndarray
+    thumb_downsample: float
+    mask: np.ndarray
+    roi: tuple[int, int, int, int]
+
+
+def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
+               model_path: str | None) -> SlidePlan:
+    slide = Slide(path, mpp=opts.mpp)
+    mpp = slide.require_mpp()
+    W, H = slide.dimensions
+    if opts.roi is not None:
+        x, y, w, h = opts.roi
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
+            raise WsinucleiError(f"--roi {x},{y},{w},{h} is not inside the slide ({W}x{H})")
+        roi = (x, y, w, h)
+    else:
+        roi = (0, 0, W, H)
+    thumb, ds = slide.thumbnail()
+    mask = tissue_mask(thumb)
+    if not mask.any():
+        raise WsinucleiError(f"{path}: no tissue found")
+    mu, sigma = stain.slide_lab_stats(thumb, mask)
+    scale = model_mpp / mpp
+    grid = TileGrid(roi[2], roi[3], scale, opts.tile_size, opts.overlap, origin=(roi[0], roi[1]))
+    tiles, skipped = [], []
+    for t in grid:
+        cx0, cy0, cx1, cy1 = grid.clipped_core(t)
+        frac = region_fraction(mask, ds, cx0, cy0, cx1, cy1)
+        (tiles if frac >= opts.min_tissue else skipped).append(t)
+    if not tiles:
+        raise WsinucleiError(f"{path}: no tile holds at least {opts.min_tissue:.0%} tissue (see --min-tissue)")
+    ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
+                       [float(v) for v in mu], [float(v) for v in sigma],
+                       [float(v) for v in target_mu], [float(v) for v in target_sigma], opts.tile_size,
+                       mask, ds, opts.device, opts.min_score, opts.retries)
+    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi)
+
+
+def draw_thumbnail(plan: SlidePlan, path: Path) -> None:
+    """The slide thumbnail with the tissue outline (green) and the tile grid: processed tiles' cores in
+    blue, skipped ones in grey."""
+    from PIL import Image, ImageDraw
+    from skimage.segmentation import find_boundaries
+
+    img = plan.thumb.copy()
+    img[find_boundaries(plan.mask, mode="outer")] = (0, 200, 0)
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    ds = plan.thumb_downsample
+    for tiles, colour in ((plan.skipped, (170, 170, 170)), (plan.tiles, (0, 0, 255))):
+        for t in tiles:
+            x0, y0, x1, y1 = plan.grid.clipped_core(t)
+            d.rectangle([x0 / ds, y0 / ds, max(x0 / ds, x1 / ds - 1), max(y0 / ds, y1 / ds - 1)], outline=colour)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# -- executors -----------------------------------------------------------------------------------------
+def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
+    """Reader threads read and normalise tiles ahead; inference runs in batches on this thread."""
+    ctx = plan.ctx
+    det = _detector(ctx.model, ctx.device)
+
+    def prepare(t):
+        try:
+            return t, *read_and_preprocess(ctx, t), None
+        except TileReadError as exc:
+            return t, None, None, exc
+
+    with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool:
+        # bounded look-ahead: memory is set by tiles in flight, not slide size
+        window = max(2 * opts.batch_size, opts.readers * 2)
+        pending = [pool.submit(prepare, t) for t in todo[:window]]
+        nxt = window
+        while pending:
+            batch = []
+            while pending and len(batch) < opts.batch_size:
+                batch.append(pending.pop(0).result())
+                if nxt < len(todo):
+                    pending.append(pool.submit(prepare, todo[nxt]))
+                    nxt += 1
+            good = [(t, x, p) for t, x, p, e in batch if e is None]
+            for t, _, _, e in batch:
+                if e is not None:
+                    on_result(_failed(t, str(e), e.attempts))
+            if good:
+                t0 = time.perf_counter()
+                preds = det.predict([x for _, x, _ in good])
+                dt = (time.perf_counter() - t0) / len(good)
+                for (t, _, p), (b, s) in zip(good, preds):
+                    p["inference_s"] = dt
+                    on_result(postprocess(ctx, t, b, s, p))
+
+
+def _dask_worker_init(threads: int):
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if opts.scheduler:
+        try:
+            client = Client(opts.scheduler, timeout="20s")
+        except Exception as exc:
+            raise WsinucleiError(f"cannot reach the Dask scheduler at {opts.scheduler} ({exc})") from None
+    else:
+        threads = max(1, (os.cpu_count() or 1) // opts.workers)
+        cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+        client = Client(cluster)
+        client.run(_dask_worker_init, threads)
+    try:
+        ctx_future = client.scatter(plan.ctx, broadcast=True)  # the mask travels once per worker, not per tile
+        futures = [client.submit(process_tile, ctx_future, t, key=f"tile-{Path(plan.ctx.path).name}-{t.key}-{id(plan)}",
+                                 retries=2, pure=False) for t in todo]
+        for fut in as_completed(futures):
+            on_result(fut.result())
+            fut.release()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# -- the run -------------------------------------------------------------------------------------------
+def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
+    key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "roi": plan.roi, "tile": opts.tile_size,
+           "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _save_part(folder: Path, r: TileResult) -> None:
+    tmp = folder / f".{r.key}.tmp.npz"
+    np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "")
+    os.replace(tmp, folder / f"{r.key}.npz")
+
+
+def _load_part(path: Path) -> TileResult | None:
+    try:
+        with np.load(path) as z:
+            failed = str(z["failed"]) or None
+            return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed)
+    except Exception:
+        return None  # a damaged part is simply recomputed
+
+
+@dataclass
+class RunReport:
+    name: str
+    outputs: dict = field(default_factory=dict)
+    nuclei: int = 0
+    tiles_total: int = 0
+    tiles_processed: int = 0
+    tiles_skipped_tissue: int = 0
+    tiles_resumed: int = 0
+    tiles_failed: int = 0
+    wall_s: float = 0.0
+    tiles_per_s: float = 0.0
+    executor: str = ""
+    workers: int = 1
+    stage_totals_s: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)
+
+
+def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> RunReport:
+    """Detect every nucleus in one slide; write NAME.csv/.geojson/.anot.json, NAME.thumbnail.png,
+    NAME.profile.csv and NAME.run.json into ``out_dir``."""
+    from tqdm import tqdm
+
+    from .checkpoint import DEFAULT_MODEL, load_model
+
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WsinucleiError(f"{out_dir}: exists and is not a folder")
+    model_path = str(Path(opts.model).resolve()) if opts.model else None
+    loaded = load_model(model_path)  # fail early on a bad model, before any slide work
+    plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path)
+    name = plan.slide.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+    if not np.isfinite(plan.ctx.mpp):
+        raise WsinucleiError("invalid µm/px")
+
+    model_file = Path(model_path) if model_path else DEFAULT_MODEL
+    model_id = hashlib.sha1(model_file.read_bytes()).hexdigest()[:12]
+    parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
+    if opts.force and parts.parent.exists():
+        shutil.rmtree(parts.parent)
+    parts.mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, TileResult] = {}
+    for t in plan.tiles:
+        f = parts / f"{t.key}.npz"
+        if f.exists():
+            r = _load_part(f)
+            if r is not None and r.failed is None:
+                results[t.key] = r
+    resumed = len(results)
+    todo = [t for t in plan.tiles if t.key not in results]
+    executor = f"dask scheduler {opts.scheduler}" if opts.scheduler else (
+        f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
+    log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px; "
+        f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({resumed} done before); {executor}")
+
+    bar = tqdm(total=len(plan.tiles), initial=resumed, desc=name, unit="tile", disable=not opts.progress)
+
+    def on_result(r: TileResult):
+        results[r.key] = r
+        _save_part(parts, r)
+        bar.update(1)
+        bar.set_postfix(nuclei=sum(len(x.boxes) for x in results.values()))
+
+    t_run = time.time()
+    try:
+        if todo:
+            if opts.scheduler or opts.workers > 0:
+                _run_dask(plan, todo, opts, on_result)
+            else:
+                _run_in_process(plan, todo, opts, on_result)
+    finally:
+        bar.close()
+    run_s = time.time() - t_run
+
+    boxes, scores = merge_seams(plan.grid, results)
+    x, y, w, h = plan.roi
+    if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
+        boxes, scores = boxes[keep], scores[keep]
+    failed = sorted(k for k, r in results.items() if r.failed)
+    report = RunReport(name=name, nuclei=len(boxes), tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
+                       tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, tiles_failed=len(failed),
+                       executor=executor, workers=max(1, opts.workers),
+                       failed=[{"tile": k, "error": results[k].failed} for k in failed])
+    profile_rows = [results[k].profile for k in sorted(results)]
+    for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s"):
+        report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
+    report.wall_s = round(time.time() - t_start, 3)
+    report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
+    report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip).items()}
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
+    wr.writeheader()
+    for p in profile_rows:
+        wr.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in p.items()})
+    atomic_write_bytes(out_dir / f"{name}.profile.csv", buf.getvalue().encode())
+    report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
+    report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
+    atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
+    if not failed and not opts.keep_parts:
+        shutil.rmtree(parts.parent, ignore_errors=True)
+    return report
+
+
+def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> dict:
+    """Everything but inference (used when no model is installed): tissue mask, slide-wide Reinhard
+    statistics, the tile grid and thumbnail, and the stain steps on every tissue tile, timed."""
+    from tqdm import tqdm
+
+    from .models import load_preset
+
+    preset = load_preset("fast")
+    plan = plan_slide(path, opts, preset.mpp, "hematoxylin", stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = plan.slide.name
+    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+    rows = []
+    for t in tqdm(plan.tiles, desc=f"{name} (stain steps)", unit="tile", disable=not opts.progress):
+        _, prof = read_and_preprocess(plan.ctx, t)
+        rows.append(prof)
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
+    wr.writeheader()
+    wr.writerows(rows)
+    atomic_write_bytes(out_dir / f"{name}.profile.csv", buf.getvalue().encode())
+    return {"name": name, "tiles": len(plan.tiles), "skipped": len(plan.skipped),
+            "thumbnail": str(out_dir / f"{name}.thumbnail.png"), "lab_mean": plan.ctx.src_mu}
+
+
+def format_report(r: RunReport) -> str:
+    st = r.stage_totals_s
+    lines = [
+        f"{r.name}: {r.nuclei} nuclei; {r.tiles_processed} tissue tiles of {r.tiles_total} "
+        f"({r.tiles_skipped_tissue} skipped as background, {r.tiles_resumed} resumed, {r.tiles_failed} failed)",
+        f"  wall {r.wall_s:.1f} s, {r.tiles_per_s:.3f} tiles/s, executor: {r.executor}",
+        "  stage totals (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in st.items()),
+    ]
+    if r.tiles_failed:
+        lines.append(f"  {r.tiles_failed} tiles failed to read (listed in {r.name}.run.json); their nuclei are missing")
+    return "\n".join(lines)

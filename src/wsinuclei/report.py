@@ -1,0 +1,154 @@
+"""Evaluation reports: metrics.json, per_image.csv, pr_curve.png and overlays (TP green, FP blue, FN red)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate
+from .annotations import collect_box_files, read_boxes
+from .errors import WsinucleiError
+from .outputs import atomic_write_bytes
+
+PRED_SUFFIXES = (".csv", ".geojson", ".geojson.gz", ".csv.gz")
+
+
+def _find_image(stem: str, folders) -> Path | None:
+    for folder in folders:
+        if folder is None:
+            continue
+        for ext in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+            p = Path(folder) / f"{stem}{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def draw_overlay(image: np.ndarray, pred, truth, scores, score_threshold, iou_threshold, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    pred = np.asarray(pred).reshape(-1, 4)
+    keep = np.asarray(scores) >= score_threshold
+    pred = pred[keep]
+    pi, ti, _ = evaluate.match(pred, truth, iou_threshold)
+    tp_p = np.zeros(len(pred), bool)
+    tp_p[pi] = True
+    tp_t = np.zeros(len(truth), bool)
+    tp_t[ti] = True
+    im = Image.fromarray(image[..., :3])
+    d = ImageDraw.Draw(im)
+    for b in np.asarray(truth)[~tp_t]:
+        d.rectangle(list(b), outline=(255, 0, 0), width=2)  # FN red
+    for b, ok in zip(pred, tp_p):
+        d.rectangle(list(b), outline=(0, 200, 0) if ok else (0, 0, 255), width=2)  # TP green, FP blue
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_pr(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for key, c in sorted(curves.items()):
+        ax.plot(c["recall"], c["precision"], label=f"IoU {float(key):.1f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("precision-recall")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, score_threshold=0.5, iou_threshold=0.5,
+                     radius_um=3.0, mpp=0.25, border=0, images: str | Path | None = None, overlays=True) -> dict:
+    """Pair prediction and truth files by stem, compute metrics, write the report into ``out``."""
+    pred_files = collect_box_files(pred, PRED_SUFFIXES)
+    truth_files = collect_box_files(truth)
+    only_pred = sorted(set(pred_files) - set(truth_files))
+    only_truth = sorted(set(truth_files) - set(pred_files))
+    common = sorted(set(pred_files) & set(truth_files))
+    if not common:
+        raise WsinucleiError(f"no prediction file pairs with a truth file by name (predictions: {len(pred_files)}, "
+                             f"truth: {len(truth_files)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    radius_px = radius_um / mpp
+    items, skipped, shapes = [], {}, {}
+    for stem in common:
+        p, t = read_boxes(pred_files[stem]), read_boxes(truth_files[stem])
+        skipped[stem] = t.skipped
+        scores = p.scores if p.scores is not None else np.ones(len(p))
+        img_path = _find_image(stem, [images, Path(truth_files[stem]).parent])
+        shape = None
+        if border > 0 or overlays:
+            if img_path is not None:
+                from PIL import Image
+
+                with Image.open(img_path) as im:
+                    shape = (im.height, im.width)
+        pb, ps, tb = p.boxes, scores, t.boxes
+        if border > 0:
+            if shape is None:
+                raise WsinucleiError(f"--border needs the image size of '{stem}': put the image beside the truth or give --images")
+            pb, ps = evaluate.apply_border_margin(pb, ps, shape, border)
+            tb, _ = evaluate.apply_border_margin(tb, None, shape, border)
+        items.append((stem, pb, ps, tb))
+        shapes[stem] = img_path
+    res = evaluate.evaluate_set(items, score_threshold=score_threshold, iou_threshold=iou_threshold, radius_px=radius_px)
+    settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "radius_um": radius_um,
+                "radius_px": radius_px, "mpp": mpp, "border_px": border, "pred": str(pred), "truth": str(truth)}
+    metrics = {k: v for k, v in res.items() if k not in ("curves", "per_image")}
+    metrics.update(settings=settings, images=len(common), skipped_degenerate=int(sum(skipped.values())),
+                   only_in_predictions=only_pred, only_in_truth=only_truth)
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1).encode())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "TP", "FP", "FN", "precision", "recall", "F1", "centroid_F1"])
+    for r in res["per_image"]:
+        w.writerow([r["image"], r["tp"], r["fp"], r["fn"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
+                    f"{r['f1']:.4f}", f"{r['centroid_f1']:.4f}"])
+    atomic_write_bytes(out / "per_image.csv", buf.getvalue().encode())
+    plot_pr(res["curves"], out / "pr_curve.png")
+    if overlays:
+        from .data import load_image
+
+        for stem, pb, ps, tb in items:
+            if shapes.get(stem) is not None:
+                draw_overlay(load_image(shapes[stem]), pb, tb, ps, score_threshold, iou_threshold,
+                             out / f"overlay_{stem}.png")
+    res["metrics"] = metrics
+    return res
+
+
+def format_table(res: dict) -> str:
+    rows = [f"{'image':<32} {'TP':>6} {'FP':>6} {'FN':>6} {'prec':>6} {'rec':>6} {'F1':>6} {'cF1':>6}"]
+    for r in res["per_image"]:
+        rows.append(f"{r['image'][:32]:<32} {r['tp']:>6} {r['fp']:>6} {r['fn']:>6} {r['precision']:>6.3f} "
+                    f"{r['recall']:>6.3f} {r['f1']:>6.3f} {r['centroid_f1']:>6.3f}")
+    p, c = res["pooled"], res["pooled_centroid"]
+    rows.append(f"{'pooled':<32} {p['tp']:>6} {p['fp']:>6} {p['fn']:>6} {p['precision']:>6.3f} {p['recall']:>6.3f} "
+                f"{p['f1']:>6.3f} {c['f1']:>6.3f}")
+    rows.append(f"AP@0.1 {res['AP@0.1']:.3f}  AP@0.5 {res['AP@0.5']:.3f}  mAP(0.1:0.9) {res['mAP']:.3f}  "
+                f"PR-AUC {res['PR-AUC']:.3f}")
+    m = res.get("metrics", {})
+    if m.get("only_in_predictions"):
+        rows.append(f"no truth for: {', '.join(m['only_in_predictions'])}")
+    if m.get("only_in_truth"):
+        rows.append(f"no predictions for: {', '.join(m['only_in_truth'])}")
+    if m.get("skipped_degenerate"):
+        rows.append(f"degenerate annotations skipped: {m['skipped_degenerate']}")
+    return "\n".join(rows)

@@ -1,0 +1,255 @@
+"""Slide readers: every OpenSlide format (SVS, NDPI, MIRAX, generic tiled TIFF, ...) and plain images.
+
+One interface, :class:`Slide`: size, pyramid levels, µm/px, objective power, and region reads at any target
+µm/px. A read chooses the finest pyramid level that is no coarser than the target, reads there and resamples;
+anything outside the slide reads as white (background), so tiles at slide edges never fail.
+
+Slides open by path and hold no state a worker cannot rebuild, so Dask workers open their own copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import WsinucleiError
+
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+Image.MAX_IMAGE_PIXELS = 1_000_000_000  # plain regions can be large; they are ours to read, not a bomb
+
+
+@dataclass
+class SlideInfo:
+    path: str
+    format: str
+    dimensions: tuple[int, int]
+    level_count: int
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+    mpp: float | None
+    mpp_source: str
+    objective_power: float | None
+
+
+class Slide:
+    """An opened slide. ``mpp`` overrides whatever the file says; without either, :attr:`mpp` is None and
+    :meth:`require_mpp` raises a clear error naming the ``--mpp`` flag."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise WsinucleiError(f"{self.path}: no such file")
+        if self.path.is_dir() and not self.path.suffix.lower() == ".mrxs":
+            raise WsinucleiError(f"{self.path}: is a folder, not a slide")
+        self._osr = None
+        self._image = None
+        self._open()
+        self.name = _slide_stem(self.path)
+        file_mpp, source = self._file_mpp()
+        if mpp is not None:
+            if not (mpp > 0 and math.isfinite(mpp)):
+                raise WsinucleiError(f"--mpp must be a positive number, got {mpp}")
+            self.mpp, self.mpp_source = float(mpp), "--mpp"
+        else:
+            self.mpp, self.mpp_source = file_mpp, source
+
+    # -- opening -----------------------------------------------------------------------------------
+    def _open(self) -> None:
+        import openslide
+
+        try:
+            self._osr = openslide.OpenSlide(str(self.path))
+            self.format = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "openslide")
+            # touch the smallest level once: a truncated or corrupt file fails here, not mid-run
+            lw, lh = self._osr.level_dimensions[-1]
+            self._osr.read_region((0, 0), self._osr.level_count - 1, (min(lw, 16), min(lh, 16)))
+            return
+        except openslide.OpenSlideUnsupportedFormatError:
+            self._osr = None
+        except openslide.OpenSlideError as exc:
+            raise WsinucleiError(f"{self.path}: corrupt or unreadable slide ({exc})") from None
+        if self.path.suffix.lower() not in PLAIN_SUFFIXES:
+            raise WsinucleiError(f"{self.path}: not a slide or image that wsinuclei can read")
+        try:
+            with Image.open(self.path) as im:
+                self._image = np.array(im.convert("RGB"))
+                self._pil_info = dict(im.info)
+                self._tiff_tags = dict(getattr(im, "tag_v2", {}) or {})
+        except Exception as exc:
+            raise WsinucleiError(f"{self.path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+        self.format = "image"
+
+    def _file_mpp(self) -> tuple[float | None, str]:
+        if self._osr is not None:
+            import openslide
+
+            props = self._osr.properties
+            for key in (openslide.PROPERTY_NAME_MPP_X,):
+                if key in props:
+                    try:
+                        v = float(props[key])
+                        if v > 0:
+                            return v, "metadata"
+                    except ValueError:
+                        pass
+            return _mpp_from_tiff_props(props), "metadata (TIFF resolution)" if _mpp_from_tiff_props(props) else "none"
+        # plain images: a TIFF/PNG resolution is trusted only in the plausible microscope range
+        unit = self._tiff_tags.get(296)  # ResolutionUnit: 2 inch, 3 cm
+        xres = self._tiff_tags.get(282)
+        if unit in (2, 3) and xres:
+            per_um = float(xres) / (25400.0 if unit == 2 else 10000.0)
+            if per_um > 0 and 0.05 <= 1 / per_um <= 20:
+                return 1 / per_um, "metadata (TIFF resolution)"
+        return None, "none"
+
+    def close(self) -> None:
+        if self._osr is not None:
+            self._osr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- metadata ----------------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        if self._osr is not None:
+            return tuple(self._osr.dimensions)
+        return (self._image.shape[1], self._image.shape[0])
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        if self._osr is not None:
+            return [tuple(d) for d in self._osr.level_dimensions]
+        return [self.dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        if self._osr is not None:
+            return [float(d) for d in self._osr.level_downsamples]
+        return [1.0]
+
+    @property
+    def objective_power(self) -> float | None:
+        if self._osr is not None:
+            import openslide
+
+            v = self._osr.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+            try:
+                return float(v) if v else None
+            except ValueError:
+                return None
+        return None
+
+    def info(self) -> SlideInfo:
+        return SlideInfo(str(self.path), self.format, self.dimensions, len(self.level_dimensions),
+                         self.level_dimensions, self.level_downsamples, self.mpp, self.mpp_source,
+                         self.objective_power)
+
+    def require_mpp(self) -> float:
+        if self.mpp is None:
+            raise WsinucleiError(
+                f"{self.path}: the slide does not say its µm/px; give it with --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+            )
+        return self.mpp
+
+    # -- reading -----------------------------------------------------------------------------------
+    def best_level(self, downsample: float) -> int:
+        """The finest level whose downsample is <= ``downsample`` (so the read is never coarser than asked)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    def read_level_region(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of a region whose top-left (x, y) is in base pixels and size in level pixels.
+        Outside the slide: white."""
+        if w <= 0 or h <= 0:
+            return np.full((max(h, 0), max(w, 0), 3), 255, np.uint8)
+        if self._osr is not None:
+            import openslide
+
+            try:
+                rgba = np.array(self._osr.read_region((int(x), int(y)), level, (int(w), int(h))))
+            except openslide.OpenSlideError as exc:
+                raise WsinucleiError(f"{self.path}: cannot read region at ({x}, {y}) ({exc})") from None
+            alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+            # openslide returns premultiplied RGBA: transparent outside the scanned area -> white
+            rgb = rgba[..., :3].astype(np.float32) + 255.0 * (1 - alpha)
+            return np.clip(rgb, 0, 255).astype(np.uint8)
+        out = np.full((h, w, 3), 255, np.uint8)
+        H, W = self._image.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._image[y0:y1, x0:x1]
+        return out
+
+    def read_region(self, x: float, y: float, width: int, height: int, target_mpp: float) -> np.ndarray:
+        """RGB uint8 (height, width, 3) at ``target_mpp`` whose top-left is base pixel (x, y).
+
+        The region spans ``width * target_mpp / mpp`` base pixels across.
+        """
+        scale = target_mpp / self.require_mpp()  # base px per output px
+        level = self.best_level(scale)
+        ds = self.level_downsamples[level]
+        # level pixels needed, with a one-pixel margin for the resampling kernel
+        lx, ly = x / ds, y / ds
+        lw, lh = width * scale / ds, height * scale / ds
+        ix0, iy0 = math.floor(lx) - 1, math.floor(ly) - 1
+        ix1, iy1 = math.ceil(lx + lw) + 1, math.ceil(ly + lh) + 1
+        raw = self.read_level_region(int(round(ix0 * ds)), int(round(iy0 * ds)), ix1 - ix0, iy1 - iy0, level)
+        if abs(lw - width) < 1e-6 and abs(lh - height) < 1e-6 and abs(lx - round(lx)) < 1e-6 and abs(ly - round(ly)) < 1e-6:
+            ox, oy = int(round(lx)) - ix0, int(round(ly)) - iy0
+            return np.ascontiguousarray(raw[oy : oy + height, ox : ox + width])
+        box = (lx - ix0, ly - iy0, lx - ix0 + lw, ly - iy0 + lh)
+        return np.array(Image.fromarray(raw).resize((width, height), Image.Resampling.BILINEAR, box=box))
+
+    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """A low-resolution RGB image of the whole slide and its downsample (base px per thumbnail px)."""
+        W, H = self.dimensions
+        ds_wanted = max(W, H) / max_side if max(W, H) > max_side else 1.0
+        level = self.best_level(ds_wanted)
+        lw, lh = self.level_dimensions[level]
+        img = self.read_level_region(0, 0, lw, lh, level)
+        ds = self.level_downsamples[level]
+        if max(lw, lh) > max_side:
+            f = max_side / max(lw, lh)
+            size = (max(1, round(lw * f)), max(1, round(lh * f)))
+            img = np.array(Image.fromarray(img).resize(size, Image.Resampling.BOX))
+            ds = W / size[0]
+        return img, ds
+
+
+def _mpp_from_tiff_props(props) -> float | None:
+    unit = props.get("tiff.ResolutionUnit")
+    xres = props.get("tiff.XResolution")
+    if not unit or not xres:
+        return None
+    try:
+        per = float(xres)
+    except ValueError:
+        return None
+    factor = {"centimeter": 10000.0, "inch": 25400.0}.get(unit.lower())
+    if not factor or per <= 0:
+        return None
+    mpp = factor / per
+    return mpp if 0.05 <= mpp <= 20 else None
+
+
+def _slide_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    return Slide(path, mpp=mpp)

@@ -1,0 +1,62 @@
+"""Tissue detection on a low-resolution image: where to look, and how much tissue each tile holds."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage import filters, morphology
+
+
+def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_saturation: float = 0.04) -> np.ndarray:
+    """Boolean tissue mask of a thumbnail.
+
+    Otsu threshold on optical density (glass is bright, stained tissue absorbs), intersected with a floor on
+    saturation (grey pen marks and shadows absorb but carry no stain colour); then specks removed, small
+    holes filled and the outline smoothed. A blank image gives an all-False mask.
+    """
+    rgb = np.asarray(thumb_rgb)[..., :3].astype(np.float64)
+    od = -np.log((rgb + 1) / 256.0).sum(axis=-1)
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0)
+    if od.max() - od.min() < 0.05:  # uniform: glass only (or a single colour): no tissue to find
+        return np.zeros(od.shape, bool)
+    thresh = filters.threshold_otsu(od)
+    # Otsu splits whatever two populations there are; on a slide that is all tissue it would split nuclei
+    # from stroma, so never let the threshold exceed a clearly-tissue optical density.
+    thresh = min(thresh, 0.3)
+    mask = (od > thresh) & (saturation > min_saturation)
+    mask = ndimage.binary_closing(mask, structure=morphology.disk(2), border_value=0)
+    min_size = max(16, int(mask.size * min_object_fraction))
+    mask = _drop_small(mask, min_size)  # specks: dust, debris
+    mask = ~_drop_small(~mask, min_size)  # small holes: lumina, fat inside tissue
+    return mask
+
+
+def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove connected components (8-connected) smaller than ``min_size`` pixels."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels]
+
+
+def region_fraction(mask: np.ndarray, mask_downsample: float, x0: float, y0: float, x1: float, y1: float) -> float:
+    """Fraction of tissue in the base-pixel rectangle [x0, x1) x [y0, y1), read off a mask whose pixels are
+    ``mask_downsample`` base pixels wide. Parts outside the slide count as background."""
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    h, w = mask.shape
+    fx0, fy0, fx1, fy1 = x0 / mask_downsample, y0 / mask_downsample, x1 / mask_downsample, y1 / mask_downsample
+    cx0, cy0 = int(np.floor(max(fx0, 0))), int(np.floor(max(fy0, 0)))
+    cx1, cy1 = int(np.ceil(min(fx1, w))), int(np.ceil(min(fy1, h)))
+    if cx1 <= cx0 or cy1 <= cy0:
+        return 0.0
+    sub = mask[cy0:cy1, cx0:cx1]
+    # area-weight the mask pixels cut by the rectangle's edges
+    wx = np.minimum(np.arange(cx0, cx1) + 1, fx1) - np.maximum(np.arange(cx0, cx1), fx0)
+    wy = np.minimum(np.arange(cy0, cy1) + 1, fy1) - np.maximum(np.arange(cy0, cy1), fy0)
+    weights = np.clip(wy, 0, 1)[:, None] * np.clip(wx, 0, 1)[None, :]
+    return float((sub * weights).sum() / ((fx1 - fx0) * (fy1 - fy0)))

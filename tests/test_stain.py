@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from wsinuclei import stain
+from conftest import REFERENCE, need, synthetic_he
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return np.load(REFERENCE)
+
+
+@need(REFERENCE)
+@pytest.mark.parametrize("i", [0, 1])
+def test_lab_matches_histomicstk(ref, i):
+    lab = stain.rgb_to_lab(ref[f"image{i}"])
+    np.testing.assert_allclose(lab, ref[f"lab{i}"], rtol=1e-6, atol=1e-9)
+    mu, sd = stain.lab_mean_std(ref[f"image{i}"])
+    np.testing.assert_allclose(mu, ref[f"lab_mean{i}"], rtol=1e-6)
+    np.testing.assert_allclose(sd, ref[f"lab_std{i}"], rtol=1e-6)
+
+
+@need(REFERENCE)
+@pytest.mark.parametrize("i", [0, 1])
+def test_reinhard_matches_histomicstk(ref, i):
+    out = stain.reinhard(ref[f"image{i}"], ref["target_mu"], ref["target_sigma"])
+    assert out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref[f"reinhard{i}"].astype(int)).max() <= 1
+
+
+@need(REFERENCE)
+@pytest.mark.parametrize("i", [0, 1])
+def test_color_deconvolution_matches_histomicstk(ref, i):
+    stains, stains_float, wc = stain.color_deconvolution(ref[f"image{i}"], ref["stain_matrix_he"])
+    assert np.abs(stains.astype(int) - ref[f"stains{i}"].astype(int)).max() <= 1
+    np.testing.assert_allclose(stains_float, ref[f"stains_float{i}"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(wc, ref[f"stain_matrix_completed{i}"], rtol=1e-6)
+
+
+def test_lab_round_trip():
+    img, _ = synthetic_he(64, 64)
+    back = stain.lab_to_rgb(stain.rgb_to_lab(img))
+    np.testing.assert_allclose(back, img, atol=1e-6)
+
+
+def test_complement_is_unit_cross_product():
+    w = stain.complement_stain_matrix(stain.STAIN_MATRIX_HE)
+    h, e = np.array(stain.STAIN_COLOR_MAP["hematoxylin"]), np.array(stain.STAIN_COLOR_MAP["eosin"])
+    expected = np.cross(h, e) / np.linalg.norm(np.cross(h, e))
+    np.testing.assert_allclose(w[:, 2], expected)
+    np.testing.assert_allclose(w[:, :2], stain.STAIN_MATRIX_HE[:, :2])
+
+
+def test_deconvolution_separates_pure_hematoxylin():
+    # a pixel made of hematoxylin alone (Beer-Lambert) shows up in the H channel only
+    od = 0.8 * np.array(stain.STAIN_COLOR_MAP["hematoxylin"]) / np.linalg.norm(stain.STAIN_COLOR_MAP["hematoxylin"])
+    rgb = (256 * np.exp(-od * np.log(256) / 255 * 255) - 1).clip(0, 255)
+    img = np.tile(rgb.round().astype(np.uint8), (4, 4, 1))
+    stains = stain.color_deconvolution(img, stain.STAIN_MATRIX_HE).StainsFloat
+    assert stains[..., 0].mean() < 200  # hematoxylin present
+    assert stains[..., 1].mean() > 240 and stains[..., 2].mean() > 240  # eosin, residual ~ none
+
+
+def test_reinhard_matches_target_statistics():
+    img, _ = synthetic_he(128, 128, seed=3)
+    out = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA)
+    mu, _ = stain.lab_mean_std(out)
+    np.testing.assert_allclose(mu, stain.DEFAULT_TARGET_MU, atol=0.05)
+
+
+def test_reinhard_uses_given_slide_statistics_not_the_tile():
+    img, _ = synthetic_he(64, 64, seed=4)
+    mu, sd = stain.lab_mean_std(img)
+    a = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, mu, sd)
+    b = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, mu + 0.2, sd)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
+
+
+def test_reinhard_torch_agrees_with_numpy():
+    torch = pytest.importorskip("torch")
+    img, _ = synthetic_he(64, 64, seed=5)
+    mu, sd = stain.lab_mean_std(img)
+    ref = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, mu, sd)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    out = stain.reinhard_torch(t, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, mu, sd)
+    out = out[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(out - ref.astype(int)).max() <= 1
+
+
+def test_slide_stats_use_tissue_only():
+    img, _ = synthetic_he(100, 100, tissue=(0, 0, 50, 100))
+    mask = np.zeros((10, 10), bool)
+    mask[:, :5] = True
+    mu_t, _ = stain.slide_lab_stats(img, mask)
+    mu_tissue, _ = stain.lab_mean_std(img[:, :50])
+    np.testing.assert_allclose(mu_t, mu_tissue, atol=1e-9)
