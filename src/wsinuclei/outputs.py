@@ -65,9 +65,9 @@ def dsa_dict(boxes: np.ndarray, scores: np.ndarray, name: str) -> dict:
     for (x0, y0, x1, y1), s in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(scores, float).reshape(-1)):
         elements.append({
             "type": "rectangle",
-            "center": [round((x0 + x1) / 2, 1), round((y0 + y1) / 2, 1), 0],
-            "width": round(x1 - x0, 1),
-            "height": round(y1 - y0, 1),
+            "center": [round((x0 + x1) / 2, 2), round((y0 + y1) / 2, 2), 0],
+            "width": round(x1 - x0, 2),
+            "height": round(y1 - y0, 2),
             "rotation": 0,
             "lineColor": "rgb(0,0,255)",
             "lineWidth": 2,

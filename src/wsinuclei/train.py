@@ -192,7 +192,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
             for k in LOSS_KEYS:
-                running[k] += float(losses[k])
+                running[k] += float(losses[k].detach())
             n_running += 1
             done = step + 1
             bar.update(1)

@@ -1,0 +1,125 @@
+"""The command line: help, info, and every kind of bad input giving one clear line and a non-zero exit."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_he
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "wsinuclei.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def assert_clean_error(proc, *needles):
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("wsinuclei: error:")
+    for n in needles:
+        assert n in err
+
+
+def test_help_explains_every_detect_option():
+    proc = run("detect", "--help")
+    assert proc.returncode == 0
+    for opt in ("--out", "--mpp", "--roi", "--tile-size", "--overlap", "--min-tissue", "--model", "--workers",
+                "--scheduler", "--device", "--batch-size", "--force", "--gzip"):
+        assert opt in proc.stdout
+
+
+def test_info_on_generated_slide(pyramid_slide):
+    proc = run("info", pyramid_slide[0])
+    assert proc.returncode == 0
+    assert "2100 x 1500" in proc.stdout and "0.25" in proc.stdout and "downsample 2.000" in proc.stdout
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, pyramid_slide):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "notaslide.svs").write_text("hello, I am text")
+    data = pyramid_slide[0].read_bytes()
+    (d / "truncated.tiff").write_bytes(data[: len(data) // 3])
+    png = d / "region.png"
+    img, _ = synthetic_he(300, 300)
+    Image.fromarray(img).save(png)
+    (d / "truncated.png").write_bytes(png.read_bytes()[:2000])
+    Image.fromarray(np.full((300, 300, 3), 250, np.uint8)).save(d / "blank.png")
+    (d / "folder").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("missing.svs", "no such file"),
+    ("notaslide.svs", "not a slide"),
+    ("truncated.tiff", ""),
+    ("truncated.png", "not a readable image"),
+    ("folder", "folder"),
+    ("blank.png", "no tissue"),
+])
+def test_bad_input_one_line_no_output(bad_inputs, tmp_path, random_model, name, needle):
+    out = tmp_path / "out"
+    proc = run("detect", bad_inputs / name, "--out", out, "--mpp", "0.25", "--model", random_model, "--quiet")
+    assert_clean_error(proc, needle)
+    assert not out.exists() or not any(p.suffix in (".csv", ".geojson") for p in out.iterdir())
+
+
+def test_missing_mpp_names_the_flag(bad_inputs, tmp_path, random_model):
+    proc = run("detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--model", random_model)
+    assert_clean_error(proc, "--mpp")
+
+
+def test_bad_roi_and_options(bad_inputs, tmp_path, random_model):
+    base = ["detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25", "--model", random_model]
+    assert_clean_error(run(*base, "--roi", "0,0,5000,10"), "--roi")
+    assert_clean_error(run(*base, "--overlap", "2000"), "--overlap")
+    assert_clean_error(run(*base, "--min-tissue", "3"), "--min-tissue")
+    proc = run(*base, "--roi", "abc")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "x,y,w,h" in proc.stderr
+
+
+def test_bad_model_file(bad_inputs, tmp_path):
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    proc = run("detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25", "--model", bad)
+    assert_clean_error(proc, "model")
+
+
+def test_evaluate_reports_unpaired_stems(tmp_path):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir(), truth.mkdir()
+    (pred / "a.csv").write_text("x0,y0,x1,y1,score\n0,0,10,10,0.9\n50,50,60,60,0.8\n")
+    (pred / "b.csv").write_text("x0,y0,x1,y1,score\n")
+    (truth / "a.csv").write_text("x0,y0,x1,y1\n0,0,10,10\n100,100,110,110\n")
+    (truth / "c.csv").write_text("x0,y0,x1,y1\n0,0,10,10\n")
+    proc = run("evaluate", "--pred", pred, "--truth", truth, "--out", tmp_path / "rep", "--no-overlays")
+    assert proc.returncode == 0, proc.stderr
+    assert "no truth for: b" in proc.stdout and "no predictions for: c" in proc.stdout
+    import json
+
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["pooled"]["tp"] == 1 and m["pooled"]["fp"] == 1 and m["pooled"]["fn"] == 1
+    assert m["only_in_predictions"] == ["b"] and m["only_in_truth"] == ["c"]
+    assert (tmp_path / "rep" / "pr_curve.png").is_file() and (tmp_path / "rep" / "per_image.csv").is_file()
+
+
+def test_evaluate_overlays(tmp_path):
+    img, boxes = synthetic_he(120, 120, n_nuclei=5)
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    Image.fromarray(img).save(truth / "x.png")
+    (truth / "x.csv").write_text("x0,y0,x1,y1\n" + "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in boxes))
+    pred = tmp_path / "x.csv"
+    pred.write_text("x0,y0,x1,y1,score\n" + f"{boxes[0][0]},{boxes[0][1]},{boxes[0][2]},{boxes[0][3]},0.9\n1,1,9,9,0.8\n")
+    proc = run("evaluate", "--pred", pred, "--truth", truth / "x.csv", "--out", tmp_path / "rep")
+    assert proc.returncode == 0, proc.stderr
+    ov = np.array(Image.open(tmp_path / "rep" / "overlay_x.png"))
+    assert ((ov == [0, 200, 0]).all(-1)).any()  # a TP in green
+    assert ((ov == [0, 0, 255]).all(-1)).any()  # an FP in blue
+    assert ((ov == [255, 0, 0]).all(-1)).any()  # FNs in red

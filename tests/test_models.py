@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsinuclei.checkpoint import load_model, save_model
+from wsinuclei import stain
+from wsinuclei.data import prepare
+from wsinuclei.errors import WsinucleiError
+from wsinuclei.models import build_detector, count_parameters, list_presets, load_preset, set_num_units
+from conftest import synthetic_he
+
+
+def test_presets_listed():
+    assert {"fast", "resnet50", "resnet101"} <= set(list_presets())
+    with pytest.raises(WsinucleiError, match="unknown preset"):
+        load_preset("nope")
+
+
+@pytest.mark.parametrize("name", ["fast", "resnet50", "resnet101"])
+def test_every_preset_builds_and_runs(name):
+    torch.manual_seed(0)
+    cfg = load_preset(name)
+    model = build_detector(cfg)
+    x = torch.rand(3, 128, 128)
+    model.train()
+    losses = model([x], [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 34.0]]), "labels": torch.tensor([1])}])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model([x])[0]
+    assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"])
+    assert model.roi_heads.detections_per_img >= 2000  # dense tiles are never truncated
+    # the transform never rescales: 128 px in, boxes within 128 px
+    assert (out["boxes"] <= 128).all()
+
+
+def test_resnet101_units_and_cut():
+    cfg = load_preset("resnet101")
+    assert cfg.backbone["num_units"] == 18
+    model = build_detector(cfg)
+    assert len(model.backbone.body.layer3) == 18
+    # frozen before block 2: stem and block 1 do not train
+    assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())
+    assert all(p.requires_grad for p in model.backbone.body.layer2.parameters())
+    cut = set_num_units(model, 6)
+    assert len(cut.backbone.body.layer3) == 6 and len(model.backbone.body.layer3) == 18
+    assert count_parameters(cut) < count_parameters(model)
+    cfg.backbone["num_units"] = 30
+    with pytest.raises(WsinucleiError, match="num_units"):
+        build_detector(cfg)
+
+
+def test_checkpoint_round_trip_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    cfg = load_preset("fast")
+    model = build_detector(cfg).eval()
+    path = save_model(model, cfg, tmp_path / "m.safetensors", target_mu=stain.DEFAULT_TARGET_MU,
+                      target_sigma=stain.DEFAULT_TARGET_SIGMA, half=False, extra={"command": "test"})
+    loaded = load_model(path)
+    assert loaded.mpp == 0.25 and loaded.input_channels == "rgb" and loaded.extra["command"] == "test"
+    x = torch.rand(3, 192, 192)
+    with torch.no_grad():
+        a, b = model([x])[0], loaded.model([x])[0]
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])
+    half = save_model(model, cfg, tmp_path / "h.safetensors", target_mu=stain.DEFAULT_TARGET_MU,
+                      target_sigma=stain.DEFAULT_TARGET_SIGMA, half=True)
+    assert half.stat().st_size < path.stat().st_size * 0.6
+
+
+def test_model_file_errors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(WsinucleiError, match="not a readable model"):
+        load_model(bad)
+    with pytest.raises(WsinucleiError, match="no such model"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    src = root / "src"
+    src.mkdir()
+    for i in range(3):
+        img, boxes = synthetic_he(256, 256, seed=10 + i, n_nuclei=25)
+        Image.fromarray(img).save(src / f"im{i}.png")
+        lab = np.zeros((256, 256), np.uint16)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+            lab[y0:y1, x0:x1] = k + 1
+        Image.fromarray(lab).save(src / f"im{i}_labels.png")
+    prepare(src, root / "prep", tile=256, val_fraction=0.34, progress=False)
+    return root / "prep"
+
+
+def _tiny_config(steps_eval):
+    cfg = load_preset("fast")
+    cfg.train.update(lr=0.01, warmup_steps=5, batch_size=2, crop_size=128, eval_every=steps_eval, lr_milestones=[])
+    return cfg
+
+
+def test_tiny_training_lowers_the_loss(tiny_data, tmp_path):
+    import csv
+
+    from wsinuclei.train import train
+
+    best = train(_tiny_config(40), tiny_data, tmp_path / "run", steps=40, log_every=5, progress=False, threads=2)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    assert losses[-1] < 0.75 * losses[0]
+    assert (tmp_path / "run" / "best.safetensors").is_file() and "val_f1" in best
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    from wsinuclei.train import train
+
+    train(_tiny_config(3), tiny_data, tmp_path / "a", steps=6, progress=False, threads=2)
+    train(_tiny_config(3), tiny_data, tmp_path / "b", steps=3, progress=False, threads=2)
+    with pytest.raises(WsinucleiError, match="--resume"):
+        train(_tiny_config(3), tiny_data, tmp_path / "b", steps=6, progress=False)
+    train(_tiny_config(3), tiny_data, tmp_path / "b", steps=6, resume=True, progress=False, threads=2)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["steps"] == 6 and run["seed"] == 0
