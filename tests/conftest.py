@@ -32,8 +32,8 @@ def random_model(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = load_preset("fast")
-    cfg.roi_heads["detections_per_img"] = 300
-    cfg.rpn["post_nms_top_n_test"] = 300
+    cfg.roi_heads["detections_per_img"] = 100
+    cfg.rpn["post_nms_top_n_test"] = 200
     model = build_detector(cfg)
     path = tmp_path_factory.mktemp("model") / "random.safetensors"
     save_model(model, cfg, path, target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The reported test figures: detect with the shipped model on the 14 MoNuSeg test images (1000x1000 at 40x,
+# no µm/px in the files, so --mpp 0.25 is given) and evaluate against their XML annotations.
+# The test images are used for nothing else: no training, tuning or checkpoint selection.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${WSINUCLEI_SHARED:-../shared}
+TEST="$SHARED/data/monuseg/test"
+OUT=${1:-out/monuseg_test}
+MODEL_ARGS=()
+[ -n "${MODEL:-}" ] && MODEL_ARGS=(--model "$MODEL")
+.venv/bin/wsinuclei detect "$TEST"/*.tif --out "$OUT/pred" --mpp 0.25 --min-tissue 0 --quiet "${MODEL_ARGS[@]}"
+.venv/bin/wsinuclei evaluate --pred "$OUT/pred" --truth "$TEST" --out "$OUT/report" --mpp 0.25

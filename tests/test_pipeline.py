@@ -1,0 +1,175 @@
+"""Whole-slide runs: outputs, seams, resume after kill -9, local Dask, a real Dask cluster, a killed worker."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsinuclei.evaluate import box_iou
+from wsinuclei.pipeline import RunOptions, run_slide
+
+OPTS = dict(tile_size=256, overlap=32, progress=False)
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return [tuple(r) for r in csv.reader(fh)]
+
+
+def assert_same_detections(a_path, b_path):
+    """The same nuclei, box for box. Runs with different torch thread counts (Dask workers use one thread,
+    in-process runs two) sum floats in another order, so scores may differ in the 4th decimal and a
+    coordinate by a rounding step; anything more is a real difference."""
+    from wsinuclei.annotations import read_boxes
+    from wsinuclei.evaluate import match
+
+    a, b = read_boxes(a_path), read_boxes(b_path)
+    assert len(a) == len(b)
+    pi, ti, q = match(a.boxes, b.boxes, 0.95)
+    assert len(pi) == len(a)
+    assert np.abs(a.scores[pi] - b.scores[ti]).max() < 2e-3
+
+
+@pytest.fixture(scope="module")
+def reference_run(pyramid_slide, random_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    report = run_slide(pyramid_slide[0], out, RunOptions(model=str(random_model), **OPTS), log=lambda *_: None)
+    return out, report
+
+
+def test_in_process_outputs(reference_run, pyramid_slide):
+    out, report = reference_run
+    name = Path(pyramid_slide[0]).stem
+    rows = read_csv(out / f"{name}.csv")
+    assert rows[0] == ("x0", "y0", "x1", "y1", "score")
+    assert len(rows) - 1 == report.nuclei > 0
+    boxes = np.array([[float(v) for v in r[:4]] for r in rows[1:]])
+    iou = box_iou(boxes, boxes)
+    np.fill_diagonal(iou, 0)
+    # no duplicates anywhere, seams included (NMS at 0.5; the CSV rounds to 0.1 px, hence the tolerance)
+    assert iou.max() <= 0.52
+    assert report.tiles_skipped_tissue > 0 and report.tiles_processed > 0  # the glass on the right is skipped
+    prof = list(csv.DictReader(open(out / f"{name}.profile.csv")))
+    assert len(prof) == report.tiles_processed
+    assert {"read_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "nuclei"} <= set(prof[0])
+    assert sum(int(p["nuclei"]) for p in prof) >= report.nuclei
+    assert (out / f"{name}.thumbnail.png").is_file()
+    run = json.loads((out / f"{name}.run.json").read_text())
+    assert run["tiles_failed"] == 0 and run["nuclei"] == report.nuclei
+    assert not list(out.glob(".*.parts"))  # parts are removed once the run is complete
+
+
+def test_roi_limits_the_run(pyramid_slide, random_model, tmp_path, reference_run):
+    roi = (300, 200, 600, 500)
+    report = run_slide(pyramid_slide[0], tmp_path, RunOptions(model=str(random_model), roi=roi, **OPTS), log=lambda *_: None)
+    rows = read_csv(tmp_path / f"{Path(pyramid_slide[0]).stem}.csv")[1:]
+    c = np.array([[(float(r[0]) + float(r[2])) / 2, (float(r[1]) + float(r[3])) / 2] for r in rows])
+    assert len(c) and (c[:, 0] >= 300).all() and (c[:, 0] < 900).all() and (c[:, 1] >= 200).all() and (c[:, 1] < 700).all()
+    assert report.tiles_total < reference_run[1].tiles_total
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "wsinuclei.cli", *map(str, args)]
+
+
+def test_resume_after_kill_gives_identical_output(pyramid_slide, random_model, tmp_path, reference_run):
+    name = Path(pyramid_slide[0]).stem
+    cmd = _cli("detect", pyramid_slide[0], "--out", tmp_path, "--model", random_model, "--tile-size", 256,
+               "--overlap", 32, "--quiet")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        parts = list(tmp_path.glob(f".{name}.parts/*/*.npz"))
+        if len(parts) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / f"{name}.csv").exists()  # an interrupted run leaves no result that looks complete
+    done = len(list(tmp_path.glob(f".{name}.parts/*/*.npz")))
+    assert done >= 5
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{done} resumed" in res.stdout or f"({done} done before)" in res.stdout
+    assert read_csv(tmp_path / f"{name}.csv") == read_csv(reference_run[0] / f"{name}.csv")
+
+
+def test_local_dask_equals_in_process(pyramid_slide, random_model, tmp_path, reference_run):
+    name = Path(pyramid_slide[0]).stem
+    report = run_slide(pyramid_slide[0], tmp_path, RunOptions(model=str(random_model), workers=2, **OPTS),
+                       log=lambda *_: None)
+    assert report.executor.startswith("local dask")
+    assert_same_detections(tmp_path / f"{name}.csv", reference_run[0] / f"{name}.csv")
+    workers = {p["worker"] for p in csv.DictReader(open(tmp_path / f"{name}.profile.csv"))}
+    assert len(workers) == 2  # both workers took tiles
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    time.sleep(2)
+    for i in range(2):
+        procs.append(subprocess.Popen([str(bindir / "dask"), "worker", addr, "--nthreads", "1", "--nworkers", "1",
+                                       "--no-dashboard", "--name", f"w{i}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    from distributed import Client
+
+    with Client(addr, timeout="30s") as c:
+        c.wait_for_workers(2, timeout=60)
+    yield addr, procs
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def test_remote_scheduler_equals_in_process(pyramid_slide, random_model, tmp_path, reference_run, dask_cluster):
+    addr, _ = dask_cluster
+    name = Path(pyramid_slide[0]).stem
+    res = subprocess.run(_cli("detect", pyramid_slide[0], "--out", tmp_path, "--model", random_model, "--tile-size",
+                              256, "--overlap", 32, "--scheduler", addr, "--quiet"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_same_detections(tmp_path / f"{name}.csv", reference_run[0] / f"{name}.csv")
+
+
+def test_killed_worker_costs_only_its_tiles(pyramid_slide, random_model, tmp_path, reference_run, dask_cluster):
+    addr, procs = dask_cluster
+    name = Path(pyramid_slide[0]).stem
+    proc = subprocess.Popen(_cli("detect", pyramid_slide[0], "--out", tmp_path, "--model", random_model,
+                                 "--tile-size", 256, "--overlap", 32, "--scheduler", addr, "--quiet"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob(f".{name}.parts/*/*.npz"))) < 4:
+        time.sleep(0.05)
+    # kill one worker process outright (the nanny's child and the nanny: nothing restarts it)
+    victim = procs[1]
+    subprocess.run(["pkill", "-9", "-P", str(victim.pid)])
+    victim.kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert_same_detections(tmp_path / f"{name}.csv", reference_run[0] / f"{name}.csv")
