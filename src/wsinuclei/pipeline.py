@@ -349,8 +349,11 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
         client.run(_dask_worker_init, threads)
     try:
         ctx_future = client.scatter(plan.ctx, broadcast=True)  # the mask travels once per worker, not per tile
+        # On GPUs: one worker per GPU, started with `--resources GPU=1` (and its own CUDA_VISIBLE_DEVICES);
+        # each tile then claims one GPU, so no two tiles share a card.
+        extra = {"resources": {"GPU": 1}} if plan.ctx.device.startswith("cuda") else {}
         futures = [client.submit(process_tile, ctx_future, t, key=f"tile-{Path(plan.ctx.path).name}-{t.key}-{id(plan)}",
-                                 retries=2, pure=False) for t in todo]
+                                 retries=2, pure=False, **extra) for t in todo]
         for fut in as_completed(futures):
             on_result(fut.result())
             fut.release()
@@ -417,8 +420,6 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     name = plan.slide.name
     out_dir.mkdir(parents=True, exist_ok=True)
     draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
-    if not np.isfinite(plan.ctx.mpp):
-        raise WsinucleiError("invalid µm/px")
 
     model_file = Path(model_path) if model_path else DEFAULT_MODEL
     model_id = hashlib.sha1(model_file.read_bytes()).hexdigest()[:12]

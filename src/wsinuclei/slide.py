@@ -88,15 +88,15 @@ class Slide:
             import openslide
 
             props = self._osr.properties
-            for key in (openslide.PROPERTY_NAME_MPP_X,):
-                if key in props:
-                    try:
-                        v = float(props[key])
-                        if v > 0:
-                            return v, "metadata"
-                    except ValueError:
-                        pass
-            return _mpp_from_tiff_props(props), "metadata (TIFF resolution)" if _mpp_from_tiff_props(props) else "none"
+            try:
+                v = float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan"))
+            except ValueError:
+                v = float("nan")
+            if v > 0:
+                return v, "metadata"
+            # generic TIFFs whose resolution OpenSlide did not turn into µm/px
+            tiff_mpp = _mpp_from_tiff_props(props)
+            return (tiff_mpp, "metadata (TIFF resolution)") if tiff_mpp else (None, "none")
         # plain images: a TIFF/PNG resolution is trusted only in the plausible microscope range
         unit = self._tiff_tags.get(296)  # ResolutionUnit: 2 inch, 3 cm
         xres = self._tiff_tags.get(282)
