@@ -173,3 +173,27 @@ def test_killed_worker_costs_only_its_tiles(pyramid_slide, random_model, tmp_pat
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert_same_detections(tmp_path / f"{name}.csv", reference_run[0] / f"{name}.csv")
+
+
+def test_unreadable_tile_is_retried_then_reported(pyramid_slide, random_model, tmp_path, monkeypatch):
+    from wsinuclei.errors import WsinucleiError
+    from wsinuclei.slide import Slide
+
+    calls = {"n": 0}
+    real = Slide.read_region
+
+    def flaky(self, x, y, w, h, mpp):
+        if x == 0 and y == 0:  # the top-left tile is "corrupt"
+            calls["n"] += 1
+            raise WsinucleiError("corrupt JPEG data in region")
+        return real(self, x, y, w, h, mpp)
+
+    monkeypatch.setattr(Slide, "read_region", flaky)
+    roi = (0, 0, 700, 500)
+    report = run_slide(pyramid_slide[0], tmp_path, RunOptions(model=str(random_model), roi=roi, readers=1, **OPTS),
+                       log=lambda *_: None)
+    assert calls["n"] == 3  # one try and two retries
+    assert report.tiles_failed == 1 and report.failed[0]["tile"] == "00000_00000"
+    run = json.loads((tmp_path / f"{Path(pyramid_slide[0]).stem}.run.json").read_text())
+    assert run["tiles_failed"] == 1 and "corrupt" in run["failed"][0]["error"]
+    assert report.nuclei > 0  # the other tiles' nuclei are there

@@ -207,22 +207,22 @@ def stem_of(path: str | Path) -> str:
 
 
 def collect_box_files(path: str | Path, suffixes=TRUTH_SUFFIXES) -> dict[str, Path]:
-    """A file or a folder -> {stem: file}. In a folder, files of the known box formats are taken; a folder
-    holding two box files with one stem is ambiguous and refused."""
+    """A file or a folder -> {stem: file}. In a folder, files of the given formats are taken; where one stem
+    has several (a run writes NAME.csv and NAME.geojson), the format listed first in ``suffixes`` wins."""
     path = Path(path)
     if path.is_file():
         return {stem_of(path): path}
     if not path.is_dir():
         raise WsinucleiError(f"{path}: no such file or folder")
-    found: dict[str, Path] = {}
+    found: dict[str, tuple[int, Path]] = {}
     for f in sorted(path.iterdir()):
         n = f.name.lower()
-        if not f.is_file() or not n.endswith(suffixes) or n.endswith(".profile.csv") or n.startswith("per_image"):
+        rank = next((i for i, suf in enumerate(suffixes) if n.endswith(suf)), None)
+        if not f.is_file() or rank is None or n.endswith(".profile.csv") or n.startswith("per_image"):
             continue
         stem = stem_of(f)
-        if stem in found:
-            raise WsinucleiError(f"{path}: two box files for '{stem}' ({found[stem].name}, {f.name}); name one file")
-        found[stem] = f
+        if stem not in found or rank < found[stem][0]:
+            found[stem] = (rank, f)
     if not found:
-        raise WsinucleiError(f"{path}: no box files (.xml, _labels.png, .geojson, .csv) in this folder")
-    return found
+        raise WsinucleiError(f"{path}: no box files ({', '.join(suffixes)}) in this folder")
+    return {stem: f for stem, (_, f) in found.items()}

@@ -41,9 +41,21 @@ def _cmd_detect(args) -> int:
     opts = _run_options(args)
     if len(args.slides) > 1 and opts.roi is not None:
         raise WsinucleiError("--roi applies to one slide at a time")
+    failed = 0
     for path in args.slides:
-        report = run_slide(path, args.out, opts)
+        try:
+            report = run_slide(path, args.out, opts)
+        except WsinucleiError as exc:
+            if len(args.slides) == 1:
+                raise
+            # one bad slide in a batch: say so, go on with the others, exit non-zero at the end
+            print(f"wsinuclei: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         print(format_report(report))
+    if failed:
+        print(f"wsinuclei: error: {failed} of {len(args.slides)} slides failed (see above)", file=sys.stderr)
+        return 2
     return 0
 
 
