@@ -123,3 +123,13 @@ def test_evaluate_overlays(tmp_path):
     assert ((ov == [0, 200, 0]).all(-1)).any()  # a TP in green
     assert ((ov == [0, 0, 255]).all(-1)).any()  # an FP in blue
     assert ((ov == [255, 0, 0]).all(-1)).any()  # FNs in red
+
+
+def test_cuda_without_gpu_is_a_clear_error(bad_inputs, tmp_path, random_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run("detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25", "--model", random_model,
+               "--device", "cuda")
+    assert_clean_error(proc, "no CUDA GPU")

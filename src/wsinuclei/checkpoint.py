@@ -61,7 +61,17 @@ class LoadedModel:
         return self.config.input_channels
 
 
+def check_device(device: str) -> str:
+    """Refuse a CUDA device on a machine without one, in words rather than a CUDA traceback."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WsinucleiError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise WsinucleiError(f"--device {device}: expected cpu, cuda or cuda:N")
+    return device
+
+
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    check_device(device)
     path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
         if path == DEFAULT_MODEL:

@@ -408,9 +408,10 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     NAME.profile.csv and NAME.run.json into ``out_dir``."""
     from tqdm import tqdm
 
-    from .checkpoint import DEFAULT_MODEL, load_model
+    from .checkpoint import DEFAULT_MODEL, check_device, load_model
 
     t_start = time.time()
+    check_device(opts.device)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise WsinucleiError(f"{out_dir}: exists and is not a folder")

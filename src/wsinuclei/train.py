@@ -99,6 +99,9 @@ def train(
 ) -> dict:
     from tqdm import tqdm
 
+    from .checkpoint import check_device
+
+    check_device(device)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if threads:
