@@ -130,3 +130,34 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["steps"] == 6 and run["seed"] == 0
+
+
+def test_score_calibration_moves_the_best_threshold_to_one_half():
+    from wsinuclei.checkpoint import fit_score_calibration, shift_scores
+
+    truth = np.array([[i * 30.0, 0.0, i * 30.0 + 20, 20.0] for i in range(10)])
+    fp = truth + [0, 100, 0, 100]
+    boxes = np.concatenate([truth, fp])
+    scores = np.r_[np.full(10, 0.30), np.full(10, 0.20)]
+    cal = fit_score_calibration([(boxes, scores)], [truth])
+    assert 0.2 < cal["raw_threshold"] <= 0.3 and cal["validation_f1"] == 1.0
+    shifted = shift_scores(scores, cal["logit_shift"])
+    assert (shifted[:10] >= 0.5).all() and (shifted[10:] < 0.5).all()
+    assert np.all(np.diff(shift_scores(np.linspace(0.01, 0.99, 50), 1.3)) > 0)  # monotone: AP unchanged
+
+
+def test_calibration_is_applied_at_inference(tmp_path):
+    from wsinuclei.inference import NucleusDetector
+
+    torch.manual_seed(2)
+    cfg = load_preset("fast")
+    model = build_detector(cfg).eval()
+    kw = dict(target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA, half=False)
+    plain = save_model(model, cfg, tmp_path / "a.safetensors", **kw)
+    cal = save_model(model, cfg, tmp_path / "b.safetensors", extra={"score_calibration": {"logit_shift": 1.0}}, **kw)
+    tile = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
+    (b1, s1), = NucleusDetector.from_file(plain).predict([tile])
+    (b2, s2), = NucleusDetector.from_file(cal).predict([tile])
+    np.testing.assert_allclose(b1, b2)
+    expected = 1 / (1 + np.exp(-(np.log(s1 / (1 - s1)) + 1.0)))
+    np.testing.assert_allclose(s2, expected, rtol=1e-5)

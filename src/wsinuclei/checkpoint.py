@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -51,6 +52,14 @@ class LoadedModel:
         self.model, self.config = model, config
         self.target_mu, self.target_sigma = target_mu, target_sigma
         self.extra, self.path = extra, path
+
+    @property
+    def logit_shift(self) -> float:
+        return float(self.extra.get("score_calibration", {}).get("logit_shift", 0.0))
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        """Raw detector scores -> calibrated scores (see :func:`fit_score_calibration`)."""
+        return shift_scores(scores, self.logit_shift)
 
     @property
     def mpp(self) -> float:
@@ -97,3 +106,33 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     model.eval().to(device)
     return LoadedModel(model, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
                        json.loads(meta.get("extra", "{}")), path)
+
+
+def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:
+    """Move scores by a constant in logit space: monotone, so rankings, NMS and AP are unchanged."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if logit_shift == 0.0:
+        return scores
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + logit_shift)))
+
+
+def fit_score_calibration(preds, truths, target: float = 0.5) -> dict:
+    """Choose the operating point on held-out images: the score threshold that maximises pooled F1@0.5, and
+    the logit shift that moves it to ``target`` (0.5), so a user's "score >= 0.5" is the model's best cut.
+
+    ``preds``: [(boxes, raw_scores)], ``truths``: [boxes], for the validation images only.
+    """
+    from .evaluate import count
+
+    best = (-1.0, 0.5)
+    for t in np.round(np.arange(0.05, 0.951, 0.01), 2):
+        c = None
+        for (b, s), tb in zip(preds, truths):
+            ci = count(b, s, tb, score_threshold=float(t))
+            c = ci if c is None else c + ci
+        if c.f1 > best[0]:
+            best = (c.f1, float(t))
+    f1, t = best
+    shift = float(np.log(target / (1 - target)) - np.log(t / (1 - t)))
+    return {"logit_shift": shift, "raw_threshold": t, "validation_f1": f1}

@@ -143,8 +143,29 @@ def _cmd_export(args) -> int:
     from .checkpoint import load_model, save_model
 
     m = load_model(args.model)
+    extra = {**m.extra, "exported_from": str(args.model)}
+    if args.calibrate:
+        from .checkpoint import fit_score_calibration
+        from .data import load_split
+        from .train import predict_images
+
+        val = load_split(args.calibrate, "val_full")
+        if m.input_channels == "hematoxylin":
+            from .stain import hematoxylin_channel
+
+            val = [(n, hematoxylin_channel(im), b) for n, im, b in val]
+        preds = predict_images(m.model, [im for _, im, _ in val])
+        cal = fit_score_calibration(preds, [b for _, _, b in val])
+        extra["score_calibration"] = {**cal, "images": [n for n, _, _ in val]}
+        print(f"operating point from {len(val)} validation images: raw score {cal['raw_threshold']:.2f} "
+              f"(F1@0.5 {cal['validation_f1']:.3f}) becomes 0.5 (logit shift {cal['logit_shift']:+.3f})")
+        # keep raw scores down to where calibrated ones reach the study's 0.1 floor
+        from .checkpoint import shift_scores
+
+        raw_floor = float(shift_scores([0.1], -cal["logit_shift"])[0])
+        m.config.roi_heads["score_thresh"] = round(min(0.1, raw_floor), 4)
     save_model(m.model, m.config, args.out, target_mu=m.target_mu, target_sigma=m.target_sigma, half=not args.fp32,
-               extra={**m.extra, "exported_from": str(args.model)})
+               extra=extra)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -254,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", help="model file, e.g. RUN_DIR/best.safetensors")
     sp.add_argument("--out", required=True)
     sp.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    sp.add_argument("--calibrate", metavar="PREPARED", default=None,
+                    help="set the operating point on the validation images of a prepared folder: scores are "
+                    "shifted so that 0.5 is the threshold with the best validation F1")
     sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("build-slide", help="write a pyramidal tiled TIFF test slide from annotated images, "

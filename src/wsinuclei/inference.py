@@ -28,5 +28,6 @@ class NucleusDetector:
         batch = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device).permute(2, 0, 1).float().div_(255.0)
                  for t in tiles]
         out = self.model(batch)
-        return [(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy().astype(np.float64))
+        return [(o["boxes"].float().cpu().numpy().astype(np.float64),
+                 self.loaded.calibrate(o["scores"].float().cpu().numpy()))
                 for o in out]
