@@ -197,3 +197,13 @@ def test_unreadable_tile_is_retried_then_reported(pyramid_slide, random_model, t
     run = json.loads((tmp_path / f"{Path(pyramid_slide[0]).stem}.run.json").read_text())
     assert run["tiles_failed"] == 1 and "corrupt" in run["failed"][0]["error"]
     assert report.nuclei > 0  # the other tiles' nuclei are there
+
+
+def test_batched_inference_equals_one_at_a_time(pyramid_slide, random_model, tmp_path):
+    """The GPU path's batching (here on the CPU): batches of tiles give the tiles' own results."""
+    name = Path(pyramid_slide[0]).stem
+    roi = (200, 200, 900, 700)
+    for bs in (1, 3):
+        run_slide(pyramid_slide[0], tmp_path / f"b{bs}", RunOptions(model=str(random_model), roi=roi, batch_size=bs,
+                                                                   **OPTS), log=lambda *_: None)
+    assert_same_detections(tmp_path / "b1" / f"{name}.csv", tmp_path / "b3" / f"{name}.csv")
