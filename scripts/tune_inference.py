@@ -43,7 +43,7 @@ def main():
                 t0 = time.perf_counter()
                 o = m.model([torch.from_numpy(t).permute(2, 0, 1).float() / 255])[0]
                 times.append(time.perf_counter() - t0)
-                preds.append((o["boxes"].numpy().astype(float), o["scores"].numpy().astype(float)))
+                preds.append((o["boxes"].numpy().astype(float), m.calibrate(o["scores"].numpy())))
         res = evaluate_set([(n, p, s, b) for (n, _, b), (p, s) in zip(val, preds)])
         print(f"| {pre} | {post} | {res['pooled']['f1']:.3f} | {res['pooled_centroid']['f1']:.3f} | "
               f"{res['AP@0.5']:.3f} | {np.median(times):.2f} |", flush=True)
