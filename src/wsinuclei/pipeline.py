@@ -55,6 +55,9 @@ class RunOptions:
     retries: int = 2
     progress: bool = True
     keep_parts: bool = False
+    # Reinhard source statistics (lab mean, lab std) to use instead of the slide's own: for a region cut
+    # out of a larger slide, pass the whole slide's so the region is normalised as the slide would be.
+    lab_stats: tuple | None = None
 
 
 @dataclass
@@ -252,7 +255,7 @@ def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_chann
     mask = tissue_mask(thumb)
     if not mask.any():
         raise WsinucleiError(f"{path}: no tissue found")
-    mu, sigma = stain.slide_lab_stats(thumb, mask)
+    mu, sigma = opts.lab_stats if opts.lab_stats is not None else stain.slide_lab_stats(thumb, mask)
     scale = model_mpp / mpp
     grid = TileGrid(roi[2], roi[3], scale, opts.tile_size, opts.overlap, origin=(roi[0], roi[1]))
     tiles, skipped = [], []
@@ -366,7 +369,8 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
 # -- the run -------------------------------------------------------------------------------------------
 def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
     key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "roi": plan.roi, "tile": opts.tile_size,
-           "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id}
+           "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
+           "lab": [plan.ctx.src_mu, plan.ctx.src_sigma]}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
