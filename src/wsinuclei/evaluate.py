@@ -11,7 +11,7 @@ the whole set and every annotation in the recall denominator (a missed nucleus i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -148,18 +148,6 @@ def pr_auc(precision: np.ndarray, recall: np.ndarray) -> float:
     r = np.concatenate([[0.0], recall])
     p = np.concatenate([[precision[0]], precision])
     return float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2))
-
-
-@dataclass
-class ImageResult:
-    """Per-image inputs kept for pooled metrics."""
-
-    name: str
-    pred: np.ndarray
-    scores: np.ndarray
-    truth: np.ndarray
-    counts: Counts = field(default_factory=Counts)
-    centroid_counts: Counts = field(default_factory=Counts)
 
 
 def apply_border_margin(boxes, scores, shape_hw, margin):

@@ -9,8 +9,9 @@ from .checkpoint import LoadedModel, load_model
 
 
 class NucleusDetector:
-    """A loaded model plus the device it runs on. Tiles go in as preprocessed uint8 HWC arrays (see
-    :func:`wsinuclei.preprocess.preprocess_tile`); boxes come back in tile pixels with their scores."""
+    """A loaded model plus the device it runs on. Tiles go in as preprocessed uint8 HWC arrays (Reinhard-normalised,
+    and deconvolved for hematoxylin models: see ``pipeline.read_and_preprocess``); boxes come back in tile pixels
+    with calibrated scores."""
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu"):
         self.loaded = loaded
