@@ -61,6 +61,9 @@ def test_in_process_outputs(reference_run, pyramid_slide):
     assert len(prof) == report.tiles_processed
     assert {"read_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "nuclei"} <= set(prof[0])
     assert sum(int(p["nuclei"]) for p in prof) >= report.nuclei
+    # the tissue check is the plan's, made on the clipped core: every run tile clears --min-tissue (0.25),
+    # edge tiles included (their cores reach to infinity before clipping)
+    assert all(float(p["tissue_fraction"]) >= 0.25 for p in prof)
     assert (out / f"{name}.thumbnail.png").is_file()
     run = json.loads((out / f"{name}.run.json").read_text())
     assert run["tiles_failed"] == 0 and run["nuclei"] == report.nuclei

@@ -149,11 +149,9 @@ def _cmd_export(args) -> int:
         from .data import load_split
         from .train import predict_images
 
-        val = load_split(args.calibrate, "val_full")
-        if m.input_channels == "hematoxylin":
-            from .stain import hematoxylin_channel
+        from .stain import model_input
 
-            val = [(n, hematoxylin_channel(im), b) for n, im, b in val]
+        val = [(n, model_input(im, m.input_channels), b) for n, im, b in load_split(args.calibrate, "val_full")]
         preds = predict_images(m.model, [im for _, im, _ in val])
         cal = fit_score_calibration(preds, [b for _, _, b in val])
         extra["score_calibration"] = {**cal, "images": [n for n, _, _ in val]}

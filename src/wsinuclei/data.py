@@ -188,8 +188,7 @@ class CropSampler:
         self.rng = rng
         self.color_jitter = color_jitter
         self.min_visible, self.min_size = min_visible, min_size
-        if input_channels == "hematoxylin":
-            self.tiles = [(n, stain.hematoxylin_channel(im), b) for n, im, b in tiles]
+        self.tiles = [(n, stain.model_input(im, input_channels), b) for n, im, b in tiles]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng

@@ -74,8 +74,6 @@ class SlideContext:
     target_mu: list[float]
     target_sigma: list[float]
     tile_size: int
-    mask: np.ndarray | None = None  # tissue mask for the per-tile tissue check
-    mask_downsample: float = 1.0
     device: str = "cpu"
     min_score: float = 0.1
     retries: int = 2
@@ -139,17 +137,10 @@ def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict
     prof["attempts"] = attempts
     prof["read_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prof["tissue_fraction"] = (
-        round(region_fraction(ctx.mask, ctx.mask_downsample, tile.core[0], tile.core[1], tile.core[2], tile.core[3]), 4)
-        if ctx.mask is not None else 1.0
-    )
-    prof["tissue_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     x = stain.reinhard(rgb, ctx.target_mu, ctx.target_sigma, src_mu=ctx.src_mu, src_sigma=ctx.src_sigma)
     prof["reinhard_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if ctx.input_channels == "hematoxylin":
-        x = stain.hematoxylin_channel(x)
+    x = stain.model_input(x, ctx.input_channels)
     prof["deconvolution_s"] = time.perf_counter() - t0
     return x, prof
 
@@ -237,6 +228,13 @@ class SlidePlan:
     thumb_downsample: float
     mask: np.ndarray
     roi: tuple[int, int, int, int]
+    # per tile key: (tissue fraction of its core, seconds the check took); computed once here, on the
+    # thumbnail's mask, so workers need neither the mask nor a second pass
+    tissue: dict = field(default_factory=dict)
+
+    def add_tissue(self, r: "TileResult") -> None:
+        frac, secs = self.tissue.get(r.key, (None, 0.0))
+        r.profile.update(tissue_fraction=None if frac is None else round(frac, 4), tissue_s=secs)
 
 
 def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
@@ -258,18 +256,19 @@ def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_chann
     mu, sigma = opts.lab_stats if opts.lab_stats is not None else stain.slide_lab_stats(thumb, mask)
     scale = model_mpp / mpp
     grid = TileGrid(roi[2], roi[3], scale, opts.tile_size, opts.overlap, origin=(roi[0], roi[1]))
-    tiles, skipped = [], []
+    tiles, skipped, tissue = [], [], {}
     for t in grid:
-        cx0, cy0, cx1, cy1 = grid.clipped_core(t)
-        frac = region_fraction(mask, ds, cx0, cy0, cx1, cy1)
+        t0 = time.perf_counter()
+        frac = region_fraction(mask, ds, *grid.clipped_core(t))
+        tissue[t.key] = (frac, time.perf_counter() - t0)
         (tiles if frac >= opts.min_tissue else skipped).append(t)
     if not tiles:
         raise WsinucleiError(f"{path}: no tile holds at least {opts.min_tissue:.0%} tissue (see --min-tissue)")
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma], opts.tile_size,
-                       mask, ds, opts.device, opts.min_score, opts.retries)
-    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi)
+                       opts.device, opts.min_score, opts.retries)
+    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue)
 
 
 def draw_thumbnail(plan: SlidePlan, path: Path) -> None:
@@ -351,7 +350,7 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
         client = Client(cluster)
         client.run(_dask_worker_init, threads)
     try:
-        ctx_future = client.scatter(plan.ctx, broadcast=True)  # the mask travels once per worker, not per tile
+        ctx_future = client.scatter(plan.ctx, broadcast=True)  # sent once per worker, not per tile
         # On GPUs: one worker per GPU, started with `--resources GPU=1` (and its own CUDA_VISIBLE_DEVICES);
         # each tile then claims one GPU, so no two tiles share a card.
         extra = {"resources": {"GPU": 1}} if plan.ctx.device.startswith("cuda") else {}
@@ -412,7 +411,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     NAME.profile.csv and NAME.run.json into ``out_dir``."""
     from tqdm import tqdm
 
-    from .checkpoint import DEFAULT_MODEL, check_device, load_model
+    from .checkpoint import check_device
 
     t_start = time.time()
     check_device(opts.device)
@@ -420,14 +419,15 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     if out_dir.exists() and not out_dir.is_dir():
         raise WsinucleiError(f"{out_dir}: exists and is not a folder")
     model_path = str(Path(opts.model).resolve()) if opts.model else None
-    loaded = load_model(model_path)  # fail early on a bad model, before any slide work
+    # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
+    # same command) use this very instance instead of loading the file again
+    loaded = _detector(model_path, opts.device).loaded
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path)
     name = plan.slide.name
     out_dir.mkdir(parents=True, exist_ok=True)
     draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
 
-    model_file = Path(model_path) if model_path else DEFAULT_MODEL
-    model_id = hashlib.sha1(model_file.read_bytes()).hexdigest()[:12]
+    model_id = hashlib.sha1(loaded.path.read_bytes()).hexdigest()[:12]
     parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
     if opts.force and parts.parent.exists():
         shutil.rmtree(parts.parent)
@@ -450,6 +450,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     bar = tqdm(total=len(plan.tiles), initial=resumed, desc=name, unit="tile", disable=not opts.progress)
 
     def on_result(r: TileResult):
+        plan.add_tissue(r)
         results[r.key] = r
         _save_part(parts, r)
         bar.update(1)
@@ -513,7 +514,9 @@ def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=pr
     rows = []
     for t in tqdm(plan.tiles, desc=f"{name} (stain steps)", unit="tile", disable=not opts.progress):
         _, prof = read_and_preprocess(plan.ctx, t)
-        rows.append(prof)
+        r = TileResult(t.key, np.zeros((0, 4)), np.zeros(0), prof)
+        plan.add_tissue(r)
+        rows.append(r.profile)
     buf = io.StringIO()
     wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
     wr.writeheader()

@@ -199,6 +199,16 @@ def hematoxylin_channel(im_rgb: np.ndarray, stain_matrix: np.ndarray = STAIN_MAT
     return np.repeat(h[..., None], 3, axis=-1)
 
 
+def model_input(normalised_rgb: np.ndarray, input_channels: str) -> np.ndarray:
+    """A Reinhard-normalised tile -> what a model takes: the tile itself (``rgb``) or its hematoxylin
+    channel stacked x3 (``hematoxylin``). Training, validation and inference all go through here."""
+    if input_channels == "rgb":
+        return normalised_rgb
+    if input_channels == "hematoxylin":
+        return hematoxylin_channel(normalised_rgb)
+    raise ValueError(f"unknown input_channels '{input_channels}'")
+
+
 #: The Reinhard target used by the shipped model: HistomicsTK's documented example target
 #: (the lαβ statistics of its reference H&E image), so results compare with HistomicsTK's pipeline.
 DEFAULT_TARGET_MU = (8.63234435, -0.11501964, 0.03868433)

@@ -116,11 +116,9 @@ def train(
     sampler_rng = np.random.default_rng(seed)
     sampler = CropSampler(load_split(prepared, "train"), int(tcfg["crop_size"]), sampler_rng,
                           config.input_channels, color_jitter, manifest["min_visible"], manifest["min_size"])
-    val_images = load_split(prepared, "val_full")
-    if config.input_channels == "hematoxylin":
-        from .stain import hematoxylin_channel
+    from .stain import model_input
 
-        val_images = [(n, hematoxylin_channel(im), b) for n, im, b in val_images]
+    val_images = [(n, model_input(im, config.input_channels), b) for n, im, b in load_split(prepared, "val_full")]
 
     model = build_detector(config).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
