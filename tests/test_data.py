@@ -86,3 +86,97 @@ def test_crop_sampler_is_reproducible():
         (ia, ba), (ib, bb) = a.sample(), b.sample()
         np.testing.assert_array_equal(ia, ib)
         np.testing.assert_array_equal(ba, bb)
+
+
+def _labelled_folder(folder, n=4, size=300, kind="labels"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img, boxes = synthetic_he(size, size, seed=i, n_nuclei=20)
+        Image.fromarray(img).save(folder / f"im{i}.png")
+        lab = np.zeros((size, size), np.uint16)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+            lab[y0:y1, x0:x1] = k + 1
+        if kind == "labels":
+            Image.fromarray(lab).save(folder / f"im{i}_labels.png")
+        else:
+            Image.fromarray(((lab > 0) * 255).astype(np.uint8)).save(folder / f"im{i}_mask.png")
+    return folder
+
+
+def test_split_merged_nuclei_separates_touching_discs():
+    from wsinuclei.data import split_merged_nuclei
+
+    yy, xx = np.mgrid[0:60, 0:100]
+    mask = ((xx - 30) ** 2 + (yy - 30) ** 2 <= 15 ** 2) | ((xx - 57) ** 2 + (yy - 30) ** 2 <= 15 ** 2)
+    mask |= (xx - 90) ** 2 + (yy - 50) ** 2 <= 2  # a speck too small for a marker keeps a label of its own
+    labels = split_merged_nuclei(mask)
+    assert labels.max() == 3 and ((labels > 0) == mask).all()
+    assert labels[30, 20] != labels[30, 67] and labels[30, 20] > 0 and labels[30, 67] > 0
+
+
+def test_recipe_prepares_several_sets_with_groups_and_labels(tmp_path):
+    from wsinuclei.data import load_recipe, load_tiles, prepare_sources
+
+    _labelled_folder(tmp_path / "a", 4)
+    _labelled_folder(tmp_path / "b", 3, kind="binary")
+    pts = tmp_path / "c"
+    pts.mkdir()
+    img, boxes = synthetic_he(200, 200, seed=9, n_nuclei=10)
+    Image.fromarray(img).save(pts / "p0.png")
+    (pts / "p0_points.csv").write_text("x,y\n" + "\n".join(f"{(b[0]+b[2])/2},{(b[1]+b[3])/2}" for b in boxes))
+    (tmp_path / "r.toml").write_text(
+        '[[source]]\nname = "a"\npath = "a"\nkind = "labels"\nval_fraction = 0.25\ngroup = "im(\\\\d)"\nweight = 2\n'
+        '[[source]]\nname = "b"\npath = "b"\nkind = "binary"\nmpp = 0.5\nval_fraction = 0.34\n'
+        '[[source]]\nname = "c"\npath = "c"\nkind = "points"\nmpp = 0.5\nuse = "val"\n')
+    sources, _ = load_recipe(tmp_path / "r.toml")
+    m = prepare_sources(sources, tmp_path / "prep", tile=256, progress=False)
+    assert len(m["sets"]["a"]["val"]) == 1 and len(m["sets"]["b"]["val"]) == 1 and m["sets"]["c"]["val"] == ["p0"]
+    train = load_tiles(tmp_path / "prep", "train")
+    assert {t.set for t in train} == {"a", "b"} and all(t.labels is not None for t in train)
+    # set b is 20x: upsampled 2x onto the model's grid, so its 300-px images give 600-px images (4 tiles of 256)
+    assert sum(t.set == "b" for t in train) == 2 * 9
+    for t in train:  # boxes and labels agree
+        from wsinuclei.annotations import label_image_boxes
+
+        np.testing.assert_array_equal(label_image_boxes(t.labels)[0], t.boxes)
+    val = {t.set: t for t in load_tiles(tmp_path / "prep", "val_full")}
+    assert val["c"].points.shape == (10, 2) and val["c"].mpp == 0.5 and val["c"].image.shape == (200, 200, 3)
+
+
+def test_instance_crops_give_masks_that_match_boxes_and_nuclei():
+    from wsinuclei.annotations import label_image_boxes
+    from wsinuclei.data import Augment, CropSampler, Tile
+
+    img, boxes = synthetic_he(256, 256, seed=3, n_nuclei=25)
+    lab = np.zeros((256, 256), np.uint16)
+    nucleus = (img == [90, 50, 140]).all(-1)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        lab[y0:y1, x0:x1][nucleus[y0:y1, x0:x1]] = k + 1
+    boxes = label_image_boxes(lab)[0]
+    aug = Augment(small_p=0.5, small_low=0.5, small_high=0.6, low=0.9, high=1.1)
+    s = CropSampler([Tile("t", "x", img, boxes, lab)], 128, np.random.default_rng(1), augment=aug, min_visible=1.0)
+    scales = set()
+    for _ in range(30):
+        crop, b, masks = s.sample_instances()
+        assert masks.shape == (len(b),) + crop.shape[:2]
+        assert abs(crop.shape[0] - 128) <= 1
+        scales.add(float(np.median(b[:, 2] - b[:, 0])))
+        for (x0, y0, x1, y1), m in zip(b.astype(int), masks):
+            ys, xs = np.nonzero(m)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+            # the mask lies on the nucleus, whatever the scale, flip or rotation: its mean colour is the
+            # nucleus's, not the tissue's (edges of shrunk nuclei are blended by the resampling)
+            mean = crop[m > 0].astype(float).mean(0)
+            assert np.abs(mean - [90, 50, 140]).sum() < np.abs(mean - [230, 160, 200]).sum() / 2
+    assert min(scales) <= 0.65 * max(scales)  # nuclei shrunk to 20x size in some crops, near full size in others
+
+
+def test_hed_jitter_moves_stains_and_is_identity_at_rest():
+    from wsinuclei import stain
+
+    img, _ = synthetic_he(64, 64, seed=4)
+    np.testing.assert_array_equal(stain.hed_jitter(img, [1, 1, 1], [0, 0, 0]), img)
+    more_h = stain.hed_jitter(img, [1.3, 1, 1], [0, 0, 0])
+    h0 = stain.color_deconvolution(img, stain.STAIN_MATRIX_HE).StainsFloat[..., 0].mean()
+    h1 = stain.color_deconvolution(more_h, stain.STAIN_MATRIX_HE).StainsFloat[..., 0].mean()
+    assert h1 < h0 - 3  # more hematoxylin: darker in the hematoxylin channel

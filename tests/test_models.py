@@ -38,6 +38,26 @@ def test_every_preset_builds_and_runs(name):
     assert (out["boxes"] <= 128).all()
 
 
+def test_contours_preset_learns_masks_and_returns_small_grids():
+    """The mask preset trains on masks, and in eval mode gives each box its own 14x14 grid: torchvision's
+    paste into a full-size image (gigabytes on a dense tile) never happens."""
+    torch.manual_seed(0)
+    cfg = load_preset("contours")
+    model = build_detector(cfg)
+    x = torch.rand(3, 128, 128)
+    mask = torch.zeros(1, 128, 128, dtype=torch.uint8)
+    mask[0, 10:34, 10:30] = 1
+    model.train()
+    losses = model([x], [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 34.0]]), "labels": torch.tensor([1]),
+                          "masks": mask}])
+    assert "loss_mask" in losses and torch.isfinite(losses["loss_mask"])
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        out = model([x])[0]
+    assert len(out["boxes"]) > 0 and out["masks"].shape == (len(out["boxes"]), 1, 14, 14)
+
+
 def test_resnet101_units_and_cut():
     cfg = load_preset("resnet101")
     assert cfg.backbone["num_units"] == 18

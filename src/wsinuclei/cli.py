@@ -112,12 +112,23 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from .data import prepare
+    from .data import load_recipe, prepare, prepare_sources
 
-    m = prepare(args.data, args.out, mpp=args.mpp, source_mpp=args.source_mpp, tile=args.tile,
-                val_fraction=args.val_fraction, seed=args.seed, progress=not args.quiet)
-    print(f"prepared {m['tiles']['train']} train tiles ({m['boxes']['train']} boxes) and {m['tiles']['val']} "
-          f"validation tiles from {len(m['images'])} images into {args.out}; validation images: {', '.join(m['val'])}")
+    if (args.data is None) == (args.recipe is None):
+        raise WsinucleiError("prepare takes a data folder or --recipe FILE (one of them)")
+    if args.recipe:
+        sources, settings = load_recipe(args.recipe)
+        settings = {k: settings[k] for k in ("tile", "seed", "min_visible", "min_size") if k in settings}
+        m = prepare_sources(sources, args.out, mpp=args.mpp, progress=not args.quiet,
+                            **{"tile": args.tile, "seed": args.seed, **settings})
+    else:
+        m = prepare(args.data, args.out, mpp=args.mpp, source_mpp=args.source_mpp, tile=args.tile,
+                    val_fraction=args.val_fraction, seed=args.seed, progress=not args.quiet)
+    print(f"prepared {m['tiles']['train']} train tiles ({m['boxes']['train']} nuclei) and {m['tiles']['val']} "
+          f"validation tiles from {len(m['images'])} images into {args.out}")
+    for name, info in m["sets"].items():
+        print(f"  {name}: {len(info['train'])} train / {len(info['val'])} validation images, "
+              f"{info['nuclei']['train']} / {info['nuclei']['val']} nuclei")
     return 0
 
 
@@ -132,9 +143,9 @@ def _cmd_train(args) -> int:
         raise WsinucleiError(f"{args.data}: not a prepared data folder (no manifest.json); run 'wsinuclei prepare'")
     command = "wsinuclei " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     best = train(config, args.data, args.run_dir, steps=args.steps, resume=args.resume, seed=args.seed,
-                 device=args.device, threads=args.threads, color_jitter=args.color_jitter, command=command,
-                 progress=not args.quiet)
-    print(f"best validation F1@0.5 {best.get('val_f1', float('nan')):.3f} at step {best.get('step')}; "
+                 device=args.device, threads=args.threads, color_jitter=args.color_jitter, init=args.init,
+                 command=command, progress=not args.quiet)
+    print(f"best validation score {best.get('val_f1', float('nan')):.3f} at step {best.get('step')}; "
           f"model: {args.run_dir}/best.safetensors")
     return 0
 
@@ -243,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_evaluate)
 
     sp = sub.add_parser("prepare", help="cut annotated images into normalised training tiles with boxes")
-    sp.add_argument("data", help="folder of images with annotations (A.png + A_labels.png, or A.tif + A.xml)")
+    sp.add_argument("data", nargs="?", default=None,
+                    help="folder of images with annotations (A.png + A_labels.png, or A.tif + A.xml)")
+    sp.add_argument("--recipe", default=None,
+                    help="a data recipe (TOML) naming several sets, e.g. recipes/contours_data.toml")
     sp.add_argument("--out", required=True, help="output folder for tiles and manifest.json")
     sp.add_argument("--mpp", type=float, default=0.25, help="the model's µm/px (default 0.25, 40x)")
     sp.add_argument("--source-mpp", type=float, default=None,
@@ -266,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input-channels", choices=["rgb", "hematoxylin"], default=None,
                     help="override the preset's input channels")
     sp.add_argument("--color-jitter", type=float, default=0.0, help="colour jitter strength (default 0: off)")
+    sp.add_argument("--init", default=None, metavar="MODEL",
+                    help="start from the matching weights of a model file (e.g. the shipped box model)")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_train)
 

@@ -11,16 +11,21 @@ least ``min_visible`` (default 0.5) of its box area lies inside the crop and the
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from . import stain
-from .annotations import read_boxes
+from .annotations import label_image_boxes, read_boxes
+from .colour_stats import image_tissue_stats
 from .errors import WsinucleiError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -33,22 +38,82 @@ class Sample:
     truth: Path
 
 
-def find_samples(folder: str | Path) -> list[Sample]:
-    """Pair each image in a folder with its annotations: ``A_labels.png`` or ``A.xml`` beside ``A.png``/``A.tif``."""
+def find_samples(folder: str | Path, kind: str = "auto") -> list[Sample]:
+    """Pair each image in a folder with its annotations, by name: ``A_labels.png`` (instance labels) or
+    ``A.xml`` (Aperio polygons) beside ``A.png``/``A.tif``/``A.jpg``; with ``kind="binary"`` ``A_mask.png``
+    (a binary nucleus mask, touching nuclei merged); with ``kind="points"`` ``A_points.csv`` (centres)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WsinucleiError(f"{folder}: no such data folder")
+    patterns = {"auto": ("{}_labels.png", "{}.xml"), "labels": ("{}_labels.png",), "xml": ("{}.xml",),
+                "binary": ("{}_mask.png",), "points": ("{}_points.csv",)}
+    if kind not in patterns:
+        raise WsinucleiError(f"unknown annotation kind '{kind}' ({', '.join(patterns)})")
     samples = []
     for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in IMAGE_SUFFIXES or f.stem.endswith("_labels"):
+        if f.suffix.lower() not in IMAGE_SUFFIXES or f.stem.endswith(("_labels", "_mask")):
             continue
-        for cand in (f.with_name(f.stem + "_labels.png"), f.with_suffix(".xml")):
+        for pattern in patterns[kind]:
+            cand = f.with_name(pattern.format(f.stem))
             if cand.is_file():
                 samples.append(Sample(f.stem, f, cand))
                 break
     if not samples:
-        raise WsinucleiError(f"{folder}: no images with annotations (A.png + A_labels.png, or A.tif + A.xml)")
+        wanted = " or ".join(p.format("A") for p in patterns[kind])
+        raise WsinucleiError(f"{folder}: no images with annotations (A.png/A.tif/A.jpg beside {wanted})")
     return samples
+
+
+def split_merged_nuclei(mask: np.ndarray, h: float = 1.0, smooth: float = 1.0) -> np.ndarray:
+    """A binary nucleus mask (touching nuclei merged) -> an instance label image, by a watershed on the
+    smoothed distance transform seeded at its h-maxima. Every connected component keeps at least one label."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), smooth)
+    markers, n = ndimage.label(h_maxima(dist, h) & mask)
+    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    # components too small or flat to hold a marker get one label each
+    comps, n_comps = ndimage.label(mask & (labels == 0))
+    if n_comps:
+        labels[comps > 0] = comps[comps > 0] + labels.max()
+    return labels
+
+
+def read_points(path: Path) -> np.ndarray:
+    """``x,y`` rows (a header line allowed) -> (N, 2) float array."""
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh):
+            try:
+                rows.append((float(row[0]), float(row[1])))
+            except (ValueError, IndexError):
+                continue  # the header
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def read_annotation(sample: Sample, kind: str = "auto") -> dict:
+    """A sample's annotation: ``labels`` (instance label image) when it has one, ``boxes`` always (except for
+    points), ``points`` for centre-only sets."""
+    name = sample.truth.name
+    if kind == "points" or name.endswith("_points.csv"):
+        return {"points": read_points(sample.truth), "boxes": None, "labels": None}
+    if kind == "binary" or name.endswith("_mask.png"):
+        labels = split_merged_nuclei(load_gray(sample.truth))
+        return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None}
+    if name.endswith("_labels.png"):
+        labels = load_gray(sample.truth).astype(np.int32)
+        return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None}
+    return {"labels": None, "boxes": read_boxes(sample.truth).boxes, "points": None}
+
+
+def load_gray(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        a = np.array(im)
+    return a[..., 0] if a.ndim == 3 else a
 
 
 def split_by_image(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -98,14 +163,86 @@ def load_image(path: Path) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
+@dataclass
+class Source:
+    """One annotated set in a training recipe.
+
+    ``kind``: how its annotations are stored (see :func:`find_samples`); ``mpp``: its µm/px (images are
+    resampled to the model's); ``group``: a regular expression whose first group names the original image a
+    tile was cut from, so the split never puts tiles of one original on both sides; ``use``: ``split`` (train
+    and validation parts by ``val_fraction``), ``train`` or ``val`` (the whole folder on one side);
+    ``weight``: the share of training crops drawn from this set.
+    """
+
+    name: str
+    path: Path
+    kind: str = "auto"
+    mpp: float = 0.25
+    val_fraction: float = 0.1
+    group: str | None = None
+    use: str = "split"
+    weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Path) -> "Source":
+        unknown = set(d) - {"name", "path", "kind", "mpp", "val_fraction", "group", "use", "weight"}
+        if unknown:
+            raise WsinucleiError(f"recipe source {d.get('name', '?')}: unknown entries {sorted(unknown)}")
+        path = Path(d["path"])
+        src = cls(name=d["name"], path=path if path.is_absolute() else base / path, kind=d.get("kind", "auto"),
+                  mpp=float(d.get("mpp", 0.25)), val_fraction=float(d.get("val_fraction", 0.1)),
+                  group=d.get("group"), use=d.get("use", "split"), weight=float(d.get("weight", 1.0)))
+        if src.use not in ("split", "train", "val"):
+            raise WsinucleiError(f"recipe source {src.name}: use must be split, train or val")
+        if src.kind == "points" and src.use != "val":
+            raise WsinucleiError(f"recipe source {src.name}: centre-only annotations are for validation (use = 'val')")
+        return src
+
+
+def load_recipe(path: str | Path) -> tuple[list[Source], dict]:
+    """A data recipe (TOML): ``[[source]]`` tables (see :class:`Source`) and optional ``[prepare]`` settings.
+    Relative paths are taken from the recipe file's folder."""
+    path = Path(path)
+    try:
+        d = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise WsinucleiError(f"{path}: not a readable recipe ({exc})") from None
+    base = path.resolve().parent
+    sources = [Source.from_dict(x, base) for x in d.get("source", [])]
+    if not sources:
+        raise WsinucleiError(f"{path}: a recipe needs at least one [[source]]")
+    if len({s.name for s in sources}) != len(sources):
+        raise WsinucleiError(f"{path}: source names must differ")
+    return sources, dict(d.get("prepare", {}))
+
+
+def _group_of(name: str, pattern: str | None) -> str:
+    if not pattern:
+        return name
+    m = re.match(pattern, name)
+    return m.group(1) if m else name
+
+
 def prepare(
     data_dir: str | Path,
     out_dir: str | Path,
     *,
-    mpp: float = 0.25,
     source_mpp: float | None = None,
-    tile: int = 512,
     val_fraction: float = 0.1,
+    **kwargs,
+) -> dict:
+    """One folder of annotated images as the only source (see :func:`prepare_sources`)."""
+    src = Source(name=Path(data_dir).name or "data", path=Path(data_dir), mpp=source_mpp or kwargs.get("mpp", 0.25),
+                 val_fraction=val_fraction)
+    return prepare_sources([src], out_dir, **kwargs)
+
+
+def prepare_sources(
+    sources: list[Source],
+    out_dir: str | Path,
+    *,
+    mpp: float = 0.25,
+    tile: int = 512,
     seed: int = 0,
     target_mu=stain.DEFAULT_TARGET_MU,
     target_sigma=stain.DEFAULT_TARGET_SIGMA,
@@ -113,103 +250,317 @@ def prepare(
     min_size: float = 4.0,
     progress: bool = True,
 ) -> dict:
-    """Write ``out_dir/{train,val}/<name>_<y>_<x>.npz`` (image uint8 HWC, boxes float32) and
-    ``out_dir/manifest.json``. Validation images are also kept whole (``val_full/``) for evaluation."""
+    """Write ``out_dir/{train,val}/<set>__<name>_<y>_<x>.npz`` tiles (image uint8 HWC, boxes float32, and the
+    instance ``labels`` where the set has them) and ``out_dir/manifest.json``. Validation images are also kept
+    whole (``val_full/``) for evaluation; centre-only sets keep their points there, at their own µm/px.
+
+    Each image is treated as a slide: Reinhard-normalised with its tissue's statistics at the model's µm/px
+    (:mod:`wsinuclei.colour_stats`, the definition inference uses), then resampled to the model's µm/px."""
     from tqdm import tqdm
 
-    samples = find_samples(data_dir)
-    train_names, val_names = split_by_image([s.name for s in samples], val_fraction, seed)
     out_dir = Path(out_dir)
     for sub in ("train", "val", "val_full"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     manifest = {
-        "data_dir": str(data_dir), "mpp": mpp, "tile": tile, "val_fraction": val_fraction, "seed": seed,
+        "version": 2, "mpp": mpp, "tile": tile, "seed": seed,
         "target_mu": list(map(float, target_mu)), "target_sigma": list(map(float, target_sigma)),
-        "min_visible": min_visible, "min_size": min_size, "train": train_names, "val": val_names,
+        "min_visible": min_visible, "min_size": min_size, "train": [], "val": [], "sets": {},
         "images": {}, "tiles": {"train": 0, "val": 0}, "boxes": {"train": 0, "val": 0},
     }
-    for s in tqdm(samples, desc="prepare", unit="image", disable=not progress):
-        image = load_image(s.image)
-        truth = read_boxes(s.truth)
-        img_mpp = source_mpp or truth.meta.get("mpp") or mpp  # MoNuSeg: 40x, about 0.25 um/px
-        mu, sigma = stain.lab_mean_std(image)
-        norm = stain.reinhard(image, target_mu, target_sigma, src_mu=mu, src_sigma=sigma)
-        norm, boxes = resample(norm, truth.boxes, img_mpp / mpp if source_mpp else 1.0)
-        split = "val" if s.name in val_names else "train"
-        if split == "val":
-            _save_npz(out_dir / "val_full" / f"{s.name}.npz", norm, boxes)
-        h, w = norm.shape[:2]
-        n_tiles = 0
-        for y in tile_origins(h, tile):
-            for x in tile_origins(w, tile):
-                crop = norm[y : y + tile, x : x + tile]
-                b = clip_boxes(boxes, x, y, crop.shape[1], crop.shape[0], min_visible, min_size)
-                _save_npz(out_dir / split / f"{s.name}_{y}_{x}.npz", crop, b)
-                manifest["boxes"][split] += len(b)
-                n_tiles += 1
-        manifest["tiles"][split] += n_tiles
-        manifest["images"][s.name] = {
-            "split": split, "nuclei": len(truth), "skipped": truth.skipped, "tiles": n_tiles,
-            "lab_mean": mu.tolist(), "lab_std": sigma.tolist(),
-        }
+    for src in sources:
+        samples = find_samples(src.path, src.kind)
+        groups = sorted({_group_of(s.name, src.group) for s in samples})
+        if src.use == "split":
+            _, val_groups = split_by_image(groups, src.val_fraction, seed)
+        else:
+            val_groups = groups if src.use == "val" else []
+        val_groups = set(val_groups)
+        info = {"data_dir": str(src.path), "kind": src.kind, "mpp": src.mpp, "weight": src.weight, "use": src.use,
+                "train": [], "val": [], "tiles": {"train": 0, "val": 0}, "nuclei": {"train": 0, "val": 0}}
+        for s in tqdm(samples, desc=f"prepare {src.name}", unit="image", disable=not progress):
+            split = "val" if _group_of(s.name, src.group) in val_groups else "train"
+            key = f"{src.name}__{s.name}"
+            ann = read_annotation(s, src.kind)
+            image = load_image(s.image)
+            points = ann["points"] is not None
+            # points sets are validated at their own resolution (20x slides run at 20x); others at the model's
+            scale = 1.0 if points else src.mpp / mpp
+            stats = image_tissue_stats(s.image, src.mpp, src.mpp if points else mpp)
+            norm = stain.reinhard(image, target_mu, target_sigma, src_mu=stats.mean, src_sigma=stats.std)
+            labels = ann["labels"]
+            if points:
+                n = len(ann["points"])
+                _save_npz(out_dir / "val_full" / f"{key}.npz", norm, np.zeros((0, 4)), points=ann["points"],
+                          mpp=np.float64(src.mpp))
+                n_tiles = 0
+            else:
+                norm, boxes, labels = resample_annotated(norm, ann["boxes"], labels, scale)
+                n = len(boxes)
+                if split == "val":
+                    _save_npz(out_dir / "val_full" / f"{key}.npz", norm, boxes, labels=labels)
+                n_tiles = _write_tiles(out_dir / split, key, norm, boxes, labels, tile, min_visible, min_size, manifest,
+                                       split)
+            info[split].append(s.name)
+            info["tiles"][split] += n_tiles
+            info["nuclei"][split] += n
+            manifest[split].append(key)
+            manifest["images"][key] = {
+                "set": src.name, "split": split, "nuclei": n, "tiles": n_tiles,
+                "lab_mean": stats.mean.tolist(), "lab_std": stats.std.tolist(), "lab_definition": stats.definition,
+            }
+        manifest["sets"][src.name] = info
     tmp = out_dir / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out_dir / "manifest.json")
     return manifest
 
 
-def _save_npz(path: Path, image: np.ndarray, boxes: np.ndarray) -> None:
+def resample_annotated(image, boxes, labels, scale: float):
+    """:func:`resample` for an image with boxes and (optionally) an instance label image (nearest neighbour)."""
+    out, out_boxes = resample(image, boxes, scale)
+    if labels is not None and out.shape[:2] != labels.shape:
+        labels = np.array(Image.fromarray(labels.astype(np.int32)).resize((out.shape[1], out.shape[0]),
+                                                                            Image.Resampling.NEAREST))
+        out_boxes = label_image_boxes(labels)[0]
+    return out, out_boxes, labels
+
+
+def _write_tiles(folder: Path, key: str, image, boxes, labels, tile, min_visible, min_size, manifest, split) -> int:
+    h, w = image.shape[:2]
+    full_area = np.bincount(labels.ravel()) if labels is not None else None
+    n_tiles = 0
+    for y in tile_origins(h, tile):
+        for x in tile_origins(w, tile):
+            crop = image[y : y + tile, x : x + tile]
+            extra = {}
+            if labels is not None:
+                lab = keep_visible_instances(labels[y : y + tile, x : x + tile], full_area, min_visible, min_size)
+                b = label_image_boxes(lab)[0]
+                extra = {"labels": lab.astype(np.uint16 if lab.max() < 65536 else np.int32), "full_area": full_area}
+            else:
+                b = clip_boxes(boxes, x, y, crop.shape[1], crop.shape[0], min_visible, min_size)
+            _save_npz(folder / f"{key}_{y}_{x}.npz", crop, b, **extra)
+            manifest["boxes"][split] += len(b)
+            manifest["tiles"][split] += 1
+            n_tiles += 1
+    return n_tiles
+
+
+def keep_visible_instances(labels: np.ndarray, full_area: np.ndarray, min_visible: float, min_size: float) -> np.ndarray:
+    """The crop rule for instance labels: a nucleus cut by the crop edge stays when at least ``min_visible`` of
+    its pixels are inside and its clipped box is at least ``min_size`` px wide and high; otherwise its pixels
+    become background."""
+    labels = np.asarray(labels)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if len(ids) == 0:
+        return labels.copy()
+    visible = np.bincount(labels.ravel(), minlength=len(full_area))
+    slices = ndimage.find_objects(labels.astype(np.int64))
+    keep = np.zeros(max(len(full_area), labels.max() + 1), bool)
+    for i in ids:
+        sl = slices[i - 1]
+        ok = visible[i] >= min_visible * full_area[i]
+        ok &= (sl[0].stop - sl[0].start) >= min_size and (sl[1].stop - sl[1].start) >= min_size
+        keep[i] = ok
+    out = labels.copy()
+    out[~keep[labels]] = 0
+    return out
+
+
+def _save_npz(path: Path, image: np.ndarray, boxes: np.ndarray, **extra) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, image=image.astype(np.uint8), boxes=np.asarray(boxes, np.float32).reshape(-1, 4))
+    np.savez(tmp, image=image.astype(np.uint8), boxes=np.asarray(boxes, np.float32).reshape(-1, 4), **extra)
     os.replace(tmp, path)
 
 
-def load_split(prepared: str | Path, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+@dataclass
+class Tile:
+    """A prepared tile (or whole validation image) in memory."""
+
+    name: str
+    set: str
+    image: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray | None = None
+    full_area: np.ndarray | None = None
+    points: np.ndarray | None = None
+    mpp: float | None = None
+
+
+def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
     folder = Path(prepared) / split
     if not folder.is_dir():
         raise WsinucleiError(f"{prepared}: no '{split}' folder; run 'wsinuclei prepare' first")
     out = []
     for f in sorted(folder.glob("*.npz")):
         with np.load(f) as z:
-            out.append((f.stem, z["image"], z["boxes"].astype(np.float64)))
+            set_name = f.stem.split("__", 1)[0] if "__" in f.stem else ""
+            out.append(Tile(f.stem, set_name, z["image"], z["boxes"].astype(np.float64),
+                            z["labels"] if "labels" in z else None,
+                            z["full_area"] if "full_area" in z else None,
+                            z["points"] if "points" in z else None,
+                            float(z["mpp"]) if "mpp" in z else None))
     return out
 
 
+def load_split(prepared: str | Path, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, image, boxes) of every tile of a split that has boxes (centre-only images are left out)."""
+    return [(t.name, t.image, t.boxes) for t in load_tiles(prepared, split) if t.points is None]
+
+
+@dataclass
+class Augment:
+    """Training augmentation aimed at what fails on unseen tissue (settings: a preset's ``[train.augment]``).
+
+    Scale: with probability ``small_p`` the crop is shrunk by a factor in [small_low, small_high] (nuclei as a
+    20x slide shows them, so one model reads 0.25-0.5 µm/px), otherwise resized by a factor log-uniform in
+    [low, high]. Stain: each stain's optical density (Ruifrok H&E) scaled by 1 ± hed_scale and shifted by
+    ± hed_shift. Blur (probability blur_p) and JPEG re-compression (probability jpeg_p), as scanners give."""
+
+    small_p: float = 0.0
+    small_low: float = 0.5
+    small_high: float = 0.75
+    low: float = 1.0
+    high: float = 1.0
+    hed_scale: float = 0.0
+    hed_shift: float = 0.0
+    blur_p: float = 0.0
+    jpeg_p: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Augment":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise WsinucleiError(f"unknown augmentation settings {sorted(unknown)}")
+        return cls(**{k: float(v) for k, v in d.items()})
+
+    def draw_scale(self, rng: np.random.Generator) -> float:
+        if self.small_p > 0 and rng.random() < self.small_p:
+            return float(rng.uniform(self.small_low, self.small_high))
+        if self.high > self.low:
+            return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
+        return self.low
+
+    def colour(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.hed_scale > 0 or self.hed_shift > 0:
+            img = stain.hed_jitter(img, 1 + rng.uniform(-self.hed_scale, self.hed_scale, 3),
+                                   rng.uniform(-self.hed_shift, self.hed_shift, 3))
+        if self.blur_p > 0 and rng.random() < self.blur_p:
+            sigma = rng.uniform(0.3, 1.2)
+            img = ndimage.gaussian_filter(img.astype(np.float32), (sigma, sigma, 0)).round().clip(0, 255).astype(np.uint8)
+        if self.jpeg_p > 0 and rng.random() < self.jpeg_p:
+            import io
+
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=int(rng.integers(40, 91)))
+            buf.seek(0)
+            img = np.array(Image.open(buf).convert("RGB"))
+        return img
+
+
 class CropSampler:
-    """Random training crops with flips and 90° rotations (and optional colour jitter), from in-memory
-    tiles, driven by one numpy Generator whose state is checkpointed so a resumed run draws the same crops."""
+    """Random training crops with flips and 90° rotations (plus :class:`Augment` and optional colour jitter),
+    from in-memory tiles, driven by one numpy Generator whose state is checkpointed so a resumed run draws the
+    same crops.
+
+    Tiles with instance labels give crops whose boxes and masks come from the labels after every geometric
+    step (the crop rule of :func:`keep_visible_instances`); tiles with boxes only follow :func:`clip_boxes`.
+    ``weights`` ({set name: share}) draws each set by its share of the crops, whatever its number of tiles."""
 
     def __init__(self, tiles, crop: int, rng: np.random.Generator, input_channels: str = "rgb",
-                 color_jitter: float = 0.0, min_visible: float = 0.5, min_size: float = 4.0):
+                 color_jitter: float = 0.0, min_visible: float = 0.5, min_size: float = 4.0,
+                 augment: Augment | None = None, weights: dict[str, float] | None = None):
+        tiles = [t if isinstance(t, Tile) else Tile(t[0], "", t[1], np.asarray(t[2], np.float64)) for t in tiles]
+        tiles = [t for t in tiles if t.points is None]
         if not tiles:
             raise WsinucleiError("no training tiles")
         self.tiles = tiles
         self.crop = crop
         self.rng = rng
+        self.input_channels = input_channels
         self.color_jitter = color_jitter
         self.min_visible, self.min_size = min_visible, min_size
-        self.tiles = [(n, stain.model_input(im, input_channels), b) for n, im, b in tiles]
+        self.augment = augment or Augment()
+        self.by_set: list[np.ndarray] = []
+        self.set_p = None
+        if weights:
+            names = sorted({t.set for t in tiles})
+            missing = [n for n in names if n not in weights]
+            if missing:
+                raise WsinucleiError(f"no sampling weight for the sets {missing}")
+            self.by_set = [np.array([i for i, t in enumerate(tiles) if t.set == n]) for n in names]
+            p = np.array([weights[n] for n in names], float)
+            self.set_p = p / p.sum()
+
+    def _pick(self) -> Tile:
+        rng = self.rng
+        if self.set_p is not None:
+            members = self.by_set[rng.choice(len(self.by_set), p=self.set_p)]
+            return self.tiles[members[rng.integers(len(members))]]
+        return self.tiles[rng.integers(len(self.tiles))]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        img, boxes, _ = self.sample_instances()
+        return img, boxes
+
+    def sample_instances(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(image uint8 HWC, boxes (N, 4), masks (N, H, W) uint8 or None for box-only tiles)."""
         rng = self.rng
-        _, image, boxes = self.tiles[rng.integers(len(self.tiles))]
+        t = self._pick()
+        image = t.image
         h, w = image.shape[:2]
-        c = min(self.crop, h, w)
-        y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        img = image[y : y + c, x : x + c]
-        b = clip_boxes(boxes, x, y, c, c, self.min_visible, self.min_size)
+        scale = self.augment.draw_scale(rng)
+        region = min(int(round(self.crop / scale)), h, w)
+        y, x = int(rng.integers(0, h - region + 1)), int(rng.integers(0, w - region + 1))
+        img = image[y : y + region, x : x + region]
+        out = max(8, int(round(region * scale))) if scale != 1.0 else region
+        labels = b = None
+        if t.labels is not None:
+            full_area = t.full_area if t.full_area is not None else np.bincount(t.labels.ravel())
+            labels = keep_visible_instances(t.labels[y : y + region, x : x + region], full_area,
+                                            self.min_visible, self.min_size)
+            if out != region:
+                labels = np.array(Image.fromarray(labels.astype(np.int32)).resize((out, out), Image.Resampling.NEAREST))
+        else:
+            b = clip_boxes(t.boxes, x, y, region, region, self.min_visible, self.min_size) * (out / region)
+        if out != region:
+            img = np.array(Image.fromarray(img).resize((out, out), Image.Resampling.BICUBIC))
+        c = out
         if rng.random() < 0.5:  # horizontal flip
             img = img[:, ::-1]
-            b = np.stack([c - b[:, 2], b[:, 1], c - b[:, 0], b[:, 3]], axis=1)
+            if labels is not None:
+                labels = labels[:, ::-1]
+            else:
+                b = np.stack([c - b[:, 2], b[:, 1], c - b[:, 0], b[:, 3]], axis=1)
         if rng.random() < 0.5:  # vertical flip
             img = img[::-1]
-            b = np.stack([b[:, 0], c - b[:, 3], b[:, 2], c - b[:, 1]], axis=1)
+            if labels is not None:
+                labels = labels[::-1]
+            else:
+                b = np.stack([b[:, 0], c - b[:, 3], b[:, 2], c - b[:, 1]], axis=1)
         if rng.random() < 0.5:  # transpose: with the flips, all eight 90° rotations/reflections
             img = img.transpose(1, 0, 2)
-            b = b[:, [1, 0, 3, 2]]
+            if labels is not None:
+                labels = labels.T
+            else:
+                b = b[:, [1, 0, 3, 2]]
         img = np.ascontiguousarray(img)
+        masks = None
+        if labels is not None:
+            labels = np.ascontiguousarray(labels)
+            ids = np.unique(labels)
+            ids = ids[ids > 0]
+            slices = ndimage.find_objects(labels.astype(np.int64))
+            b = np.array([(slices[i - 1][1].start, slices[i - 1][0].start, slices[i - 1][1].stop,
+                           slices[i - 1][0].stop) for i in ids], np.float64).reshape(-1, 4)
+            big = ((b[:, 2] - b[:, 0]) >= 2) & ((b[:, 3] - b[:, 1]) >= 2)  # a shrunk sliver is no nucleus
+            ids, b = ids[big], b[big]
+            masks = (labels[None] == ids[:, None, None]).astype(np.uint8)
+        img = self.augment.colour(img, rng)
         if self.color_jitter > 0:
             gain = 1 + rng.uniform(-self.color_jitter, self.color_jitter, size=3)
             bias = rng.uniform(-self.color_jitter, self.color_jitter, size=3) * 255 * 0.5
             img = np.clip(img * gain + bias, 0, 255).astype(np.uint8)
-        return img, b.reshape(-1, 4)
+        return stain.model_input(img, self.input_channels), b.reshape(-1, 4), masks

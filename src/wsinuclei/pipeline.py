@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import stain
+from .colour_stats import tissue_lab_stats
 from .errors import WsinucleiError
 from .outputs import atomic_write_bytes, write_outputs
 from .slide import Slide
@@ -231,6 +232,7 @@ class SlidePlan:
     # per tile key: (tissue fraction of its core, seconds the check took); computed once here, on the
     # thumbnail's mask, so workers need neither the mask nor a second pass
     tissue: dict = field(default_factory=dict)
+    lab_stats: dict = field(default_factory=dict)  # the Reinhard source statistics and how they were taken
 
     def add_tissue(self, r: "TileResult") -> None:
         frac, secs = self.tissue.get(r.key, (None, 0.0))
@@ -253,7 +255,12 @@ def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_chann
     mask = tissue_mask(thumb)
     if not mask.any():
         raise WsinucleiError(f"{path}: no tissue found")
-    mu, sigma = opts.lab_stats if opts.lab_stats is not None else stain.slide_lab_stats(thumb, mask)
+    if opts.lab_stats is not None:
+        mu, sigma = opts.lab_stats
+        lab_info = {"mean": [float(v) for v in mu], "std": [float(v) for v in sigma], "definition": "given"}
+    else:  # sampled at the model's µm/px: a thumbnail's averaged pixels would halve σ on a big slide
+        stats = tissue_lab_stats(slide, mask, ds, model_mpp)
+        mu, sigma, lab_info = stats.mean, stats.std, stats.as_dict()
     scale = model_mpp / mpp
     grid = TileGrid(roi[2], roi[3], scale, opts.tile_size, opts.overlap, origin=(roi[0], roi[1]))
     tiles, skipped, tissue = [], [], {}
@@ -268,7 +275,7 @@ def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_chann
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma], opts.tile_size,
                        opts.device, opts.min_score, opts.retries)
-    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue)
+    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)
 
 
 def draw_thumbnail(plan: SlidePlan, path: Path) -> None:
@@ -404,6 +411,7 @@ class RunReport:
     workers: int = 1
     stage_totals_s: dict = field(default_factory=dict)
     failed: list = field(default_factory=list)
+    reinhard_source: dict = field(default_factory=dict)
 
 
 def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> RunReport:
@@ -477,7 +485,8 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     report = RunReport(name=name, nuclei=len(boxes), tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
                        tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, tiles_failed=len(failed),
                        executor=executor, workers=max(1, opts.workers),
-                       failed=[{"tile": k, "error": results[k].failed} for k in failed])
+                       failed=[{"tile": k, "error": results[k].failed} for k in failed],
+                       reinhard_source=plan.lab_stats)
     profile_rows = [results[k].profile for k in sorted(results)]
     for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s"):
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)

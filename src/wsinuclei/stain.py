@@ -88,7 +88,7 @@ def reinhard(
 ) -> np.ndarray:
     """Reinhard colour normalisation: match lαβ mean and std to a target. Returns uint8 RGB.
 
-    Pass ``src_mu``/``src_sigma`` computed once per slide (see :func:`slide_lab_stats`); computing them
+    Pass ``src_mu``/``src_sigma`` computed once per slide (see :func:`wsinuclei.colour_stats.tissue_lab_stats`); computing them
     per tile makes the colour, and so the detections, drift from tile to tile.
     """
     im_lab = rgb_to_lab(im_src)
@@ -192,6 +192,20 @@ def color_deconvolution(im_rgb: np.ndarray, stain_matrix: np.ndarray, I_0=None) 
     return Unmixed(stains_float.clip(0, 255).astype(np.uint8), stains_float, wc)
 
 
+def hed_jitter(im_rgb: np.ndarray, scale, shift, stain_matrix: np.ndarray = STAIN_MATRIX_HE) -> np.ndarray:
+    """Stain augmentation in H&E optical-density space (Tellez et al. 2018): deconvolve (Ruifrok), multiply
+    each stain's density by ``scale[i]`` and add ``shift[i]`` (in 0-1 optical-density units), recompose.
+    ``scale`` 1 and ``shift`` 0 return the image (to rounding). uint8 RGB in and out."""
+    w = np.asarray(stain_matrix, dtype=np.float64)
+    wc = normalize_columns(complement_stain_matrix(w) if np.linalg.norm(w[:, 2]) <= 1e-16 else w)
+    q = np.linalg.pinv(wc)
+    shape = im_rgb.shape
+    sda = rgb_to_sda(np.asarray(im_rgb)[..., :3].reshape(-1, 3))
+    dens = _mul3(sda, q) * np.asarray(scale, float) + np.asarray(shift, float) * 255
+    rgb = sda_to_rgb(_mul3(dens, wc))
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(shape)
+
+
 def hematoxylin_channel(im_rgb: np.ndarray, stain_matrix: np.ndarray = STAIN_MATRIX_HE) -> np.ndarray:
     """The hematoxylin (nuclear) stain image, uint8, stacked to three channels as the original study fed
     its detector."""
@@ -213,31 +227,3 @@ def model_input(normalised_rgb: np.ndarray, input_channels: str) -> np.ndarray:
 #: (the lαβ statistics of its reference H&E image), so results compare with HistomicsTK's pipeline.
 DEFAULT_TARGET_MU = (8.63234435, -0.11501964, 0.03868433)
 DEFAULT_TARGET_SIGMA = (0.57506023, 0.10403329, 0.01364062)
-
-
-def slide_lab_stats(
-    im_rgb: np.ndarray, tissue_mask: np.ndarray | None = None, max_pixels: int = 2_000_000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Slide-wide lαβ mean/std from a low-resolution image, over tissue pixels only.
-
-    ``tissue_mask`` (True = tissue) may be at a different size than the image; it is resized by nearest
-    neighbour. At most ``max_pixels`` tissue pixels are sampled (seeded), which bounds the cost on big
-    thumbnails without changing the statistics in any way that matters.
-    """
-    pixels = np.asarray(im_rgb)[..., :3].reshape(-1, 3)
-    if tissue_mask is not None:
-        mask = _resize_mask(np.asarray(tissue_mask, bool), im_rgb.shape[:2]).ravel()
-        if mask.sum() >= 100:  # too little tissue to trust: fall back to the whole image
-            pixels = pixels[mask]
-    if pixels.shape[0] > max_pixels:
-        idx = np.random.default_rng(seed).choice(pixels.shape[0], max_pixels, replace=False)
-        pixels = pixels[idx]
-    return lab_mean_std(pixels.reshape(-1, 1, 3))
-
-
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if mask.shape == tuple(shape):
-        return mask
-    rows = (np.arange(shape[0]) * mask.shape[0] // shape[0]).clip(0, mask.shape[0] - 1)
-    cols = (np.arange(shape[1]) * mask.shape[1] // shape[1]).clip(0, mask.shape[1] - 1)
-    return mask[rows][:, cols]

@@ -1,0 +1,109 @@
+"""Reinhard source statistics of a slide: the lαβ mean and σ of its tissue, sampled at the model's µm/px.
+
+Why not the thumbnail: a 40x slide tens of thousands of pixels wide has a thumbnail at 1/30 to 1/50 scale,
+where every pixel averages nuclei with the stroma around them, so the colour spread σ falls to about half of
+what the tiles the model sees have (measured on MoNuSeg: full-resolution/thumbnail σ ratios 2.06, 2.31 and
+1.83 at 1/32 scale), and every tile is then over-stretched. The thumbnail only says *where* the tissue is;
+the colours are read from seeded random patches inside it, at the resolution the model reads tiles.
+
+One definition for training (``data.prepare``), evaluation and inference (``pipeline.plan_slide``): an
+image in a training set is treated exactly as a slide is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from . import stain
+from .errors import WsinucleiError
+from .slide import Slide
+from .tissue import tissue_mask
+
+#: How the statistics are taken; stored in run.json and model files so results say what they used.
+DEFINITION = "tissue-patches-v1"
+
+
+@dataclass
+class LabStats:
+    mean: np.ndarray
+    std: np.ndarray
+    pixels: int  # tissue pixels the statistics were computed from
+    patches: int
+    mpp: float
+    definition: str = DEFINITION
+
+    def as_dict(self) -> dict:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "pixels": int(self.pixels), "patches": int(self.patches), "mpp": float(self.mpp),
+                "definition": self.definition}
+
+
+def sample_tissue_points(mask: np.ndarray, mask_downsample: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points (x, y in base pixels) spread evenly over the tissue of a mask whose pixels are
+    ``mask_downsample`` base pixels wide.
+
+    Stratified sampling: the tissue mask pixels in raster order cut into ``n`` equal runs, one pixel at random
+    from each, then a uniform position inside it. Every part of the tissue gets its share of points (simple random sampling leaves
+    one region of a slide with a few percent more or less than its share, which moves σ by as much).
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        raise WsinucleiError("no tissue to sample colour statistics from")
+    pick = np.floor((rng.random(n) + np.arange(n)) * len(ys) / n).astype(int).clip(0, len(ys) - 1)
+    jitter = rng.random((n, 2))
+    return np.stack([(xs[pick] + jitter[:, 0]) * mask_downsample, (ys[pick] + jitter[:, 1]) * mask_downsample], axis=1)
+
+
+def tissue_lab_stats(slide: Slide, mask: np.ndarray, mask_downsample: float, mpp: float, *,
+                     patches: int = 2048, patch_size: int = 32, seed: int = 0) -> LabStats:
+    """lαβ mean/σ of a slide's tissue at ``mpp`` µm/px from ``patches`` seeded patches of ``patch_size``
+    pixels centred on random tissue points; only pixels that the mask calls tissue count.
+
+    The cost is fixed (about a million pixels read in small regions) whatever the slide's size. A mask with no
+    tissue falls back to the whole slide.
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        mask = np.ones_like(mask)
+    rng = np.random.default_rng(seed)
+    scale = mpp / slide.require_mpp()  # base pixels per pixel at mpp
+    half = patch_size * scale / 2
+    offsets = (np.arange(patch_size) + 0.5) * scale  # pixel centres, base pixels from the patch's corner
+    H, W = mask.shape
+    # Patch centres are spread over the tissue grown by half a patch, so that a pixel at the tissue's edge is
+    # as likely to fall in some patch as one in its middle (centres on the tissue alone under-sample edges).
+    reach = int(np.ceil(half / mask_downsample))
+    region = ndimage.binary_dilation(mask, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool)) if reach else mask
+    kept = []
+    for cx, cy in sample_tissue_points(region, mask_downsample, patches, rng):
+        # on the grid of pixels at ``mpp`` (as tiles are): an off-grid read would be interpolated, which
+        # smooths the pixels and lowers σ
+        x0, y0 = np.round((cx - half) / scale) * scale, np.round((cy - half) / scale) * scale
+        rgb = slide.read_region(x0, y0, patch_size, patch_size, mpp)
+        rows = np.clip(((y0 + offsets) / mask_downsample).astype(int), 0, H - 1)
+        cols = np.clip(((x0 + offsets) / mask_downsample).astype(int), 0, W - 1)
+        inside = ((y0 + offsets) >= 0)[:, None] & ((x0 + offsets) >= 0)[None, :]
+        inside &= ((y0 + offsets) < H * mask_downsample)[:, None] & ((x0 + offsets) < W * mask_downsample)[None, :]
+        sel = mask[rows][:, cols] & inside
+        kept.append(rgb[sel])
+    pixels = np.concatenate(kept) if kept else np.zeros((0, 3), np.uint8)
+    if len(pixels) == 0:
+        raise WsinucleiError(f"{slide.path}: no tissue pixels to take colour statistics from")
+    mu, sigma = stain.lab_mean_std(pixels.reshape(-1, 1, 3))
+    return LabStats(mu, sigma, len(pixels), patches, mpp)
+
+
+def slide_tissue_stats(slide: Slide, mpp: float, thumbnail=None, **kwargs) -> LabStats:
+    """:func:`tissue_lab_stats` with the tissue mask made from the slide's thumbnail (or the given
+    ``(thumbnail, downsample)`` pair)."""
+    thumb, ds = thumbnail if thumbnail is not None else slide.thumbnail()
+    return tissue_lab_stats(slide, tissue_mask(thumb), ds, mpp, **kwargs)
+
+
+def image_tissue_stats(path, image_mpp: float, mpp: float, **kwargs) -> LabStats:
+    """The statistics of one image file (a training or test image standing for a slide)."""
+    with Slide(path, mpp=image_mpp) as slide:
+        return slide_tissue_stats(slide, mpp, **kwargs)
