@@ -104,8 +104,9 @@ def test_evaluate_reports_unpaired_stems(tmp_path):
     import json
 
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert m["pooled"]["tp"] == 1 and m["pooled"]["fp"] == 1 and m["pooled"]["fn"] == 1
-    assert m["only_in_predictions"] == ["b"] and m["only_in_truth"] == ["c"]
+    # c has annotations and no predictions: its nucleus is missed (FN), not left out of the pooled figures
+    assert m["pooled"]["tp"] == 1 and m["pooled"]["fp"] == 1 and m["pooled"]["fn"] == 2
+    assert m["only_in_predictions"] == ["b"] and m["only_in_truth"] == ["c"] and m["images"] == 2
     assert (tmp_path / "rep" / "pr_curve.png").is_file() and (tmp_path / "rep" / "per_image.csv").is_file()
 
 

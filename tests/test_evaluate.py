@@ -149,3 +149,27 @@ def test_border_margin_drops_edge_boxes():
     boxes = np.array([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
     kept, scores = ev.apply_border_margin(boxes, np.array([1.0, 0.5]), (100, 100), 8)
     assert kept.tolist() == [[50.0, 50.0, 60.0, 60.0]] and scores.tolist() == [0.5]
+
+
+def test_chain_of_boxes_pairs_as_many_as_possible():
+    """P1 overlaps T1 a little and T2 a lot, P2 likewise T2/T3, P3 only T3 a little. At IoU 0.1 three pairs
+    exist (P1-T1, P2-T2, P3-T3); weighting pairs by 1 + IoU found only the two big overlaps."""
+    truth = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10]], float)
+    pred = np.array([[8, 0, 19, 10], [18, 0, 29, 10], [28, 0, 39, 10]], float)
+    pi, ti, q = ev.match(pred, truth, 0.1)
+    assert sorted(zip(pi.tolist(), ti.tolist())) == [(0, 0), (1, 1), (2, 2)]
+    res = ev.evaluate_set([("chain", pred, np.array([0.9, 0.8, 0.7]), truth)], iou_thresholds=(0.1, 0.5))
+    assert res["AP@0.1"] == 1.0
+    # among pairings of equal size the larger overlap wins: at IoU 0.5 only P1-T2 and P2-T3 exist
+    pi, ti, _ = ev.match(pred, truth, 0.5)
+    assert sorted(zip(pi.tolist(), ti.tolist())) == [(0, 1), (1, 2)]
+
+
+def test_pr_auc_exact_on_a_hand_computed_curve():
+    """TP at 0.9, FP at 0.8, TP at 0.7, two nuclei: the curve (0.5, 1), (0.5, 0.5), (1, 2/3); trapezoids
+    from (0, 1): 0.5 + 0 + 0.5 * (0.5 + 2/3) / 2 = 0.791666..."""
+    truth = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float)
+    pred = np.array([[0, 0, 10, 10], [100, 100, 110, 110], [50, 50, 60, 60]], float)
+    res = ev.evaluate_set([("x", pred, np.array([0.9, 0.8, 0.7]), truth)])
+    assert abs(res["PR-AUC"] - (0.5 + 0.5 * (0.5 + 2 / 3) / 2)) < 1e-12
+    assert abs(res["AP@0.5"] - (0.5 + 0.5 * 2 / 3)) < 1e-12

@@ -25,14 +25,14 @@ def test_lab_matches_histomicstk(ref, i):
 def test_reinhard_matches_histomicstk(ref, i):
     out = stain.reinhard(ref[f"image{i}"], ref["target_mu"], ref["target_sigma"])
     assert out.dtype == np.uint8
-    assert np.abs(out.astype(int) - ref[f"reinhard{i}"].astype(int)).max() <= 1
+    np.testing.assert_array_equal(out, ref[f"reinhard{i}"])  # exact: the same arithmetic and truncation
 
 
 @need(REFERENCE)
 @pytest.mark.parametrize("i", [0, 1])
 def test_color_deconvolution_matches_histomicstk(ref, i):
     stains, stains_float, wc = stain.color_deconvolution(ref[f"image{i}"], ref["stain_matrix_he"])
-    assert np.abs(stains.astype(int) - ref[f"stains{i}"].astype(int)).max() <= 1
+    np.testing.assert_array_equal(stains, ref[f"stains{i}"])
     np.testing.assert_allclose(stains_float, ref[f"stains_float{i}"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(wc, ref[f"stain_matrix_completed{i}"], rtol=1e-6)
 
@@ -64,8 +64,28 @@ def test_deconvolution_separates_pure_hematoxylin():
 def test_reinhard_matches_target_statistics():
     img, _ = synthetic_he(128, 128, seed=3)
     out = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA)
-    mu, _ = stain.lab_mean_std(out)
+    mu, sd = stain.lab_mean_std(out)
     np.testing.assert_allclose(mu, stain.DEFAULT_TARGET_MU, atol=0.05)
+    np.testing.assert_allclose(sd, stain.DEFAULT_TARGET_SIGMA, rtol=0.15)
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (255, 0, 0), (240, 240, 240)])
+def test_reinhard_of_blank_or_saturated_tile_is_finite_and_uniform(colour):
+    """σ = 0 gave NaN and an all-black tile; with the floor a uniform tile stays uniform (mapped to the
+    target's mean where it is the source mean itself)."""
+    img = np.full((16, 16, 3), colour, np.uint8)
+    with np.errstate(all="raise"):
+        out = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA)
+    assert (out == out[0, 0]).all()
+    expected = np.clip(stain.lab_to_rgb(np.array(stain.DEFAULT_TARGET_MU)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out[0, 0], expected)
+
+
+def test_reinhard_does_not_stretch_the_noise_of_a_near_uniform_tile():
+    rng = np.random.default_rng(0)
+    img = np.clip(235 + rng.normal(0, 0.6, (64, 64, 3)), 0, 255).astype(np.uint8)
+    out = stain.reinhard(img, stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA)
+    assert out.astype(float).std(axis=(0, 1)).max() < 40  # without the floor: noise spread over ~0-255
 
 
 def test_reinhard_uses_given_slide_statistics_not_the_tile():

@@ -43,38 +43,42 @@ def match(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5, *, ra
     """One-to-one pairing. Returns (pred_index, truth_index, quality) of the accepted pairs.
 
     With ``radius`` None, pairs by IoU and accepts IoU >= ``iou_threshold``; otherwise by centre distance,
-    accepting distance <= ``radius``. Among all one-to-one pairings the Hungarian solution maximises total IoU
-    (or minimises total distance) over the admissible pairs only, so the number of true positives is the
-    largest possible.
+    accepting distance <= ``radius``. Among all one-to-one pairings of admissible pairs it takes one with the
+    most pairs (so the number of true positives is the largest possible), and among those the largest total
+    IoU (or smallest total distance).
     """
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
     truth = np.asarray(truth, dtype=np.float64).reshape(-1, 4)
-    empty = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
     if len(pred) == 0 or len(truth) == 0:
-        return empty
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     if radius is None:
-        quality = box_iou(pred, truth)
-        admissible = quality >= iou_threshold - 1e-12
-        # Admissible pairs are worth 1 + IoU, the rest 0: first the most pairs, then the best overlap.
-        weight = np.where(admissible, 1.0 + quality, 0.0)
-    else:
-        pc, tc = centres(pred), centres(truth)
-        quality = np.hypot(pc[:, None, 0] - tc[None, :, 0], pc[:, None, 1] - tc[None, :, 1])
-        admissible = quality <= radius + 1e-12
-        weight = np.where(admissible, 2.0 - quality / max(radius, 1e-12), 0.0)
-    return _assign(quality, admissible, weight)
+        return match_iou(box_iou(pred, truth), iou_threshold)
+    pc, tc = centres(pred), centres(truth)
+    dist = np.hypot(pc[:, None, 0] - tc[None, :, 0], pc[:, None, 1] - tc[None, :, 1])
+    admissible = dist <= radius + 1e-12
+    return _assign(dist, admissible, 1.0 - dist / max(radius, 1e-12))
 
 
-def _assign(quality: np.ndarray, admissible: np.ndarray, weight: np.ndarray):
-    """Hungarian assignment maximising ``weight`` over admissible pairs only."""
+def match_iou(iou: np.ndarray, threshold: float):
+    """:func:`match` on a precomputed IoU matrix (AP reuses one matrix for every IoU threshold)."""
+    admissible = iou >= threshold - 1e-12
+    return _assign(iou, admissible, iou)
+
+
+def _assign(quality: np.ndarray, admissible: np.ndarray, tie_break: np.ndarray):
+    """Maximum-cardinality assignment over admissible pairs, ``tie_break`` (each in [0, 1]) maximised among
+    those. Every admissible pair is worth ``K + tie_break`` with K larger than any possible sum of
+    tie-breaks, so one more pair always outweighs any gain in overlap."""
     # Only rows/columns with an admissible pair take part: this keeps the problem small in sparse scenes.
     rows = np.flatnonzero(admissible.any(axis=1))
     cols = np.flatnonzero(admissible.any(axis=0))
     if len(rows) == 0:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
-    sub = weight[np.ix_(rows, cols)]
+    big = float(min(len(rows), len(cols)) + 1)
+    sub_adm = admissible[np.ix_(rows, cols)]
+    sub = np.where(sub_adm, big + np.clip(tie_break[np.ix_(rows, cols)], 0.0, 1.0), 0.0)
     r, c = linear_sum_assignment(sub, maximize=True)
-    ok = sub[r, c] > 0
+    ok = sub_adm[r, c]
     pi, ti = rows[r[ok]], cols[c[ok]]
     return pi, ti, quality[pi, ti]
 
@@ -193,7 +197,7 @@ def evaluate_set(
         for t in iou_thresholds:
             tpf = np.zeros(len(pred))
             if iou is not None:
-                pi, _, _ = _match_from_iou(iou, t)
+                pi, _, _ = match_iou(iou, t)
                 tpf[pi] = 1
             flags[t].append(tpf)
     scores_all = np.concatenate(all_scores) if all_scores else np.zeros(0)
@@ -217,8 +221,3 @@ def evaluate_set(
         "n_pred": int(len(scores_all)),
         "curves": curves,
     }
-
-
-def _match_from_iou(iou: np.ndarray, threshold: float):
-    admissible = iou >= threshold - 1e-12
-    return _assign(iou, admissible, np.where(admissible, 1.0 + iou, 0.0))

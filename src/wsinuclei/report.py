@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate
-from .annotations import collect_box_files, read_boxes
+from .annotations import Boxes, collect_box_files, read_boxes
 from .errors import WsinucleiError
 from .outputs import atomic_write_bytes
 
@@ -88,8 +88,10 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     out.mkdir(parents=True, exist_ok=True)
     radius_px = radius_um / mpp
     items, skipped, shapes = [], {}, {}
-    for stem in common:
-        p, t = read_boxes(pred_files[stem]), read_boxes(truth_files[stem])
+    # an annotated image without a prediction file is an image where nothing was found: its nuclei are missed
+    for stem in sorted(common + only_truth):
+        t = read_boxes(truth_files[stem])
+        p = read_boxes(pred_files[stem]) if stem in pred_files else Boxes(np.zeros((0, 4)), np.zeros(0))
         skipped[stem] = t.skipped
         scores = p.scores if p.scores is not None else np.ones(len(p))
         img_path = _find_image(stem, [images, Path(truth_files[stem]).parent])
@@ -112,7 +114,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "radius_um": radius_um,
                 "radius_px": radius_px, "mpp": mpp, "border_px": border, "pred": str(pred), "truth": str(truth)}
     metrics = {k: v for k, v in res.items() if k not in ("curves", "per_image")}
-    metrics.update(settings=settings, images=len(common), skipped_degenerate=int(sum(skipped.values())),
+    metrics.update(settings=settings, images=len(items), skipped_degenerate=int(sum(skipped.values())),
                    only_in_predictions=only_pred, only_in_truth=only_truth)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1).encode())
     buf = io.StringIO()
@@ -148,7 +150,7 @@ def format_table(res: dict) -> str:
     if m.get("only_in_predictions"):
         rows.append(f"no truth for: {', '.join(m['only_in_predictions'])}")
     if m.get("only_in_truth"):
-        rows.append(f"no predictions for: {', '.join(m['only_in_truth'])}")
+        rows.append(f"no predictions for: {', '.join(m['only_in_truth'])} (their nuclei count as missed)")
     if m.get("skipped_degenerate"):
         rows.append(f"degenerate annotations skipped: {m['skipped_degenerate']}")
     return "\n".join(rows)

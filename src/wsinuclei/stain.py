@@ -78,6 +78,10 @@ def lab_mean_std(
     return pixels.mean(axis=0), pixels.std(axis=0)
 
 
+#: Lowest source σ, as a share of the target's (real H&E tissue is well above it: σ ratios 0.6-2).
+SIGMA_FLOOR = 0.25
+
+
 def reinhard(
     im_src: np.ndarray,
     target_mu,
@@ -96,6 +100,9 @@ def reinhard(
         src_mu, src_sigma = lab_mean_std(im_src, im_lab=im_lab)
     src_mu, src_sigma = np.asarray(src_mu, float), np.asarray(src_sigma, float)
     target_mu, target_sigma = np.asarray(target_mu, float), np.asarray(target_sigma, float)
+    # A blank or saturated source has σ = 0 (NaN, then an all-black tile) and a near-uniform one would have
+    # its noise stretched over 0-255: never stretch by more than 1 / SIGMA_FLOOR.
+    src_sigma = np.maximum(src_sigma, SIGMA_FLOOR * target_sigma)
     im_lab = (im_lab - src_mu) / src_sigma * target_sigma + target_mu
     out = np.clip(lab_to_rgb(im_lab), 0, 255)
     if mask_out is not None:
