@@ -15,6 +15,18 @@ def run(*args, cwd=None):
                           cwd=cwd, timeout=300)
 
 
+def run_here(capsys, *args):
+    """The CLI's main() in this process (the same code path as the command, without starting Python again)."""
+    from wsinuclei.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def assert_clean_error(proc, *needles):
     assert proc.returncode != 0
     err = proc.stderr.strip()
@@ -134,3 +146,55 @@ def test_cuda_without_gpu_is_a_clear_error(bad_inputs, tmp_path, random_model):
     proc = run("detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25", "--model", random_model,
                "--device", "cuda")
     assert_clean_error(proc, "no CUDA GPU")
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--batch-size", "0", "--batch-size"),       # spun at 100 % CPU forever
+    ("--batch-size", "-3", "--batch-size"),
+    ("--workers", "-1", "--workers"),
+    ("--readers", "0", "--readers"),
+    ("--tile-size", "32", "--tile-size"),
+    ("--tile-size", "100000", "--tile-size"),
+    ("--overlap", "-1", "--overlap"),
+    ("--overlap", "600", "--overlap"),          # half the 1024-px tile or more leaves no core
+    ("--min-score", "1.5", "--min-score"),
+    ("--min-score", "-0.1", "--min-score"),
+    ("--min-tissue", "2", "--min-tissue"),
+    ("--mpp", "-0.25", "--mpp"),
+    ("--mpp", "nan", "--mpp"),
+    ("--batch-size", "abc", "--batch-size"),    # argparse's own errors are one line too
+    ("--device", "tpu", "--device"),
+])
+def test_every_numeric_option_is_validated(bad_inputs, tmp_path, option, value, needle, capsys):
+    assert_clean_error(run_here(capsys, "detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25",
+                                option, value), needle)
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one of them"),
+    (["--workers", "2", "--batch-size", "4"], "--batch-size"),
+    (["--workers", "2", "--device", "cuda:1"], "own GPU"),
+    (["--device", "cuda"], "no CUDA GPU"),                    # in-process on a machine without one
+    (["--workers", "2", "--device", "cuda"], "no CUDA GPU"),  # local cluster likewise (it used to hang)
+])
+def test_executor_and_device_combinations_refused_clearly(bad_inputs, tmp_path, args, needle, capsys):
+    assert_clean_error(run_here(capsys, "detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25",
+                                *args), needle)
+
+
+def test_local_cluster_with_gpus_offers_a_gpu_per_worker():
+    """Tiles ask for resources={'GPU': 1}; a LocalCluster started without that resource never ran one."""
+    from wsinuclei.errors import WsinucleiError
+    from wsinuclei.pipeline import RunOptions, check_remote_workers, local_cluster_kwargs
+
+    kw = local_cluster_kwargs(RunOptions(workers=2, device="cuda"), gpus=2)
+    assert kw["resources"] == {"GPU": 1} and kw["n_workers"] == 2
+    assert "resources" not in local_cluster_kwargs(RunOptions(workers=2), gpus=0)
+    with pytest.raises(WsinucleiError, match="one GPU per worker"):
+        local_cluster_kwargs(RunOptions(workers=3, device="cuda"), gpus=2)
+    with pytest.raises(WsinucleiError, match="no workers"):
+        check_remote_workers({"workers": {}}, "cpu", "tcp://x:1")
+    with pytest.raises(WsinucleiError, match="offers a GPU"):
+        check_remote_workers({"workers": {"a": {"resources": {}}}}, "cuda", "tcp://x:1")
+    check_remote_workers({"workers": {"a": {"resources": {"GPU": 1}}}}, "cuda", "tcp://x:1")

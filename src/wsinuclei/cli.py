@@ -23,16 +23,11 @@ def _roi(text: str):
 def _run_options(args):
     from .pipeline import RunOptions
 
-    if args.tile_size < 64:
-        raise WsinucleiError("--tile-size must be at least 64")
-    if not 0 <= args.overlap < args.tile_size:
-        raise WsinucleiError("--overlap must be between 0 and the tile size")
-    if not 0 <= args.min_tissue <= 1:
-        raise WsinucleiError("--min-tissue is a fraction between 0 and 1")
     return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
                       min_tissue=args.min_tissue, model=args.model, min_score=args.min_score, device=args.device,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
-                      scheduler=args.scheduler, force=args.force, gzip=args.gzip, progress=not args.quiet)
+                      scheduler=args.scheduler, force=args.force, gzip=args.gzip,
+                      progress=not args.quiet).validate()
 
 
 def _cmd_detect(args) -> int:
@@ -191,7 +186,7 @@ def _cmd_build_slide(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsinuclei", description="Find every cell nucleus in whole-slide H&E images.")
+    p = _Parser(prog="wsinuclei", description="Find every cell nucleus in whole-slide H&E images.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("detect", help="detect nuclei in slides or image regions",
@@ -307,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=_cmd_build_slide)
     return p
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr and exit 2, like every other user error."""
+
+    def error(self, message):
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"wsinuclei: error: {where}{message} (see '{self.prog} --help')\n")
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,34 @@ class RunOptions:
     # out of a larger slide, pass the whole slide's so the region is normalised as the slide would be.
     lab_stats: tuple | None = None
 
+    def validate(self) -> "RunOptions":
+        """Every option in its range, and only executor/device combinations that work; one clear error each."""
+        def integer(name, value, low, high):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise WsinucleiError(f"--{name} must be a whole number from {low} to {high}, got {value}")
+
+        integer("tile-size", self.tile_size, 64, 16384)
+        integer("overlap", self.overlap, 0, self.tile_size // 2 - 1)
+        integer("batch-size", self.batch_size, 1, 256)
+        integer("readers", self.readers, 1, 64)
+        integer("workers", self.workers, 0, 1024)
+        integer("retries", self.retries, 0, 10)
+        for name, value in (("min-tissue", self.min_tissue), ("min-score", self.min_score)):
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise WsinucleiError(f"--{name} must be a number from 0 to 1, got {value}")
+        if self.mpp is not None and not (self.mpp > 0 and np.isfinite(self.mpp)):
+            raise WsinucleiError(f"--mpp must be a positive number, got {self.mpp}")
+        if self.scheduler and self.workers:
+            raise WsinucleiError("--workers starts a local Dask cluster and --scheduler uses a running one: give one of them")
+        if self.batch_size > 1 and (self.scheduler or self.workers):
+            raise WsinucleiError("--batch-size batches tiles in-process; with --workers or --scheduler each Dask task "
+                                 "is one tile (leave --batch-size at 1)")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise WsinucleiError(f"--device {self.device}: expected cpu, cuda or cuda:N")
+        if self.device.startswith("cuda:") and (self.workers or self.scheduler):
+            raise WsinucleiError("with Dask each worker takes its own GPU: give --device cuda, not a numbered device")
+        return self
+
 
 @dataclass
 class SlideContext:
@@ -112,12 +140,17 @@ def _slide(path: str, mpp: float) -> Slide:
 
 
 def _worker_name() -> str:
-    try:
-        from distributed import get_worker
+    """The Dask worker's name, or ``pidN`` outside Dask; looked up once per process."""
+    name = _STATE.get("worker_name")
+    if name is None:
+        try:
+            from distributed import get_worker
 
-        return get_worker().name
-    except Exception:
-        return f"pid{os.getpid()}"
+            name = str(get_worker().name)
+        except (ImportError, ValueError):  # ValueError: not running inside a Dask worker
+            name = f"pid{os.getpid()}"
+        _STATE["worker_name"] = name
+    return name
 
 
 def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict]:
@@ -335,10 +368,38 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
                     on_result(postprocess(ctx, t, b, s, p))
 
 
-def _dask_worker_init(threads: int):
+def _dask_worker_init(threads: int, device: str):
     import torch
 
     torch.set_num_threads(max(1, threads))
+    _STATE.pop("worker_name", None)
+    if device.startswith("cuda"):  # local cluster: worker i takes GPU i (one worker per GPU, see below)
+        from distributed import get_worker
+
+        torch.cuda.set_device(int(get_worker().name))
+
+
+def local_cluster_kwargs(opts: RunOptions, gpus: int) -> dict:
+    """LocalCluster settings. With --device cuda every worker offers one GPU resource (tiles ask for one,
+    so a cluster started without it would never run a tile), and there must be a GPU for each worker."""
+    kwargs = dict(n_workers=opts.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                  silence_logs=40)
+    if opts.device.startswith("cuda"):
+        if opts.workers > gpus:
+            raise WsinucleiError(f"--workers {opts.workers} --device cuda takes one GPU per worker and this machine "
+                                 f"has {gpus}: use --workers {gpus} or fewer")
+        kwargs["resources"] = {"GPU": 1}
+    return kwargs
+
+
+def check_remote_workers(info: dict, device: str, address: str) -> None:
+    """Refuse a cluster whose workers cannot run the tiles (instead of waiting for them forever)."""
+    workers = info.get("workers", {})
+    if not workers:
+        raise WsinucleiError(f"the Dask scheduler at {address} has no workers; start some with 'dask worker {address}'")
+    if device.startswith("cuda") and not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()):
+        raise WsinucleiError(f"--device cuda: no worker of the Dask scheduler at {address} offers a GPU; start them "
+                             f"with 'dask worker {address} --resources GPU=1' (one per GPU)")
 
 
 def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
@@ -350,12 +411,23 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
             client = Client(opts.scheduler, timeout="20s")
         except Exception as exc:
             raise WsinucleiError(f"cannot reach the Dask scheduler at {opts.scheduler} ({exc})") from None
+        try:
+            client.wait_for_workers(1, timeout=30)
+        except Exception:
+            pass  # reported just below
+        try:
+            check_remote_workers(client.scheduler_info(), plan.ctx.device, opts.scheduler)
+        except WsinucleiError:
+            client.close()
+            raise
     else:
+        import torch
+
         threads = max(1, (os.cpu_count() or 1) // opts.workers)
-        cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+        gpus = torch.cuda.device_count() if opts.device.startswith("cuda") else 0
+        cluster = LocalCluster(**local_cluster_kwargs(opts, gpus))
         client = Client(cluster)
-        client.run(_dask_worker_init, threads)
+        client.run(_dask_worker_init, threads, opts.device)
     try:
         ctx_future = client.scatter(plan.ctx, broadcast=True)  # sent once per worker, not per tile
         # On GPUs: one worker per GPU, started with `--resources GPU=1` (and its own CUDA_VISIBLE_DEVICES);
@@ -422,14 +494,16 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     from .checkpoint import check_device
 
     t_start = time.time()
-    check_device(opts.device)
+    opts.validate()
+    if not opts.scheduler:  # a remote cluster's GPUs are on its workers, not here
+        check_device(opts.device)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise WsinucleiError(f"{out_dir}: exists and is not a folder")
     model_path = str(Path(opts.model).resolve()) if opts.model else None
     # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
     # same command) use this very instance instead of loading the file again
-    loaded = _detector(model_path, opts.device).loaded
+    loaded = _detector(model_path, "cpu" if (opts.scheduler or opts.workers) else opts.device).loaded
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path)
     name = plan.slide.name
     out_dir.mkdir(parents=True, exist_ok=True)
