@@ -156,7 +156,7 @@ def test_cuda_without_gpu_is_a_clear_error(bad_inputs, tmp_path, random_model):
     ("--tile-size", "32", "--tile-size"),
     ("--tile-size", "100000", "--tile-size"),
     ("--overlap", "-1", "--overlap"),
-    ("--overlap", "600", "--overlap"),          # half the 1024-px tile or more leaves no core
+    ("--overlap", "1024", "--overlap"),         # a tile's whole width leaves no core
     ("--min-score", "1.5", "--min-score"),
     ("--min-score", "-0.1", "--min-score"),
     ("--min-tissue", "2", "--min-tissue"),

@@ -210,3 +210,36 @@ def test_batched_inference_equals_one_at_a_time(pyramid_slide, random_model, tmp
         run_slide(pyramid_slide[0], tmp_path / f"b{bs}", RunOptions(model=str(random_model), roi=roi, batch_size=bs,
                                                                    **OPTS), log=lambda *_: None)
     assert_same_detections(tmp_path / "b1" / f"{name}.csv", tmp_path / "b3" / f"{name}.csv")
+
+
+def test_one_slide_handle_per_process_closed_after_each_slide(pyramid_slide, random_model, tmp_path, monkeypatch):
+    """Three slides in one command: each opened once (reader threads share the handle) and closed when done.
+    Before, every reader thread opened its own, and none was ever closed (6 left open after 3 slides)."""
+    import shutil
+
+    from wsinuclei import pipeline
+    from wsinuclei.slide import Slide
+
+    opened, closed = [], []
+    real_init, real_close = Slide.__init__, Slide.close
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        opened.append(id(self))
+
+    def close(self):
+        closed.append(id(self))
+        real_close(self)
+
+    monkeypatch.setattr(Slide, "__init__", init)
+    monkeypatch.setattr(Slide, "close", close)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"s{i}.tiff"
+        shutil.copy(pyramid_slide[0], p)
+        paths.append(p)
+    for p in paths:
+        pipeline.run_slide(p, tmp_path / "out", pipeline.RunOptions(model=str(random_model), readers=2, tile_size=512,
+                                                                    progress=False), log=lambda *_: None)
+    assert len(opened) == 3 and sorted(opened) == sorted(closed)
+    assert not [k for k in pipeline._STATE if k[0] == "slide"]

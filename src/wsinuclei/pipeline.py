@@ -67,7 +67,7 @@ class RunOptions:
                 raise WsinucleiError(f"--{name} must be a whole number from {low} to {high}, got {value}")
 
         integer("tile-size", self.tile_size, 64, 16384)
-        integer("overlap", self.overlap, 0, self.tile_size // 2 - 1)
+        integer("overlap", self.overlap, 0, self.tile_size - 1)
         integer("batch-size", self.batch_size, 1, 256)
         integer("readers", self.readers, 1, 64)
         integer("workers", self.workers, 0, 1024)
@@ -133,10 +133,12 @@ def _detector(model_path: str | None, device: str):
 
 
 def _slide(path: str, mpp: float) -> Slide:
-    key = ("slide", path, mpp, threading.get_ident())  # openslide handles are not shared across threads
-    if key not in _STATE:
-        _STATE[key] = Slide(path, mpp=mpp)
-    return _STATE[key]
+    """This process's handle on a slide: OpenSlide handles are thread-safe, so reader threads share one."""
+    key = ("slide", path, mpp)
+    with _STATE_LOCK:
+        if key not in _STATE:
+            _STATE[key] = Slide(path, mpp=mpp)
+        return _STATE[key]
 
 
 def _worker_name() -> str:
@@ -165,7 +167,6 @@ def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict
             break
         except WsinucleiError as exc:  # a corrupt region: retry, then report the tile as failed
             last_exc = exc
-            _STATE.pop(("slide", ctx.path, ctx.mpp, threading.get_ident()), None)
     else:
         raise TileReadError(str(last_exc), attempts)
     prof["attempts"] = attempts
@@ -220,20 +221,39 @@ def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
 # -- merging --------------------------------------------------------------------------------------------
 def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: float = 0.5):
     """Concatenate kept detections and remove duplicates across seams: NMS between each pair of
-    neighbouring tiles only (right, below, below-left, below-right), over boxes within reach of the seam."""
+    neighbouring tiles only (right, below, below-left, below-right), over boxes within reach of the seam.
+
+    Every kept box has its centre in its own tile's core, so a box of tile A can overlap a box of tile B only
+    if it reaches into B's core grown by half of B's largest box: only those candidates are compared (a dense
+    tile pair costs a few hundred boxes each side instead of a full 2,000 x 2,000 IoU matrix)."""
     from .evaluate import box_iou
 
     by_tile = {k: r for k, r in results.items() if r.failed is None and len(r.boxes)}
     suppressed = {k: np.zeros(len(r.boxes), bool) for k, r in by_tile.items()}
+    cores, reach = {}, {}
     for key, r in by_tile.items():
+        row, col = (int(v) for v in key.split("_"))
+        cores[key] = np.array(grid.tile_at(col, row).core, float)
+        reach[key] = float(np.max(np.maximum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1]))) / 2
+
+    def near(boxes, core, margin):
+        x0, y0, x1, y1 = core[0] - margin, core[1] - margin, core[2] + margin, core[3] + margin
+        return np.flatnonzero((boxes[:, 2] > x0) & (boxes[:, 0] < x1) & (boxes[:, 3] > y0) & (boxes[:, 1] < y1))
+
+    for key, a in by_tile.items():
         row, col = (int(v) for v in key.split("_"))
         for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
             nkey = f"{row + dr:05d}_{col + dc:05d}"
             if nkey not in by_tile:
                 continue
-            a, b = r, by_tile[nkey]
-            iou = box_iou(a.boxes, b.boxes)
+            b = by_tile[nkey]
+            ia = near(a.boxes, cores[nkey], reach[nkey])
+            ib = near(b.boxes, cores[key], reach[key])
+            if not len(ia) or not len(ib):
+                continue
+            iou = box_iou(a.boxes[ia], b.boxes[ib])
             for i, j in zip(*np.nonzero(iou > iou_threshold)):
+                i, j = ia[i], ib[j]
                 if suppressed[key][i] or suppressed[nkey][j]:
                     continue
                 if a.scores[i] >= b.scores[j]:
@@ -275,6 +295,15 @@ class SlidePlan:
 def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
                model_path: str | None) -> SlidePlan:
     slide = Slide(path, mpp=opts.mpp)
+    try:
+        return _plan(slide, path, opts, model_mpp, input_channels, target_mu, target_sigma, model_path)
+    except BaseException:
+        slide.close()
+        raise
+
+
+def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
+          model_path: str | None) -> SlidePlan:
     mpp = slide.require_mpp()
     W, H = slide.dimensions
     if opts.roi is not None:
@@ -439,6 +468,11 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
             on_result(fut.result())
             fut.release()
     finally:
+        if cluster is None:  # a long-lived cluster's workers let go of this slide
+            try:
+                client.run(_close_slide, plan.ctx.path, plan.ctx.mpp)
+            except Exception:  # a worker lost meanwhile has nothing to close
+                pass
         client.close()
         if cluster is not None:
             cluster.close()
@@ -489,8 +523,6 @@ class RunReport:
 def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> RunReport:
     """Detect every nucleus in one slide; write NAME.csv/.geojson/.anot.json, NAME.thumbnail.png,
     NAME.profile.csv and NAME.run.json into ``out_dir``."""
-    from tqdm import tqdm
-
     from .checkpoint import check_device
 
     t_start = time.time()
@@ -505,38 +537,71 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     # same command) use this very instance instead of loading the file again
     loaded = _detector(model_path, "cpu" if (opts.scheduler or opts.workers) else opts.device).loaded
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path)
-    name = plan.slide.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+    # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is
+    # decoded once); it is closed when the slide is done
+    _STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
+    try:
+        name = plan.slide.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+        model_id = hashlib.sha1(loaded.path.read_bytes()).hexdigest()[:12]
+        parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
+        if opts.force and parts.parent.exists():
+            shutil.rmtree(parts.parent)
+        parts.mkdir(parents=True, exist_ok=True)
+        results = _load_resumed(plan, parts)
+        resumed = len(results)
+        todo = [t for t in plan.tiles if t.key not in results]
+        executor = f"dask scheduler {opts.scheduler}" if opts.scheduler else (
+            f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
+        log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px; "
+            f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({resumed} done before); {executor}")
+        run_s = _execute(plan, todo, opts, results, parts)
+        report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
+                           tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
+                           workers=max(1, opts.workers), reinhard_source=plan.lab_stats)
+        report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
+        _write_results(plan, opts, results, out_dir, report, t_start)
+    finally:
+        _close_slide(plan.ctx.path, plan.ctx.mpp)
+    if not report.tiles_failed and not opts.keep_parts:
+        shutil.rmtree(parts.parent, ignore_errors=True)
+    return report
 
-    model_id = hashlib.sha1(loaded.path.read_bytes()).hexdigest()[:12]
-    parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
-    if opts.force and parts.parent.exists():
-        shutil.rmtree(parts.parent)
-    parts.mkdir(parents=True, exist_ok=True)
 
-    results: dict[str, TileResult] = {}
+def _close_slide(path: str, mpp: float) -> None:
+    slide = _STATE.pop(("slide", path, mpp), None)
+    if slide is not None:
+        slide.close()
+
+
+def _load_resumed(plan: SlidePlan, parts: Path) -> dict[str, "TileResult"]:
+    """Tiles finished by an earlier, interrupted run of the same command (failed tiles are run again)."""
+    results = {}
     for t in plan.tiles:
         f = parts / f"{t.key}.npz"
         if f.exists():
             r = _load_part(f)
             if r is not None and r.failed is None:
                 results[t.key] = r
-    resumed = len(results)
-    todo = [t for t in plan.tiles if t.key not in results]
-    executor = f"dask scheduler {opts.scheduler}" if opts.scheduler else (
-        f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
-    log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px; "
-        f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({resumed} done before); {executor}")
+    return results
 
-    bar = tqdm(total=len(plan.tiles), initial=resumed, desc=name, unit="tile", disable=not opts.progress)
+
+def _execute(plan: SlidePlan, todo: list[Tile], opts: RunOptions, results: dict, parts: Path) -> float:
+    """Run the tiles still to do on the chosen executor, saving each result as it arrives; returns seconds."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(plan.tiles), initial=len(results), desc=plan.slide.name, unit="tile",
+               disable=not opts.progress)
+    found = {"nuclei": sum(len(r.boxes) for r in results.values())}
 
     def on_result(r: TileResult):
         plan.add_tissue(r)
         results[r.key] = r
         _save_part(parts, r)
+        found["nuclei"] += len(r.boxes)
         bar.update(1)
-        bar.set_postfix(nuclei=sum(len(x.boxes) for x in results.values()))
+        bar.set_postfix(nuclei=found["nuclei"])
 
     t_run = time.time()
     try:
@@ -547,38 +612,43 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
                 _run_in_process(plan, todo, opts, on_result)
     finally:
         bar.close()
-    run_s = time.time() - t_run
+    return time.time() - t_run
 
+
+def _profile_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
+    wr.writeheader()
+    for p in rows:
+        wr.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in p.items()})
+    return buf.getvalue().encode()
+
+
+def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Path, report: RunReport,
+                   t_start: float) -> None:
+    """Merge seams, cut to the ROI, and write the result files, the profile and run.json."""
+    name = report.name
+    t_merge = time.perf_counter()
     boxes, scores = merge_seams(plan.grid, results)
+    merge_s = time.perf_counter() - t_merge
     x, y, w, h = plan.roi
     if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
         boxes, scores = boxes[keep], scores[keep]
     failed = sorted(k for k, r in results.items() if r.failed)
-    report = RunReport(name=name, nuclei=len(boxes), tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
-                       tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, tiles_failed=len(failed),
-                       executor=executor, workers=max(1, opts.workers),
-                       failed=[{"tile": k, "error": results[k].failed} for k in failed],
-                       reinhard_source=plan.lab_stats)
+    report.nuclei, report.tiles_failed = len(boxes), len(failed)
+    report.failed = [{"tile": k, "error": results[k].failed} for k in failed]
     profile_rows = [results[k].profile for k in sorted(results)]
     for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s"):
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
-    report.wall_s = round(time.time() - t_start, 3)
-    report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
+    report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
     report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip).items()}
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
-    wr.writeheader()
-    for p in profile_rows:
-        wr.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in p.items()})
-    atomic_write_bytes(out_dir / f"{name}.profile.csv", buf.getvalue().encode())
+    atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
+    report.wall_s = round(time.time() - t_start, 3)
     atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
-    if not failed and not opts.keep_parts:
-        shutil.rmtree(parts.parent, ignore_errors=True)
-    return report
 
 
 def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> dict:
@@ -589,22 +659,23 @@ def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=pr
     from .models import load_preset
 
     preset = load_preset("fast")
-    plan = plan_slide(path, opts, preset.mpp, "hematoxylin", stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, None)
+    plan = plan_slide(path, opts, preset.mpp, preset.input_channels, stain.DEFAULT_TARGET_MU,
+                      stain.DEFAULT_TARGET_SIGMA, None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = plan.slide.name
-    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
-    rows = []
-    for t in tqdm(plan.tiles, desc=f"{name} (stain steps)", unit="tile", disable=not opts.progress):
-        _, prof = read_and_preprocess(plan.ctx, t)
-        r = TileResult(t.key, np.zeros((0, 4)), np.zeros(0), prof)
-        plan.add_tissue(r)
-        rows.append(r.profile)
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
-    wr.writeheader()
-    wr.writerows(rows)
-    atomic_write_bytes(out_dir / f"{name}.profile.csv", buf.getvalue().encode())
+    _STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
+    try:
+        draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+        rows = []
+        for t in tqdm(plan.tiles, desc=f"{name} (stain steps)", unit="tile", disable=not opts.progress):
+            _, prof = read_and_preprocess(plan.ctx, t)
+            r = TileResult(t.key, np.zeros((0, 4)), np.zeros(0), prof)
+            plan.add_tissue(r)
+            rows.append(r.profile)
+    finally:
+        _close_slide(plan.ctx.path, plan.ctx.mpp)
+    atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(rows))
     return {"name": name, "tiles": len(plan.tiles), "skipped": len(plan.skipped),
             "thumbnail": str(out_dir / f"{name}.thumbnail.png"), "lab_mean": plan.ctx.src_mu}
 
