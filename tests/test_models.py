@@ -63,8 +63,14 @@ def test_resnet101_units_and_cut():
     assert cfg.backbone["num_units"] == 18
     model = build_detector(cfg)
     assert len(model.backbone.body.layer3) == 18
-    # frozen before block 2: stem and block 1 do not train
+    # built from random weights nothing is frozen (frozen random layers would stay random)...
+    assert all(p.requires_grad for p in model.parameters())
+    # ...fine-tuning loaded weights freezes what comes before block 2 (the study's fine_tune_from)
+    from wsinuclei.models import freeze_before_fine_tune_block
+
+    assert freeze_before_fine_tune_block(model, cfg) == ["stem", "block1"]
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())
+    assert not model.backbone.body.conv1.weight.requires_grad
     assert all(p.requires_grad for p in model.backbone.body.layer2.parameters())
     cut = set_num_units(model, 6)
     assert len(cut.backbone.body.layer3) == 6 and len(model.backbone.body.layer3) == 18

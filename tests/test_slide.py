@@ -80,3 +80,87 @@ def test_shared_svs_without_mpp():
     for target in (0.25, 0.5, 1.0):
         out = s.read_region(1000, 1000, 256, 256, target)
         assert out.shape == (256, 256, 3) and out.std() > 5  # tissue, not padding
+
+
+def test_region_reads_land_on_the_right_pixels_at_every_scale(pyramid_slide):
+    """The read matches the image at its own place better than one or two pixels off, and at its own scale
+    better than 10 % off: an offset or scale error cannot pass (a correlation floor alone let them)."""
+    path, img, _ = pyramid_slide
+    s = Slide(path)
+    x, y, size = 400, 300, 96
+    for target in (0.25, 0.5, 1.0):
+        f = target / 0.25
+        out = s.read_region(x, y, size, size, target).mean(-1)
+
+        def ref(dx=0, dy=0, scale=1.0):
+            span = int(round(size * f * scale))
+            crop = img[y + dy : y + dy + span, x + dx : x + dx + span]
+            return np.array(Image.fromarray(crop).resize((size, size), Image.Resampling.BOX)).mean(-1)
+
+        def err(r):
+            return np.abs(out - r).mean()
+
+        right = err(ref())
+        shift = 2 * int(f)
+        assert right < 4
+        for wrong in (ref(dx=shift), ref(dy=shift), ref(scale=1.1), ref(scale=0.9)):
+            assert err(wrong) > right * 1.5
+
+
+def test_partly_transparent_pixels_composite_over_white():
+    """openslide-python gives non-premultiplied RGBA: rgb * a + 255 * (1 - a)."""
+    from wsinuclei.slide import composite_on_white
+
+    rgba = np.array([[[100, 50, 20, 255], [100, 50, 20, 128], [100, 50, 20, 0], [0, 0, 0, 64]]], np.uint8)
+    out = composite_on_white(rgba)
+    a = 128 / 255
+    np.testing.assert_array_equal(out[0, 0], [100, 50, 20])
+    np.testing.assert_array_equal(out[0, 1], np.round([100 * a + 255 * (1 - a), 50 * a + 255 * (1 - a),
+                                                       20 * a + 255 * (1 - a)]))
+    np.testing.assert_array_equal(out[0, 2], [255, 255, 255])
+    np.testing.assert_array_equal(out[0, 3], [191, 191, 191])
+
+
+def test_non_square_pixels_are_refused_unless_mpp_is_given(pyramid_slide, monkeypatch):
+    import openslide
+
+    s = Slide(pyramid_slide[0])
+    props = dict(s._osr.properties)
+    props[openslide.PROPERTY_NAME_MPP_X], props[openslide.PROPERTY_NAME_MPP_Y] = "0.25", "0.30"
+
+    class Fake:
+        properties = props
+
+    s._osr_real, s._osr = s._osr, Fake()
+    s.mpp, s.mpp_source = s._file_mpp()
+    s._osr = s._osr_real
+    with pytest.raises(WsinucleiError, match="not square"):
+        s.require_mpp()
+    s.mpp, s.mpp_source = 0.25, "--mpp"
+    assert s.require_mpp() == 0.25
+
+
+def test_thumbnail_of_a_slide_without_pyramid_reads_in_bands(tmp_path, monkeypatch):
+    """One 4,800 x 3,000 level and no pyramid: the thumbnail is built band by band (never the whole level at
+    once) and equals the box average of the image."""
+    from wsinuclei.synth import write_pyramid_tiff
+
+    img, _ = synthetic_he(3000, 4800, seed=7, n_nuclei=200, tissue=(100, 100, 4000, 2800))
+    path = tmp_path / "flat.tiff"
+    write_pyramid_tiff(path, img, mpp=0.25, compression="zlib", min_level_size=100_000)
+    s = Slide(path)
+    assert len(s.level_dimensions) == 1
+    reads = []
+    real = Slide.read_level_region
+
+    def spy(self, x, y, w, h, level):
+        reads.append(w * h)
+        return real(self, x, y, w, h, level)
+
+    monkeypatch.setattr(Slide, "read_level_region", spy)
+    monkeypatch.setattr(Slide, "BAND_PIXELS", 2_000_000)
+    thumb, ds = s.thumbnail(max_side=600)
+    assert max(reads) <= 2_000_000 and len(reads) > 5
+    assert ds == 8 and thumb.shape == (375, 600, 3)
+    ref = img.reshape(375, 8, 600, 8, 3).mean(axis=(1, 3))
+    assert np.abs(thumb.astype(float) - ref).max() <= 1

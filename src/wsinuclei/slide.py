@@ -47,6 +47,7 @@ class Slide:
             raise WsinucleiError(f"{self.path}: is a folder, not a slide")
         self._osr = None
         self._image = None
+        self.mpp_y = None  # set only when the file's pixels are not square
         self._open()
         self.name = _slide_stem(self.path)
         file_mpp, source = self._file_mpp()
@@ -77,7 +78,6 @@ class Slide:
         try:
             with Image.open(self.path) as im:
                 self._image = np.array(im.convert("RGB"))
-                self._pil_info = dict(im.info)
                 self._tiff_tags = dict(getattr(im, "tag_v2", {}) or {})
         except Exception as exc:
             raise WsinucleiError(f"{self.path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
@@ -88,11 +88,17 @@ class Slide:
             import openslide
 
             props = self._osr.properties
-            try:
-                v = float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan"))
-            except ValueError:
-                v = float("nan")
+
+            def number(key):
+                try:
+                    return float(props.get(key, "nan"))
+                except ValueError:
+                    return float("nan")
+
+            v, vy = number(openslide.PROPERTY_NAME_MPP_X), number(openslide.PROPERTY_NAME_MPP_Y)
             if v > 0:
+                if vy > 0 and abs(vy - v) > 0.01 * v:
+                    self.mpp_y = vy  # refused by require_mpp unless --mpp says what to assume
                 return v, "metadata"
             # generic TIFFs whose resolution OpenSlide did not turn into µm/px
             tiff_mpp = _mpp_from_tiff_props(props)
@@ -153,6 +159,11 @@ class Slide:
                          self.objective_power)
 
     def require_mpp(self) -> float:
+        if self.mpp_y is not None and self.mpp_source != "--mpp":
+            raise WsinucleiError(
+                f"{self.path}: pixels are not square ({self.mpp:g} x {self.mpp_y:g} µm); wsinuclei reads square "
+                f"pixels only: resample the slide, or give --mpp to read it as {self.mpp:g} µm/px in both directions"
+            )
         if self.mpp is None:
             raise WsinucleiError(
                 f"{self.path}: the slide does not say its µm/px; give it with --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
@@ -180,10 +191,7 @@ class Slide:
                 rgba = np.array(self._osr.read_region((int(x), int(y)), level, (int(w), int(h))))
             except openslide.OpenSlideError as exc:
                 raise WsinucleiError(f"{self.path}: cannot read region at ({x}, {y}) ({exc})") from None
-            alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-            # openslide returns premultiplied RGBA: transparent outside the scanned area -> white
-            rgb = rgba[..., :3].astype(np.float32) + 255.0 * (1 - alpha)
-            return np.clip(rgb, 0, 255).astype(np.uint8)
+            return composite_on_white(rgba)
         out = np.full((h, w, 3), 255, np.uint8)
         H, W = self._image.shape[:2]
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
@@ -209,22 +217,49 @@ class Slide:
             ox, oy = int(round(lx)) - ix0, int(round(ly)) - iy0
             return np.ascontiguousarray(raw[oy : oy + height, ox : ox + width])
         box = (lx - ix0, ly - iy0, lx - ix0 + lw, ly - iy0 + lh)
-        return np.array(Image.fromarray(raw).resize((width, height), Image.Resampling.BILINEAR, box=box))
+        # bicubic, as training data are resampled (data.resample): one kernel for what the model learns and sees
+        return np.array(Image.fromarray(raw).resize((width, height), Image.Resampling.BICUBIC, box=box))
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        """A low-resolution RGB image of the whole slide and its downsample (base px per thumbnail px)."""
+        """A low-resolution RGB image of the whole slide and its downsample (base px per thumbnail px).
+
+        Read from the pyramid level closest above the thumbnail's size; a slide without a pyramid (one huge
+        level) is read in bands of rows, each reduced before the next is read, so memory stays bounded by
+        one band, never the whole level."""
         W, H = self.dimensions
         ds_wanted = max(W, H) / max_side if max(W, H) > max_side else 1.0
         level = self.best_level(ds_wanted)
         lw, lh = self.level_dimensions[level]
-        img = self.read_level_region(0, 0, lw, lh, level)
         ds = self.level_downsamples[level]
-        if max(lw, lh) > max_side:
+        if max(lw, lh) <= max_side:
+            return self.read_level_region(0, 0, lw, lh, level), ds
+        if lw * lh <= self.BAND_PIXELS:  # small enough to read whole: resize to exactly max_side
             f = max_side / max(lw, lh)
             size = (max(1, round(lw * f)), max(1, round(lh * f)))
-            img = np.array(Image.fromarray(img).resize(size, Image.Resampling.BOX))
-            ds = W / size[0]
-        return img, ds
+            img = np.array(Image.fromarray(self.read_level_region(0, 0, lw, lh, level)).resize(size, Image.Resampling.BOX))
+            return img, W / size[0]
+        factor = int(math.ceil(max(lw, lh) / max_side))  # level pixels per thumbnail pixel
+        size = (max(1, math.ceil(lw / factor)), max(1, math.ceil(lh / factor)))
+        band = max(1, (self.BAND_PIXELS // max(lw, 1)) // factor) * factor  # level rows per band
+        rows = []
+        for y in range(0, lh, band):
+            h = min(band, lh - y)
+            strip = self.read_level_region(0, int(round(y * ds)), lw, h, level)
+            rows.append(np.array(Image.fromarray(strip).reduce(factor)))  # box average of factor x factor
+        img = np.concatenate(rows, axis=0)[: size[1], : size[0]]
+        return img, ds * factor
+
+    #: Level pixels read at once when building a thumbnail from a level much larger than it.
+    BAND_PIXELS = 16_000_000
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA -> RGB over white glass. openslide-python returns *non*-premultiplied RGBA (it un-premultiplies
+    OpenSlide's ARGB), so a pixel is ``rgb * a + 255 * (1 - a)``; fully transparent (outside the scanned
+    area) becomes white."""
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
 def _mpp_from_tiff_props(props) -> float | None:
@@ -249,7 +284,3 @@ def _slide_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
-    return Slide(path, mpp=mpp)

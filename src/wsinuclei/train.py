@@ -25,7 +25,7 @@ from . import evaluate
 from .checkpoint import save_model
 from .data import Augment, CropSampler, Tile, load_tiles
 from .errors import WsinucleiError
-from .models import DetectorConfig, build_detector
+from .models import DetectorConfig, build_detector, freeze_before_fine_tune_block
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 MASK_LOSS_KEYS = LOSS_KEYS + ("loss_mask",)
@@ -198,6 +198,12 @@ def train(
     init_info = None
     if init and not resume:
         init_info = load_init(model, init)
+    if resume and not init and (run_dir / "run.json").is_file():  # resumed without --init: as first started
+        init = json.loads((run_dir / "run.json").read_text()).get("init")
+    if init:  # fine-tuning from loaded weights: the preset's early blocks stay as loaded
+        frozen = freeze_before_fine_tune_block(model, config)
+        if init_info is not None:
+            init_info["frozen"] = frozen
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=float(tcfg["lr"]), momentum=float(tcfg["momentum"]),
                           weight_decay=float(tcfg["weight_decay"]))
@@ -218,10 +224,11 @@ def train(
                 "device": device, "threads": torch.get_num_threads(), "color_jitter": color_jitter,
                 "init": str(init) if init else None, "command": command}
     if init_info is not None:
-        settings["init_left"] = init_info["left"]
+        settings["init_left"], settings["frozen"] = init_info["left"], init_info.get("frozen", [])
     elif resume and (run_dir / "run.json").is_file():  # keep what the first start recorded
         first = json.loads((run_dir / "run.json").read_text())
-        settings["init"], settings["init_left"] = first.get("init"), first.get("init_left")
+        for key in ("init", "init_left", "frozen"):
+            settings[key] = first.get(key)
     (run_dir / "run.json").write_text(json.dumps(settings, indent=1))
     log_path = run_dir / "log.csv"
     fields = ["step", "lr", "loss", *loss_keys, "seconds", *val_fields(val_tiles)]

@@ -176,14 +176,9 @@ def _resnet_backbone(cfg: dict[str, Any]) -> BackboneWithFPN:
     if not 1 <= num_units <= full_units:
         raise WsinucleiError(f"{kind}: num_units must be between 1 and {full_units}, got {num_units}")
     trunk.layer3 = nn.Sequential(*list(trunk.layer3)[:num_units])
-    # fine_tune_from: everything before the named block is frozen (the study fine-tuned from block 2 of an
-    # ImageNet model; with random weights freezing only makes sense for a model loaded from a checkpoint).
-    start = _BLOCK_NAMES.index(cfg.get("fine_tune_from", "stem"))
-    stem_modules = [trunk.conv1, trunk.bn1]
-    blocks = [stem_modules, [trunk.layer1], [trunk.layer2], [trunk.layer3], [trunk.layer4]]
-    for i, mods in enumerate(blocks):
-        for m in mods:
-            m.requires_grad_(i >= start)
+    # fine_tune_from (the study fine-tuned from block 2 of an ImageNet model) is applied only when weights are
+    # loaded into the model (freeze_before_fine_tune_block, called by training with --init): freezing layers
+    # that start from random weights would leave them random for good.
     returned = cfg.get("returned_layers", [1, 2, 3, 4])
     in_channels = [256 * 2 ** (i - 1) for i in returned]
     return BackboneWithFPN(
@@ -268,6 +263,23 @@ def build_detector(config: DetectorConfig | str) -> FasterRCNN:
         min_size=800, max_size=1333, image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD), size_divisible=32
     )
     return model
+
+
+def freeze_before_fine_tune_block(model: FasterRCNN, config: DetectorConfig) -> list[str]:
+    """Freeze the trunk blocks before the preset's ``fine_tune_from`` (ResNet presets), for a model whose
+    weights were loaded from a trained file. Returns the names of the frozen blocks."""
+    start_name = config.backbone.get("fine_tune_from", "stem")
+    body = model.backbone.body
+    if start_name == "stem" or "layer1" not in dict(body.named_children()) or not hasattr(body, "conv1"):
+        return []
+    start = _BLOCK_NAMES.index(start_name)
+    blocks = [[body.conv1, body.bn1], [body.layer1], [body.layer2], [body.layer3], [body.layer4]]
+    frozen = []
+    for i, mods in enumerate(blocks[:start]):
+        for m in mods:
+            m.requires_grad_(False)
+        frozen.append(_BLOCK_NAMES[i])
+    return frozen
 
 
 def set_num_units(model: FasterRCNN, num_units: int) -> FasterRCNN:
