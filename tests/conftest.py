@@ -70,3 +70,39 @@ def pyramid_slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("slides") / "synthetic.tiff"
     write_pyramid_tiff(path, img, mpp=0.25, compression="zlib", min_level_size=300)
     return path, img, boxes
+
+
+class StubDetector:
+    """A detector whose output is known: every dark blob of the (Reinhard-normalised) tile is a nucleus,
+    boxed exactly, score 0.9. Pipeline tests that use it see coordinate errors (scaling, offsets, seams)
+    that random weights hide. In-process runs only (Dask workers load real model files)."""
+
+    def __init__(self, model_path, mpp=0.25, threshold=85):
+        from wsinuclei import stain
+        from wsinuclei.checkpoint import load_model
+
+        self.loaded = load_model(model_path)  # a real model file: its metadata, hash and path
+        self.loaded.config.mpp = mpp
+        self.threshold = threshold
+        self.calls = 0
+
+    def predict(self, tiles):
+        from scipy import ndimage
+
+        out = []
+        for t in tiles:
+            self.calls += 1
+            labels, n = ndimage.label(t.mean(-1) < self.threshold)
+            boxes = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl in ndimage.find_objects(labels)]
+            b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+            out.append((b, np.full(len(b), 0.9)))
+        return out
+
+
+@pytest.fixture
+def stub_detector(monkeypatch, random_model):
+    from wsinuclei import pipeline
+
+    stub = StubDetector(random_model)
+    monkeypatch.setattr(pipeline, "_detector", lambda path, device: stub)
+    return stub

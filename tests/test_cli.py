@@ -198,3 +198,34 @@ def test_local_cluster_with_gpus_offers_a_gpu_per_worker():
     with pytest.raises(WsinucleiError, match="offers a GPU"):
         check_remote_workers({"workers": {"a": {"resources": {}}}}, "cuda", "tcp://x:1")
     check_remote_workers({"workers": {"a": {"resources": {"GPU": 1}}}}, "cuda", "tcp://x:1")
+
+
+def test_evaluate_centroid_radius_converts_microns_to_pixels(tmp_path):
+    """3 µm at 0.5 µm/px is 6 px: a prediction 5 px from its nucleus pairs, one 7 px away does not."""
+    import json
+
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir(), truth.mkdir()
+    (truth / "a.csv").write_text("x0,y0,x1,y1\n0,0,10,10\n100,0,110,10\n")
+    (pred / "a.csv").write_text("x0,y0,x1,y1,score\n5,0,15,10,0.9\n107,0,117,10,0.9\n")
+    proc = run("evaluate", "--pred", pred, "--truth", truth, "--out", tmp_path / "rep", "--no-overlays",
+               "--mpp", "0.5", "--radius-um", "3")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["settings"]["radius_px"] == 6.0
+    c = m["pooled_centroid"]
+    assert (c["tp"], c["fp"], c["fn"]) == (1, 1, 1)
+
+
+def test_a_bad_slide_does_not_stop_the_others(bad_inputs, tmp_path, random_model):
+    """Three slides, the middle one not a slide: the others are detected, the error is one line, exit 2."""
+    import shutil
+
+    shutil.copy(bad_inputs / "region.png", bad_inputs / "second.png")
+    proc = run("detect", bad_inputs / "region.png", bad_inputs / "notaslide.svs", bad_inputs / "second.png",
+               "--out", tmp_path / "o", "--mpp", "0.25", "--model", random_model, "--quiet", "--min-tissue", "0")
+    assert proc.returncode == 2
+    assert (tmp_path / "o" / "region.csv").is_file() and (tmp_path / "o" / "second.csv").is_file()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wsinuclei: error:")]
+    assert len(errors) == 2 and "notaslide.svs" in errors[0] and "1 of 3 slides failed" in errors[1]
+    assert "Traceback" not in proc.stderr

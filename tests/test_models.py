@@ -34,8 +34,12 @@ def test_every_preset_builds_and_runs(name):
         out = model([x])[0]
     assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"])
     assert model.roi_heads.detections_per_img >= 2000  # dense tiles are never truncated
-    # the transform never rescales: 128 px in, boxes within 128 px
-    assert (out["boxes"] <= 128).all()
+    # the transform never rescales (torchvision's default would take every tile to 800 px): a 200-px tile
+    # stays 200 px, padded only to a multiple of 32, and the finest feature map is a quarter of that
+    images, _ = model.transform([torch.rand(3, 200, 200)])
+    assert images.image_sizes == [(200, 200)] and images.tensors.shape[-2:] == (224, 224)
+    feats = model.backbone(images.tensors)
+    assert next(iter(feats.values())).shape[-2:] == (56, 56)
 
 
 def test_contours_preset_learns_masks_and_returns_small_grids():
