@@ -31,7 +31,7 @@ def test_shipped_model_finds_nuclei_on_a_real_image(tmp_path):
     run_slide(image, tmp_path, RunOptions(mpp=0.25, min_tissue=0, **QUIET), log=lambda *_: None)
     truth = read_boxes(MONUSEG / "train" / f"{name}_labels.png").boxes
     f1 = _f1(tmp_path / f"{name}.csv", truth)
-    assert f1 > 0.6, f"F1@0.5 {f1:.3f} on {name}"
+    assert f1 > 0.70, f"F1@0.5 {f1:.3f} on {name}"  # 0.722 measured with the shipped model
 
 
 @needs_model

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import threading
@@ -493,12 +494,16 @@ def _save_part(folder: Path, r: TileResult) -> None:
 
 
 def _load_part(path: Path) -> TileResult | None:
+    import zipfile
+
     try:
         with np.load(path) as z:
             failed = str(z["failed"]) or None
             return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed)
-    except Exception:
-        return None  # a damaged part is simply recomputed
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # a part damaged by a crash mid-write (parts are renamed into place, so this is rare): recompute it
+        logging.getLogger(__name__).warning("resume: %s is unreadable (%s); its tile is run again", path.name, exc)
+        return None
 
 
 @dataclass
