@@ -86,7 +86,12 @@ class StubDetector:
         self.threshold = threshold
         self.calls = 0
 
+    outlines = False  # True: also give each blob an outline (its box's corners), as a contour model would
+
     def predict(self, tiles):
+        return [(b, s) for b, s, _ in self.predict_instances(tiles)]
+
+    def predict_instances(self, tiles):
         from scipy import ndimage
 
         out = []
@@ -95,7 +100,8 @@ class StubDetector:
             labels, n = ndimage.label(t.mean(-1) < self.threshold)
             boxes = [(sl[1].start, sl[0].start, sl[1].stop, sl[0].stop) for sl in ndimage.find_objects(labels)]
             b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-            out.append((b, np.full(len(b), 0.9)))
+            corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], axis=1)
+            out.append((b, np.full(len(b), 0.9), corners if self.outlines else None))
         return out
 
 

@@ -2,6 +2,7 @@
 back where the nuclei are, at any slide µm/px, once each across tile seams."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from wsinuclei.annotations import read_boxes
@@ -61,3 +62,25 @@ def test_every_nucleus_once_across_seams(tmp_path, stub_detector):
     # nothing else near a truth nucleus: no second, partial copy from a neighbouring tile
     iou = box_iou(pred, truth)
     assert ((iou > 0.05).sum(axis=0) == 1).all()
+
+
+def test_contours_are_scaled_and_kept_whole_with_their_nucleus(tmp_path, stub_detector):
+    """A contour model's outlines go through the same scaling, ownership and seam merging as the boxes: on a
+    20x slide with small tiles, every written polygon spans exactly its nucleus's box, and the CSV gains the
+    area in µm² (polygon area at the slide's µm/px)."""
+    import csv
+    import json
+
+    stub_detector.outlines = True
+    path, _ = _slide(tmp_path, mpp=0.5, h=700, w=800, n=90, seed=13)
+    out = tmp_path / "out"
+    run_slide(path, out, RunOptions(tile_size=256, overlap=32, **QUIET), log=lambda *_: None)
+    rows = list(csv.DictReader(open(out / f"{path.stem}.csv")))
+    feats = json.loads((out / f"{path.stem}.geojson").read_text())["features"]
+    assert len(rows) == len(feats) > 50
+    for row, f in zip(rows, feats):
+        ring = np.array(f["geometry"]["coordinates"][0])
+        x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+        np.testing.assert_allclose([ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()],
+                                   [x0, y0, x1, y1], atol=0.11)
+        assert float(row["area_um2"]) == pytest.approx((x1 - x0) * (y1 - y0) * 0.25, rel=0.02, abs=0.02)

@@ -63,7 +63,8 @@ def test_merge_within_reach_equals_all_pairs():
     rng = np.random.default_rng(0)
     grid = TileGrid(3000, 2500, 1.0, tile=1024, overlap=64)
     results = _tile_results(grid, rng)
-    boxes, scores = merge_seams(grid, results)
+    boxes, scores, outlines = merge_seams(grid, results)
+    assert outlines is None  # box-only results
     ref_boxes, ref_scores = _brute_force(grid, results)
     total = sum(len(r.boxes) for r in results.values())
     assert len(ref_boxes) < total - 20  # duplicates were there and were removed

@@ -22,13 +22,28 @@ class NucleusDetector:
     def from_file(cls, path=None, device: str = "cpu") -> "NucleusDetector":
         return cls(load_model(path, device="cpu"), device)
 
-    @torch.inference_mode()
+    @property
+    def draws_contours(self) -> bool:
+        return self.loaded.config.has_masks
+
     def predict(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(boxes, scores) per tile."""
+        return [(b, s) for b, s, _ in self.predict_instances(tiles)]
+
+    @torch.inference_mode()
+    def predict_instances(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(boxes, scores, outlines) per tile; outlines (N, rays, 2) in tile pixels for a contour model,
+        None for a box model."""
+        from .contours import polar_outlines
+
         if not tiles:
             return []
         batch = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device).permute(2, 0, 1).float().div_(255.0)
                  for t in tiles]
-        out = self.model(batch)
-        return [(o["boxes"].float().cpu().numpy().astype(np.float64),
-                 self.loaded.calibrate(o["scores"].float().cpu().numpy()))
-                for o in out]
+        out = []
+        for o in self.model(batch):
+            boxes = o["boxes"].float().cpu().numpy().astype(np.float64)
+            scores = self.loaded.calibrate(o["scores"].float().cpu().numpy())
+            outlines = polar_outlines(o["masks"].float().cpu().numpy(), boxes) if "masks" in o else None
+            out.append((boxes, scores, outlines))
+        return out

@@ -116,6 +116,7 @@ class TileResult:
     scores: np.ndarray
     profile: dict
     failed: str | None = None
+    outlines: np.ndarray | None = None  # (N, rays, 2) nuclear contours in base pixels, for contour models
 
 
 # -- worker-side state: one model and one open slide per process ----------------------------------------
@@ -187,18 +188,22 @@ class TileReadError(Exception):
         self.attempts = attempts
 
 
-def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict) -> TileResult:
-    """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor."""
+def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict,
+                outlines: np.ndarray | None = None) -> TileResult:
+    """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor. A kept
+    nucleus keeps its whole contour, as this tile (which sees all of it) drew it."""
     t0 = time.perf_counter()
     scale = ctx.model_mpp / ctx.mpp
     b = boxes * scale + np.array([tile.x, tile.y, tile.x, tile.y])
+    if outlines is not None:
+        outlines = outlines * scale + np.array([tile.x, tile.y])
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     x0, y0, x1, y1 = tile.core
     keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= ctx.min_score)
     prof["postprocess_s"] = time.perf_counter() - t0
     prof["nuclei"] = int(keep.sum())
     prof["worker"] = _worker_name()
-    return TileResult(tile.key, b[keep], scores[keep], prof)
+    return TileResult(tile.key, b[keep], scores[keep], prof, outlines=None if outlines is None else outlines[keep])
 
 
 def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
@@ -208,9 +213,9 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    (boxes, scores), = _detector(ctx.model, ctx.device).predict([x])
+    (boxes, scores, outlines), = _detector(ctx.model, ctx.device).predict_instances([x])
     prof["inference_s"] = time.perf_counter() - t0
-    return postprocess(ctx, tile, boxes, scores, prof)
+    return postprocess(ctx, tile, boxes, scores, prof, outlines)
 
 
 def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
@@ -221,7 +226,8 @@ def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
 
 # -- merging --------------------------------------------------------------------------------------------
 def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: float = 0.5):
-    """Concatenate kept detections and remove duplicates across seams: NMS between each pair of
+    """Concatenate kept detections (boxes, scores and, for contour models, outlines) and remove duplicates
+    across seams: NMS between each pair of
     neighbouring tiles only (right, below, below-left, below-right), over boxes within reach of the seam.
 
     Every kept box has its centre in its own tile's core, so a box of tile A can overlap a box of tile B only
@@ -263,12 +269,15 @@ def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: f
                     suppressed[key][i] = True
     keys = sorted(by_tile)
     if not keys:
-        return np.zeros((0, 4)), np.zeros(0)
+        return np.zeros((0, 4)), np.zeros(0), None
     boxes = np.concatenate([by_tile[k].boxes[~suppressed[k]] for k in keys])
     scores = np.concatenate([by_tile[k].scores[~suppressed[k]] for k in keys])
+    outlines = None
+    if all(by_tile[k].outlines is not None for k in keys):
+        outlines = np.concatenate([by_tile[k].outlines[~suppressed[k]] for k in keys])
     # a stable, executor-independent order: by row of centre, then column
     order = np.lexsort(((boxes[:, 0] + boxes[:, 2]), (boxes[:, 1] + boxes[:, 3])))
-    return boxes[order], scores[order]
+    return boxes[order], scores[order], (None if outlines is None else outlines[order])
 
 
 # -- planning ------------------------------------------------------------------------------------------
@@ -391,11 +400,11 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
                     on_result(_failed(t, str(e), e.attempts))
             if good:
                 t0 = time.perf_counter()
-                preds = det.predict([x for _, x, _ in good])
+                preds = det.predict_instances([x for _, x, _ in good])
                 dt = (time.perf_counter() - t0) / len(good)
-                for (t, _, p), (b, s) in zip(good, preds):
+                for (t, _, p), (b, s, o) in zip(good, preds):
                     p["inference_s"] = dt
-                    on_result(postprocess(ctx, t, b, s, p))
+                    on_result(postprocess(ctx, t, b, s, p, o))
 
 
 def _dask_worker_init(threads: int, device: str):
@@ -489,7 +498,8 @@ def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
 
 def _save_part(folder: Path, r: TileResult) -> None:
     tmp = folder / f".{r.key}.tmp.npz"
-    np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "")
+    extra = {} if r.outlines is None else {"outlines": r.outlines.astype(np.float32)}
+    np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "", **extra)
     os.replace(tmp, folder / f"{r.key}.npz")
 
 
@@ -499,7 +509,8 @@ def _load_part(path: Path) -> TileResult | None:
     try:
         with np.load(path) as z:
             failed = str(z["failed"]) or None
-            return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed)
+            return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed,
+                              z["outlines"].astype(np.float64) if "outlines" in z else None)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         # a part damaged by a crash mid-write (parts are renamed into place, so this is rare): recompute it
         logging.getLogger(__name__).warning("resume: %s is unreadable (%s); its tile is run again", path.name, exc)
@@ -634,13 +645,19 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     """Merge seams, cut to the ROI, and write the result files, the profile and run.json."""
     name = report.name
     t_merge = time.perf_counter()
-    boxes, scores = merge_seams(plan.grid, results)
+    boxes, scores, outlines = merge_seams(plan.grid, results)
     merge_s = time.perf_counter() - t_merge
     x, y, w, h = plan.roi
     if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
         boxes, scores = boxes[keep], scores[keep]
+        outlines = None if outlines is None else outlines[keep]
+    areas = None
+    if outlines is not None:
+        from .contours import polygon_areas
+
+        areas = polygon_areas(outlines) * plan.ctx.mpp ** 2
     failed = sorted(k for k, r in results.items() if r.failed)
     report.nuclei, report.tiles_failed = len(boxes), len(failed)
     report.failed = [{"tile": k, "error": results[k].failed} for k in failed]
@@ -648,7 +665,8 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s"):
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
     report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
-    report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip).items()}
+    report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip, polygons=outlines,
+                                                          areas_um2=areas).items()}
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
