@@ -229,3 +229,42 @@ def test_a_bad_slide_does_not_stop_the_others(bad_inputs, tmp_path, random_model
     errors = [line for line in proc.stderr.splitlines() if line.startswith("wsinuclei: error:")]
     assert len(errors) == 2 and "notaslide.svs" in errors[0] and "1 of 3 slides failed" in errors[1]
     assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_adds_segmentation_metrics_for_outlined_truth(tmp_path):
+    """Truth as a label image, predictions as GeoJSON polygons: AJI/PQ/Dice are reported. One 10x10 nucleus
+    predicted by a 10x8 polygon (IoU 0.8) and a missed 4x4 one: AJI 80 / 116, PQ = 2/3 * 0.8."""
+    import json
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    lab = np.zeros((30, 30), np.uint16)
+    lab[0:10, 0:10] = 1
+    lab[20:24, 20:24] = 2
+    Image.fromarray(lab).save(truth / "a_labels.png")
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(truth / "a.png")
+    feat = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [8, 0], [8, 10], [4, 10],
+                                                                                  [0, 10], [0, 0]]]},
+            "properties": {"measurements": {"score": 0.9}}}
+    (pred / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
+    proc = run("evaluate", "--pred", pred, "--truth", truth, "--out", tmp_path / "rep", "--no-overlays")
+    assert proc.returncode == 0, proc.stderr
+    seg = json.loads((tmp_path / "rep" / "metrics.json").read_text())["segmentation"]
+    assert seg["pooled"]["aji"] == pytest.approx(80 / 116)
+    assert seg["pooled"]["pq"] == pytest.approx(2 / 3 * 0.8) and seg["predictions"] == ["outlines"]
+    assert "AJI" in proc.stdout and "PQ" in (tmp_path / "rep" / "per_image.csv").read_text()
+
+
+def test_evaluate_centre_annotations_reports_centroid_figures_only(tmp_path):
+    import json
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    (truth / "a_points.csv").write_text("x,y\n5,5\n50,50\n")
+    (pred / "a.csv").write_text("x0,y0,x1,y1,score\n0,0,10,10,0.9\n")
+    proc = run("evaluate", "--pred", pred, "--truth", truth, "--out", tmp_path / "rep", "--no-overlays")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["annotation"] == "points" and "pooled" not in m and "AP@0.5" not in m
+    c = m["pooled_centroid"]
+    assert (c["tp"], c["fp"], c["fn"]) == (1, 0, 1)

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from .errors import WsinucleiError
 
-TRUTH_SUFFIXES = (".xml", "_labels.png", ".geojson", ".geojson.gz", ".csv")
+TRUTH_SUFFIXES = (".xml", "_labels.png", ".geojson", ".geojson.gz", "_points.csv", ".csv")
 
 
 @dataclass
@@ -31,6 +31,9 @@ class Boxes:
     skipped: int = 0  # degenerate shapes left out
     source: str = ""
     meta: dict = field(default_factory=dict)
+    polygons: list | None = None  # outlines (K, 2), one per box, when the file has them
+    labels: np.ndarray | None = None  # the instance label image, for label-image annotations
+    points: bool = False  # centre-only annotations (boxes are zero-size at the centres)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -60,7 +63,7 @@ def read_aperio_xml(path: str | Path) -> Boxes:
         root = ElementTree.parse(str(path)).getroot()
     except Exception as exc:  # ParseError, DefusedXmlException
         raise WsinucleiError(f"{path}: not a readable annotation XML ({exc.__class__.__name__}: {exc})") from None
-    boxes, skipped = [], 0
+    boxes, polygons, skipped = [], [], 0
     for region in root.iter("Region"):
         pts = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
         box = polygon_box(np.array(pts)) if pts else None
@@ -68,9 +71,10 @@ def read_aperio_xml(path: str | Path) -> Boxes:
             skipped += 1
         else:
             boxes.append(box)
+            polygons.append(np.array(pts))
     mpp = root.get("MicronsPerPixel")
     meta = {"mpp": float(mpp)} if mpp else {}
-    return Boxes(np.array(boxes) if boxes else _empty(), None, skipped, str(path), meta)
+    return Boxes(np.array(boxes) if boxes else _empty(), None, skipped, str(path), meta, polygons=polygons)
 
 
 def label_image_boxes(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -94,7 +98,7 @@ def read_label_image(path: str | Path) -> Boxes:
     if labels.ndim != 2:
         raise WsinucleiError(f"{path}: a label image must have one channel, found shape {labels.shape}")
     boxes, skipped = label_image_boxes(labels)
-    return Boxes(boxes, None, skipped, str(path))
+    return Boxes(boxes, None, skipped, str(path), labels=labels)
 
 
 def _open_text(path: Path):
@@ -112,7 +116,7 @@ def read_geojson(path: str | Path) -> Boxes:
     except Exception as exc:
         raise WsinucleiError(f"{path}: not readable GeoJSON ({exc})") from None
     features = data.get("features", []) if isinstance(data, dict) else data
-    boxes, scores, skipped = [], [], 0
+    boxes, scores, polygons, skipped = [], [], [], 0
     for feat in features:
         geom = (feat or {}).get("geometry") or {}
         coords = geom.get("coordinates")
@@ -130,12 +134,15 @@ def read_geojson(path: str | Path) -> Boxes:
             continue
         boxes.append(box)
         scores.append(_feature_score(feat))
+        ring = max((np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in rings), key=len)
+        polygons.append(ring[:-1] if len(ring) > 3 and np.allclose(ring[0], ring[-1]) else ring)
     has_scores = any(s is not None for s in scores)
     return Boxes(
         np.array(boxes) if boxes else _empty(),
         np.array([1.0 if s is None else s for s in scores]) if has_scores else None,
         skipped,
         str(path),
+        polygons=polygons,
     )
 
 
@@ -179,12 +186,31 @@ def read_csv_boxes(path: str | Path) -> Boxes:
     return Boxes(arr[keep], None if scores is None else scores[keep], int((~keep).sum()), str(path))
 
 
+def read_points_csv(path: str | Path) -> Boxes:
+    """Centre annotations (``x,y`` per row, a header allowed), as zero-size boxes at the centres."""
+    path = Path(path)
+    rows = []
+    try:
+        with _open_text(path) as fh:
+            for row in csv.reader(fh):
+                try:
+                    rows.append((float(row[0]), float(row[1])))
+                except (ValueError, IndexError):
+                    continue  # the header, or a blank line
+    except OSError as exc:
+        raise WsinucleiError(f"{path}: not a readable CSV ({exc})") from None
+    pts = np.array(rows, dtype=np.float64).reshape(-1, 2)
+    return Boxes(np.hstack([pts, pts]), None, 0, str(path), points=True)
+
+
 def read_boxes(path: str | Path) -> Boxes:
     """Read boxes from any supported format, chosen by file name."""
     path = Path(path)
     if not path.is_file():
         raise WsinucleiError(f"{path}: no such file")
     name = path.name.lower()
+    if name.endswith("_points.csv"):
+        return read_points_csv(path)
     if name.endswith(".xml"):
         return read_aperio_xml(path)
     if name.endswith("_labels.png") or name.endswith("_labels.tif"):
@@ -200,7 +226,8 @@ def stem_of(path: str | Path) -> str:
     """The name that pairs an image, its annotations and its predictions: ``A_labels.png``, ``A.xml``,
     ``A.csv``, ``A.geojson.gz`` all give ``A``."""
     name = Path(path).name
-    for suffix in ("_labels.png", "_labels.tif", ".geojson.gz", ".csv.gz", ".anot.json", ".geojson", ".csv", ".xml"):
+    for suffix in ("_labels.png", "_labels.tif", "_points.csv", ".geojson.gz", ".csv.gz", ".anot.json", ".geojson",
+                   ".csv", ".xml"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem

@@ -11,7 +11,6 @@ least ``min_visible`` (default 0.5) of its box area lies inside the crop and the
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from . import stain
-from .annotations import label_image_boxes, read_boxes
+from .annotations import label_image_boxes, read_boxes, read_points_csv
 from .colour_stats import image_tissue_stats
 from .errors import WsinucleiError
 
@@ -83,24 +82,12 @@ def split_merged_nuclei(mask: np.ndarray, h: float = 1.0, smooth: float = 1.0) -
     return labels
 
 
-def read_points(path: Path) -> np.ndarray:
-    """``x,y`` rows (a header line allowed) -> (N, 2) float array."""
-    rows = []
-    with open(path, newline="") as fh:
-        for row in csv.reader(fh):
-            try:
-                rows.append((float(row[0]), float(row[1])))
-            except (ValueError, IndexError):
-                continue  # the header
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
-
-
 def read_annotation(sample: Sample, kind: str = "auto") -> dict:
     """A sample's annotation: ``labels`` (instance label image) when it has one, ``boxes`` always (except for
     points), ``points`` for centre-only sets."""
     name = sample.truth.name
     if kind == "points" or name.endswith("_points.csv"):
-        return {"points": read_points(sample.truth), "boxes": None, "labels": None}
+        return {"points": read_points_csv(sample.truth).boxes[:, :2], "boxes": None, "labels": None}
     if kind == "binary" or name.endswith("_mask.png"):
         labels = split_merged_nuclei(load_gray(sample.truth))
         return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None}

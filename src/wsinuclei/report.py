@@ -87,7 +87,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     radius_px = radius_um / mpp
-    items, skipped, shapes = [], {}, {}
+    items, skipped, shapes, kinds, seg_items = [], {}, {}, {}, []
     # an annotated image without a prediction file is an image where nothing was found: its nuclei are missed
     for stem in sorted(common + only_truth):
         t = read_boxes(truth_files[stem])
@@ -110,19 +110,41 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
             tb, _ = evaluate.apply_border_margin(tb, None, shape, border)
         items.append((stem, pb, ps, tb))
         shapes[stem] = img_path
+        kinds[stem] = "points" if t.points else ("outlines" if (t.labels is not None or t.polygons) else "boxes")
+        if kinds[stem] == "outlines" and shape is None and img_path is not None:
+            from PIL import Image
+
+            with Image.open(img_path) as im:
+                shape = (im.height, im.width)
+        if kinds[stem] == "outlines" and shape is not None:
+            seg_items.append((stem, t, shape, pred_files.get(stem)))
     res = evaluate.evaluate_set(items, score_threshold=score_threshold, iou_threshold=iou_threshold, radius_px=radius_px)
     settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "radius_um": radius_um,
                 "radius_px": radius_px, "mpp": mpp, "border_px": border, "pred": str(pred), "truth": str(truth)}
     metrics = {k: v for k, v in res.items() if k not in ("curves", "per_image")}
+    points_only = all(k == "points" for k in kinds.values())
+    if points_only:  # centres only: IoU figures mean nothing, centroid pairing is the measure
+        for key in ("pooled", "ap", "mAP", "AP@0.1", "AP@0.5", "PR-AUC"):
+            metrics.pop(key, None)
+    metrics["annotation"] = "points" if points_only else ("outlines" if len(seg_items) == len(items) else "boxes")
+    seg = None
+    if seg_items and len(seg_items) == len(items):
+        seg = _segmentation(seg_items, score_threshold)
+        metrics["segmentation"] = {"pooled": seg["pooled"], "mean_over_images": seg["mean"],
+                                   "predictions": sorted({r["predictions"] for r in seg["per_image"]})}
     metrics.update(settings=settings, images=len(items), skipped_degenerate=int(sum(skipped.values())),
                    only_in_predictions=only_pred, only_in_truth=only_truth)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1).encode())
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image", "TP", "FP", "FN", "precision", "recall", "F1", "centroid_F1"])
+    seg_rows = {r["image"]: r for r in seg["per_image"]} if seg else {}
+    w.writerow(["image", "TP", "FP", "FN", "precision", "recall", "F1", "centroid_F1"]
+               + (["AJI", "AJI_plus", "PQ", "Dice"] if seg else []))
     for r in res["per_image"]:
+        sr = seg_rows.get(r["image"])
         w.writerow([r["image"], r["tp"], r["fp"], r["fn"], f"{r['precision']:.4f}", f"{r['recall']:.4f}",
-                    f"{r['f1']:.4f}", f"{r['centroid_f1']:.4f}"])
+                    f"{r['f1']:.4f}", f"{r['centroid_f1']:.4f}"]
+                   + ([f"{sr[k]:.4f}" for k in ("aji", "aji_plus", "pq", "dice")] if sr else []))
     atomic_write_bytes(out / "per_image.csv", buf.getvalue().encode())
     plot_pr(res["curves"], out / "pr_curve.png")
     if overlays:
@@ -136,7 +158,47 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     return res
 
 
+def _segmentation(seg_items, score_threshold: float) -> dict:
+    """AJI/PQ/Dice for images whose annotations have outlines: predictions as drawn (GeoJSON polygons beside
+    or instead of the CSV) or, for box-only predictions, their boxes filled."""
+    from .segmentation_metrics import evaluate_segmentation, rasterise
+
+    rows, kinds = [], {}
+    for stem, truth, shape, pred_file in seg_items:
+        t_labels = truth.labels if truth.labels is not None else rasterise(truth.polygons, shape)
+        polys, scores, kind = [], [], "none"
+        if pred_file is not None:
+            p = read_boxes(pred_file)
+            geo = [pred_file.with_name(f"{stem}{suf}") for suf in (".geojson", ".geojson.gz")]
+            geo = next((g for g in geo if g.is_file()), None)
+            if p.polygons is None and geo is not None:
+                p = read_boxes(geo)
+            sc = p.scores if p.scores is not None else np.ones(len(p))
+            keep = sc >= score_threshold
+            if p.polygons is not None:
+                polys = [q for q, k in zip(p.polygons, keep) if k]
+                kind = "boxes filled" if all(len(q) == 4 for q in polys) else "outlines"
+            else:
+                from .contours import box_polygon
+
+                polys, kind = [box_polygon(b) for b in p.boxes[keep]], "boxes filled"
+            scores = sc[keep]
+        kinds[stem] = kind
+        rows.append((stem, t_labels, rasterise(polys, shape, scores)))
+    res = evaluate_segmentation(rows)
+    for r in res["per_image"]:
+        r["predictions"] = kinds[r["image"]]
+    return res
+
+
 def format_table(res: dict) -> str:
+    m = res.get("metrics", {})
+    if m.get("annotation") == "points":  # centres only: centroid pairing is the only measure
+        c = res["pooled_centroid"]
+        rows = [f"{'image':<32} {'cF1':>6}"] + [f"{r['image'][:32]:<32} {r['centroid_f1']:>6.3f}" for r in res["per_image"]]
+        rows.append(f"pooled centroid pairing: TP {c['tp']}, FP {c['fp']}, FN {c['fn']}, precision {c['precision']:.3f}, "
+                    f"recall {c['recall']:.3f}, F1 {c['f1']:.3f} (centre annotations: no IoU figures)")
+        return "\n".join(rows)
     rows = [f"{'image':<32} {'TP':>6} {'FP':>6} {'FN':>6} {'prec':>6} {'rec':>6} {'F1':>6} {'cF1':>6}"]
     for r in res["per_image"]:
         rows.append(f"{r['image'][:32]:<32} {r['tp']:>6} {r['fp']:>6} {r['fn']:>6} {r['precision']:>6.3f} "
@@ -147,6 +209,11 @@ def format_table(res: dict) -> str:
     rows.append(f"AP@0.1 {res['AP@0.1']:.3f}  AP@0.5 {res['AP@0.5']:.3f}  mAP(0.1:0.9) {res['mAP']:.3f}  "
                 f"PR-AUC {res['PR-AUC']:.3f}")
     m = res.get("metrics", {})
+    if "segmentation" in m:
+        sp, sm = m["segmentation"]["pooled"], m["segmentation"]["mean_over_images"]
+        rows.append(f"segmentation ({', '.join(m['segmentation']['predictions'])}): AJI {sp['aji']:.3f} "
+                    f"(mean over images {sm['aji']:.3f})  AJI+ {sp['aji_plus']:.3f}  PQ {sp['pq']:.3f} "
+                    f"(DQ {sp['dq']:.3f}, SQ {sp['sq']:.3f}; mean {sm['pq']:.3f})  Dice {sp['dice']:.3f}")
     if m.get("only_in_predictions"):
         rows.append(f"no truth for: {', '.join(m['only_in_predictions'])}")
     if m.get("only_in_truth"):
