@@ -1,0 +1,121 @@
+"""A model on every annotated set: detection F1, centroid F1, AJI and PQ per set, and seconds per image.
+
+Sets (read from ../shared/data; see recipes/contours_data.toml for the training side):
+- monuseg_test: MoNuSeg 2018 test, 14 images, XML outlines (test: reported figures only)
+- consep_test: CoNSeP test, 224 tiles of 256 px, instance labels (test: reported figures only)
+- nuinsseg_val: the NuInsSeg validation part of the recipe's seeded split (66 images); its masks merge
+  touching nuclei, so its instance truth is the watershed split used for training (AJI/PQ there are approximate)
+- consep_val / monuseg_val: the recipe's validation parts of the training sets
+- crchisto_val: CRCHisto validation, 10 images at 20x with centres only: detected at the slide's own 0.5 µm/px,
+  scored by centroid pairing within 3 µm (some nuclei are not annotated: precision is only indicative)
+
+    .venv/bin/python scripts/evaluate_sets.py --out out/sets/fast                        # the shipped model
+    .venv/bin/python scripts/evaluate_sets.py --model runs/contours/best.safetensors --out out/sets/contours
+
+Writes OUT/<set>/report/metrics.json per set and OUT/sets.json, and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsinuclei.data import find_samples, load_recipe, read_annotation, split_by_image, _group_of
+from wsinuclei.pipeline import RunOptions, run_slide
+from wsinuclei.report import evaluate_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _val_samples(recipe: Path, name: str):
+    sources, settings = load_recipe(recipe)
+    src = next(s for s in sources if s.name == name)
+    samples = find_samples(src.path, src.kind)
+    groups = sorted({_group_of(s.name, src.group) for s in samples})
+    _, val = split_by_image(groups, src.val_fraction, int(settings.get("seed", 0)))
+    return src, [s for s in samples if _group_of(s.name, src.group) in set(val)]
+
+
+def _stage(samples, folder: Path, kind: str) -> Path:
+    """Images and truth side by side in one folder, truth in a format `wsinuclei evaluate` reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        link = folder / s.image.name
+        if not link.exists():
+            os.symlink(s.image.resolve(), link)
+        if kind == "binary":
+            labels = read_annotation(s, "binary")["labels"]
+            Image.fromarray(labels.astype(np.uint16)).save(folder / f"{s.name}_labels.png")
+        else:
+            t = folder / s.truth.name
+            if not t.exists():
+                os.symlink(s.truth.resolve(), t)
+    return folder
+
+
+def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None) -> dict:
+    pred = out / name / "pred"
+    opts = RunOptions(mpp=mpp, min_tissue=0, model=model, progress=False)
+    t0 = time.perf_counter()
+    for img in images:
+        run_slide(img, pred, opts, log=lambda *_: None)
+    seconds = (time.perf_counter() - t0) / max(1, len(images))
+    res = evaluate_folders(pred, truth, out / name / "report", mpp=mpp, overlays=False)
+    m = res["metrics"]
+    row = {"set": name, "images": len(images), "s_per_image": seconds, "mpp": mpp,
+           "centroid": m["pooled_centroid"]}
+    if "pooled" in m:
+        row["boxes"] = m["pooled"]
+        row["ap50"] = m["AP@0.5"]
+    if "segmentation" in m:
+        row["segmentation"] = m["segmentation"]
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "contours_data.toml"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sets", nargs="*", default=None, help="only these sets")
+    args = ap.parse_args()
+    data, out, recipe = Path(args.shared) / "data", Path(args.out), Path(args.recipe)
+    staged = out / "staged"
+    plan = {}
+    plan["monuseg_test"] = (sorted((data / "monuseg/test").glob("*.tif")), data / "monuseg/test", 0.25)
+    consep_test = find_samples(data / "consep/test", "labels")
+    plan["consep_test"] = ([s.image for s in consep_test], data / "consep/test", 0.25)
+    for set_name, src_name in (("monuseg_val", "monuseg"), ("nuinsseg_val", "nuinsseg"), ("consep_val", "consep")):
+        src, val = _val_samples(recipe, src_name)
+        folder = _stage(val, staged / set_name, src.kind)
+        plan[set_name] = ([folder / s.image.name for s in val], folder, src.mpp)
+    crc = find_samples(data / "crchisto/validation", "points")
+    plan["crchisto_val"] = ([s.image for s in crc], data / "crchisto/validation", 0.5)
+
+    rows = []
+    for name, (images, truth, mpp) in plan.items():
+        if args.sets and name not in args.sets:
+            continue
+        row = run_set(name, images, truth, out, mpp, args.model)
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("set", "images", "s_per_image")}), flush=True)
+    (out / "sets.json").write_text(json.dumps(rows, indent=1))
+    print("| set | images | F1@0.5 | P | R | centroid F1 | AJI | PQ | s per image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b, c, sg = r.get("boxes"), r["centroid"], r.get("segmentation", {}).get("pooled")
+        print(f"| {r['set']} | {r['images']} | " + (f"{b['f1']:.3f} | {b['precision']:.3f} | {b['recall']:.3f}" if b else
+              f"– | {c['precision']:.3f} | {c['recall']:.3f}") + f" | {c['f1']:.3f} | "
+              + (f"{sg['aji']:.3f} | {sg['pq']:.3f}" if sg else "– | –") + f" | {r['s_per_image']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
