@@ -60,3 +60,21 @@ def test_polar_outline_of_an_empty_grid_is_the_inscribed_ellipse():
     np.testing.assert_allclose(out[0, 0], [30, 25])
     np.testing.assert_allclose(out[0, 2], [20, 30], atol=1e-9)
     assert len(polar_outlines(np.zeros((0, 14, 14)), np.zeros((0, 4)))) == 0
+
+
+def test_nested_fragments_and_specks_are_filtered():
+    from wsinuclei.filters import DetectionFilter
+
+    boxes = np.array([
+        [0, 0, 40, 40],      # a big nucleus, best score
+        [5, 5, 20, 20],      # a fragment inside it: dropped
+        [30, 30, 50, 50],    # overlaps a quarter: kept
+        [100, 100, 102, 102],  # a 2x2 px speck: 0.25 µm² at 0.25 µm/px, dropped by min area
+        [60, 0, 80, 20],     # around a better box, but only 64 % of it inside that one: kept
+        [62, 2, 78, 18],     # inside the previous one, and scores higher: kept
+    ], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.95, 0.5, 0.6])
+    keep = DetectionFilter(nested=0.7, min_area_um2=1.0).keep(boxes, scores, mpp=0.25)
+    assert keep.tolist() == [True, False, True, False, True, True]
+    assert DetectionFilter(nested=0.6).keep(boxes, scores, 0.25).tolist() == [True, False, True, True, False, True]
+    assert DetectionFilter().keep(boxes, scores, 0.25).all() and not DetectionFilter().active

@@ -14,9 +14,13 @@ class NucleusDetector:
     with calibrated scores."""
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu"):
+        from .filters import DetectionFilter
+
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
+        # the model's own rules for nested boxes and specks (preset [postprocess], kept in the model file)
+        self.filter = DetectionFilter.from_dict(loaded.config.raw.get("postprocess"))
 
     @classmethod
     def from_file(cls, path=None, device: str = "cpu") -> "NucleusDetector":
@@ -44,6 +48,11 @@ class NucleusDetector:
         for o in self.model(batch):
             boxes = o["boxes"].float().cpu().numpy().astype(np.float64)
             scores = self.loaded.calibrate(o["scores"].float().cpu().numpy())
-            outlines = polar_outlines(o["masks"].float().cpu().numpy(), boxes) if "masks" in o else None
+            masks = o["masks"].float().cpu().numpy() if "masks" in o else None
+            if self.filter.active:
+                keep = self.filter.keep(boxes, scores, self.loaded.mpp)
+                boxes, scores = boxes[keep], scores[keep]
+                masks = None if masks is None else masks[keep]
+            outlines = polar_outlines(masks, boxes) if masks is not None else None
             out.append((boxes, scores, outlines))
         return out

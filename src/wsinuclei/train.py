@@ -63,9 +63,14 @@ def validate(model, val_tiles: list[Tile], device="cpu", score_threshold=None) -
     Per set: boxed sets score the mean of F1@IoU 0.5 and centroid F1 (3 µm); centre-only sets score centroid
     F1 (their images run at their own µm/px). ``val_f1`` is the mean over sets, at the best of
     :data:`VAL_THRESHOLDS` (or at ``score_threshold``), so no single set decides the model."""
+    preds = predict_images(model, [t.image for t in val_tiles], device)
+    return score_predictions(val_tiles, preds, score_threshold)
+
+
+def score_predictions(val_tiles: list[Tile], preds, score_threshold=None) -> dict:
+    """:func:`validate`'s figures for given (boxes, scores) per validation image."""
     from .evaluate import Counts, count
 
-    preds = predict_images(model, [t.image for t in val_tiles], device)
     sets = sorted({t.set for t in val_tiles})
     thresholds = (score_threshold,) if score_threshold is not None else VAL_THRESHOLDS
     per = {}  # (set, threshold) -> (box Counts, centroid Counts)
