@@ -80,7 +80,7 @@ def score_predictions(val_tiles: list[Tile], preds, score_threshold=None) -> dic
             bc, cc = per.get(key, (Counts(), Counts()))
             if t.points is not None:
                 radius = 3.0 / (t.mpp or 0.25)
-                pts = np.repeat(t.points, 2, axis=1)[:, [0, 1, 2, 3]]
+                pts = np.hstack([t.points, t.points])  # zero-size boxes at the centres: x, y, x, y
                 cc = cc + count(boxes, scores, pts, score_threshold=thr, radius=radius)
                 bc = None
             else:
