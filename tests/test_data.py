@@ -195,3 +195,24 @@ def test_validation_scores_centre_annotations_by_their_centres():
     assert v["val_crc_recall"] == 1.0 and abs(v["val_crc_precision"] - 2 / 3) < 1e-12
     moved = boxes + [0, 10, 0, 10]  # 10 px off: beyond 6 px
     assert score_predictions([tile], [(moved, np.ones(3))], score_threshold=0.5)["val_crc_recall"] == 0.0
+
+
+def test_glass_band_covers_one_side_and_drops_hidden_nuclei():
+    from wsinuclei.annotations import label_image_boxes
+    from wsinuclei.data import Augment, CropSampler, Tile
+
+    img, boxes = synthetic_he(256, 256, seed=5, n_nuclei=40)
+    lab = np.zeros((256, 256), np.uint16)
+    nucleus = (img == [90, 50, 140]).all(-1)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        lab[y0:y1, x0:x1][nucleus[y0:y1, x0:x1]] = k + 1
+    tile = Tile("t", "x", img, label_image_boxes(lab)[0], lab, glass=(250, 240, 248))
+    s = CropSampler([tile], 128, np.random.default_rng(3), augment=Augment(glass_p=1.0))
+    for _ in range(10):
+        crop, b, masks = s.sample_instances()
+        glass = (np.abs(crop.astype(int) - [250, 240, 248]) <= 6).all(-1)
+        # a band: whole rows or whole columns at one side, 10-60 % of the crop
+        cols, rows = glass.all(axis=0), glass.all(axis=1)
+        share = max(cols.mean(), rows.mean())
+        assert 0.09 <= share <= 0.61
+        assert not (masks.astype(bool) & glass[None]).any()  # no nucleus under the glass

@@ -52,3 +52,16 @@ def test_exhaustive_small_grid():
         counts += (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
     assert (counts == 1).all()
     assert g.cols == math.ceil((50 - 6) / 10) and g.rows == math.ceil((37 - 6) / 10)
+
+
+def test_tile_size_fits_small_images_and_thin_areas():
+    """White padding changes what a GroupNorm detector sees: tiles shrink to the area's narrow side (rounded
+    up to 32 px), never below overlap + 32 or 64, and large areas keep the asked size."""
+    from wsinuclei.pipeline import fitted_tile_size
+
+    assert fitted_tile_size(1024, 64, 512, 512) == 512
+    assert fitted_tile_size(1024, 64, 1000, 1000) == 1024  # MoNuSeg images: unchanged
+    assert fitted_tile_size(1024, 64, 20000, 300) == 320
+    assert fitted_tile_size(1024, 64, 256, 256) == 256
+    assert fitted_tile_size(1024, 64, 40, 40) == 96
+    assert fitted_tile_size(1024, 64, 50000, 40000) == 1024

@@ -373,6 +373,7 @@ class Tile:
     full_area: np.ndarray | None = None
     points: np.ndarray | None = None
     mpp: float | None = None
+    glass: tuple | None = None  # what white glass becomes after this image's normalisation (RGB)
 
 
 def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
@@ -414,6 +415,7 @@ class Augment:
     hed_shift: float = 0.0
     blur_p: float = 0.0
     jpeg_p: float = 0.0
+    glass_p: float = 0.0  # a band of glass (the tile's normalised white) over one side: slide edges, small images
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Augment":
@@ -492,6 +494,35 @@ class CropSampler:
         img, boxes, _ = self.sample_instances()
         return img, boxes
 
+    def _glass_band(self, img, labels, glass, rng):
+        """Glass over one side of the crop (10-60 % of it), as at a slide's edge or around a small image, where
+        the pipeline reads white: the detector must not change its mind about the tissue next to it (with
+        GroupNorm, a tile that is mostly glass shifts every feature's statistics). Nuclei left with less than
+        ``min_visible`` of their pixels are dropped, as at any crop edge."""
+        img, labels = img.copy(), labels.copy()
+        c_h, c_w = labels.shape
+        side = int(rng.integers(4))
+        frac = rng.uniform(0.1, 0.6)
+        band = np.zeros(labels.shape, bool)
+        if side == 0:
+            band[:, : int(frac * c_w)] = True
+        elif side == 1:
+            band[:, c_w - int(frac * c_w):] = True
+        elif side == 2:
+            band[: int(frac * c_h)] = True
+        else:
+            band[c_h - int(frac * c_h):] = True
+        colour = np.asarray(glass if glass is not None else (245, 245, 245), float)
+        noise = rng.normal(0, 1.5, (int(band.sum()), 3))
+        img[band] = np.clip(colour + noise, 0, 255).astype(np.uint8)
+        before = np.bincount(labels.ravel())
+        labels[band] = 0
+        after = np.bincount(labels.ravel(), minlength=len(before))
+        gone = after < self.min_visible * before
+        gone[0] = False
+        labels[gone[labels]] = 0
+        return img, labels
+
     def sample_instances(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(image uint8 HWC, boxes (N, 4), masks (N, H, W) uint8 or None for box-only tiles)."""
         rng = self.rng
@@ -534,6 +565,8 @@ class CropSampler:
             else:
                 b = b[:, [1, 0, 3, 2]]
         img = np.ascontiguousarray(img)
+        if labels is not None and self.augment.glass_p > 0 and rng.random() < self.augment.glass_p:
+            img, labels = self._glass_band(img, labels, t.glass, rng)
         masks = None
         if labels is not None:
             labels = np.ascontiguousarray(labels)

@@ -107,6 +107,19 @@ def score_predictions(val_tiles: list[Tile], preds, score_threshold=None) -> dic
     return out
 
 
+def _set_glass_colour(tiles: list[Tile], manifest: dict) -> None:
+    """What white glass becomes after each image's Reinhard normalisation (its statistics are in the
+    manifest), for the glass augmentation."""
+    from .stain import reinhard
+
+    for t in tiles:
+        info = manifest.get("images", {}).get(t.name.rsplit("_", 2)[0])
+        if info and "lab_mean" in info:
+            white = np.full((1, 1, 3), 255, np.uint8)
+            t.glass = tuple(int(v) for v in reinhard(white, manifest["target_mu"], manifest["target_sigma"],
+                                                      info["lab_mean"], info["lab_std"])[0, 0])
+
+
 def val_fields(val_tiles: list[Tile]) -> list[str]:
     fields = ["val_f1", "val_threshold", "val_centroid_f1"]
     for n in sorted({t.set for t in val_tiles}):
@@ -186,6 +199,7 @@ def train(
     sets = manifest.get("sets", {})
     weights = {n: float(v["weight"]) for n, v in sets.items() if v.get("use") != "val"} if len(sets) > 1 else None
     train_tiles = load_tiles(prepared, "train")
+    _set_glass_colour(train_tiles, manifest)
     if config.has_masks and any(t.labels is None for t in train_tiles):
         raise WsinucleiError(f"preset {config.name} learns contours: every training set needs instance labels "
                              "(label images or binary masks), not boxes alone")
