@@ -212,7 +212,8 @@ def test_batched_inference_equals_one_at_a_time(pyramid_slide, random_model, tmp
     assert_same_detections(tmp_path / "b1" / f"{name}.csv", tmp_path / "b3" / f"{name}.csv")
 
 
-def test_one_slide_handle_per_process_closed_after_each_slide(pyramid_slide, random_model, tmp_path, monkeypatch):
+def test_one_slide_handle_per_process_closed_after_each_slide(pyramid_slide, random_model, tmp_path, monkeypatch,
+                                                            stub_detector):
     """Three slides in one command: each opened once (reader threads share the handle) and closed when done.
     Before, every reader thread opened its own, and none was ever closed (6 left open after 3 slides)."""
     import shutil

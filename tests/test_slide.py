@@ -145,7 +145,7 @@ def test_thumbnail_of_a_slide_without_pyramid_reads_in_bands(tmp_path, monkeypat
     once) and equals the box average of the image."""
     from wsinuclei.synth import write_pyramid_tiff
 
-    img, _ = synthetic_he(3000, 4800, seed=7, n_nuclei=200, tissue=(100, 100, 4000, 2800))
+    img, _ = synthetic_he(3000, 4800, seed=7, n_nuclei=5, tissue=(100, 100, 4000, 2800))
     path = tmp_path / "flat.tiff"
     write_pyramid_tiff(path, img, mpp=0.25, compression="zlib", min_level_size=100_000)
     s = Slide(path)
