@@ -67,6 +67,15 @@ def test_in_process_outputs(reference_run, pyramid_slide):
     assert (out / f"{name}.thumbnail.png").is_file()
     run = json.loads((out / f"{name}.run.json").read_text())
     assert run["tiles_failed"] == 0 and run["nuclei"] == report.nuclei
+    # the summary's nuclei are those at the operating point, not every box written above the floor
+    at_op = report.nuclei_at_operating_point
+    csv_scores = np.array([float(r[4]) for r in rows[1:]])  # rounded to 4 decimals in the CSV
+    assert (csv_scores >= 0.50005).sum() <= at_op <= (csv_scores >= 0.49995).sum() < report.nuclei
+    assert run["nuclei_at_operating_point"] == at_op
+    from wsinuclei.pipeline import format_report
+
+    assert format_report(report).startswith(f"{name}: {at_op} nuclei at the operating point (score >= 0.5), "
+                                            f"{report.nuclei} boxes written")
     assert not list(out.glob(".*.parts"))  # parts are removed once the run is complete
 
 
