@@ -143,15 +143,21 @@ def test_recipe_prepares_several_sets_with_groups_and_labels(tmp_path):
     assert val["c"].points.shape == (10, 2) and val["c"].mpp == 0.5 and val["c"].image.shape == (200, 200, 3)
 
 
+def _labelled_he(seed, n_nuclei, size=256):
+    """A synthetic H&E image and its instance labels: each nucleus's own pixels (its colour inside its box)."""
+    img, boxes = synthetic_he(size, size, seed=seed, n_nuclei=n_nuclei)
+    lab = np.zeros((size, size), np.uint16)
+    nucleus = (img == [90, 50, 140]).all(-1)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        lab[y0:y1, x0:x1][nucleus[y0:y1, x0:x1]] = k + 1
+    return img, lab
+
+
 def test_instance_crops_give_masks_that_match_boxes_and_nuclei():
     from wsinuclei.annotations import label_image_boxes
     from wsinuclei.data import Augment, CropSampler, Tile
 
-    img, boxes = synthetic_he(256, 256, seed=3, n_nuclei=25)
-    lab = np.zeros((256, 256), np.uint16)
-    nucleus = (img == [90, 50, 140]).all(-1)
-    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
-        lab[y0:y1, x0:x1][nucleus[y0:y1, x0:x1]] = k + 1
+    img, lab = _labelled_he(seed=3, n_nuclei=25)
     boxes = label_image_boxes(lab)[0]
     aug = Augment(small_p=0.5, small_low=0.5, small_high=0.6, low=0.9, high=1.1)
     s = CropSampler([Tile("t", "x", img, boxes, lab)], 128, np.random.default_rng(1), augment=aug, min_visible=1.0)
@@ -201,11 +207,7 @@ def test_glass_band_covers_one_side_and_drops_hidden_nuclei():
     from wsinuclei.annotations import label_image_boxes
     from wsinuclei.data import Augment, CropSampler, Tile
 
-    img, boxes = synthetic_he(256, 256, seed=5, n_nuclei=40)
-    lab = np.zeros((256, 256), np.uint16)
-    nucleus = (img == [90, 50, 140]).all(-1)
-    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
-        lab[y0:y1, x0:x1][nucleus[y0:y1, x0:x1]] = k + 1
+    img, lab = _labelled_he(seed=5, n_nuclei=40)
     tile = Tile("t", "x", img, label_image_boxes(lab)[0], lab, glass=(250, 240, 248))
     s = CropSampler([tile], 128, np.random.default_rng(3), augment=Augment(glass_p=1.0))
     for _ in range(10):
