@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsinuclei.data import find_samples, load_recipe, read_annotation, split_by_image, _group_of
+from wsinuclei.data import find_samples, load_recipe, read_annotation, split_by_image, group_of
 from wsinuclei.pipeline import RunOptions, run_slide
 from wsinuclei.report import evaluate_folders
 
@@ -37,9 +37,9 @@ def _val_samples(recipe: Path, name: str):
     sources, settings = load_recipe(recipe)
     src = next(s for s in sources if s.name == name)
     samples = find_samples(src.path, src.kind)
-    groups = sorted({_group_of(s.name, src.group) for s in samples})
+    groups = sorted({group_of(s.name, src.group) for s in samples})
     _, val = split_by_image(groups, src.val_fraction, int(settings.get("seed", 0)))
-    return src, [s for s in samples if _group_of(s.name, src.group) in set(val)]
+    return src, [s for s in samples if group_of(s.name, src.group) in set(val)]
 
 
 def _stage(samples, folder: Path, kind: str) -> Path:

@@ -78,7 +78,6 @@ class StubDetector:
     that random weights hide. In-process runs only (Dask workers load real model files)."""
 
     def __init__(self, model_path, mpp=0.25, threshold=85):
-        from wsinuclei import stain
         from wsinuclei.checkpoint import load_model
 
         self.loaded = load_model(model_path)  # a real model file: its metadata, hash and path

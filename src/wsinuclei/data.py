@@ -203,7 +203,7 @@ def load_recipe(path: str | Path) -> tuple[list[Source], dict]:
     return sources, dict(d.get("prepare", {}))
 
 
-def _group_of(name: str, pattern: str | None) -> str:
+def group_of(name: str, pattern: str | None) -> str:
     if not pattern:
         return name
     m = re.match(pattern, name)
@@ -256,7 +256,7 @@ def prepare_sources(
     }
     for src in sources:
         samples = find_samples(src.path, src.kind)
-        groups = sorted({_group_of(s.name, src.group) for s in samples})
+        groups = sorted({group_of(s.name, src.group) for s in samples})
         if src.use == "split":
             _, val_groups = split_by_image(groups, src.val_fraction, seed)
         else:
@@ -265,7 +265,7 @@ def prepare_sources(
         info = {"data_dir": str(src.path), "kind": src.kind, "mpp": src.mpp, "weight": src.weight, "use": src.use,
                 "train": [], "val": [], "tiles": {"train": 0, "val": 0}, "nuclei": {"train": 0, "val": 0}}
         for s in tqdm(samples, desc=f"prepare {src.name}", unit="image", disable=not progress):
-            split = "val" if _group_of(s.name, src.group) in val_groups else "train"
+            split = "val" if group_of(s.name, src.group) in val_groups else "train"
             key = f"{src.name}__{s.name}"
             ann = read_annotation(s, src.kind)
             image = load_image(s.image)
