@@ -50,7 +50,7 @@ def test_in_process_outputs(reference_run, pyramid_slide):
     name = Path(pyramid_slide[0]).stem
     rows = read_csv(out / f"{name}.csv")
     assert rows[0] == ("x0", "y0", "x1", "y1", "score")
-    assert len(rows) - 1 == report.nuclei > 0
+    assert len(rows) - 1 == report.candidates > 0
     boxes = np.array([[float(v) for v in r[:4]] for r in rows[1:]])
     iou = box_iou(boxes, boxes)
     np.fill_diagonal(iou, 0)
@@ -60,22 +60,30 @@ def test_in_process_outputs(reference_run, pyramid_slide):
     prof = list(csv.DictReader(open(out / f"{name}.profile.csv")))
     assert len(prof) == report.tiles_processed
     assert {"read_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "nuclei"} <= set(prof[0])
-    assert sum(int(p["nuclei"]) for p in prof) >= report.nuclei
+    assert sum(int(p["nuclei"]) for p in prof) >= report.candidates
     # the tissue check is the plan's, made on the clipped core: every run tile clears --min-tissue (0.25),
     # edge tiles included (their cores reach to infinity before clipping)
     assert all(float(p["tissue_fraction"]) >= 0.25 for p in prof)
     assert (out / f"{name}.thumbnail.png").is_file()
     run = json.loads((out / f"{name}.run.json").read_text())
-    assert run["tiles_failed"] == 0 and run["nuclei"] == report.nuclei
-    # the summary's nuclei are those at the operating point, not every box written above the floor
-    at_op = report.nuclei_at_operating_point
+    assert run["tiles_failed"] == 0 and run["candidates"] == report.candidates
+    # the summary's nuclei are those at the score cut (the operating point), not every candidate in the CSV;
+    # the GeoJSON and the DSA file hold exactly those
+    n = report.nuclei
     csv_scores = np.array([float(r[4]) for r in rows[1:]])  # rounded to 4 decimals in the CSV
-    assert (csv_scores >= 0.50005).sum() <= at_op <= (csv_scores >= 0.49995).sum() < report.nuclei
-    assert run["nuclei_at_operating_point"] == at_op
+    assert (csv_scores >= 0.50005).sum() <= n <= (csv_scores >= 0.49995).sum() < report.candidates
+    assert run["nuclei"] == n and run["score_cut"] == 0.5 and run["min_score"] == 0.1
+    geo = json.loads((out / f"{name}.geojson").read_text())
+    assert len(geo["features"]) == n
+    assert min(f["properties"]["measurements"]["score"] for f in geo["features"]) >= 0.5
+    dsa = json.loads((out / f"{name}.anot.json").read_text())
+    assert len(dsa["elements"]) == n
+    assert dsa["attributes"]["params"]["score_cut"] == 0.5 and dsa["attributes"]["version"]
+    assert len(dsa["attributes"]["src_mu_lab"]) == 3 and dsa["attributes"]["model"]["sha1"]
     from wsinuclei.pipeline import format_report
 
-    assert format_report(report).startswith(f"{name}: {at_op} nuclei at the operating point (score >= 0.5), "
-                                            f"{report.nuclei} boxes written")
+    assert format_report(report).startswith(f"{name}: {n} nuclei at score >= 0.5 ({report.candidates} "
+                                            "candidates >= 0.1)")
     assert not list(out.glob(".*.parts"))  # parts are removed once the run is complete
 
 
@@ -208,7 +216,7 @@ def test_unreadable_tile_is_retried_then_reported(pyramid_slide, random_model, t
     assert report.tiles_failed == 1 and report.failed[0]["tile"] == "00000_00000"
     run = json.loads((tmp_path / f"{Path(pyramid_slide[0]).stem}.run.json").read_text())
     assert run["tiles_failed"] == 1 and "corrupt" in run["failed"][0]["error"]
-    assert report.nuclei > 0  # the other tiles' nuclei are there
+    assert report.candidates > 0  # the other tiles' nuclei are there
 
 
 def test_batched_inference_equals_one_at_a_time(pyramid_slide, random_model, tmp_path):
@@ -284,3 +292,30 @@ def test_contour_model_writes_polygons_end_to_end(pyramid_slide, tmp_path):
     assert all(len(f["geometry"]["coordinates"][0]) == 25 for f in feats)
     assert all(e["type"] == "polyline" and e["closed"] and len(e["points"]) == 24 for e in elements)
     assert all(float(r["area_um2"]) >= 0 for r in rows)
+
+
+def test_thumbnail_shows_the_nuclei_as_dots_or_density():
+    from wsinuclei.pipeline import overlay_nuclei
+
+    grey = np.full((100, 200, 3), 230, np.uint8)
+    few = np.array([[100, 100, 120, 120], [1000, 400, 1020, 420], [1500, 900, 1510, 910]], float)
+    img, legend = overlay_nuclei(grey.copy(), few, ds=10.0, mpp=0.25)
+    red = (img[..., 0] == 220) & (img[..., 1] == 0)
+    assert red.sum() == 3 and red[11, 11] and red[41, 101] and red[90, 150] and "3 nuclei" in legend
+    # a nucleus every 10 base px over the left half: a density map over them, the empty half untouched
+    g = np.arange(0, 1000, 10.0) + 5
+    c = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    crowd = np.hstack([c - 4, c + 4])
+    img, legend = overlay_nuclei(grey.copy(), crowd, ds=10.0, mpp=0.25)
+    assert "density" in legend and "10000 nuclei" in legend
+    assert (img[:, :100] != 230).any(axis=2).all() and (img[:, 100:] == 230).all()
+    # a density cell is 4 thumbnail px = 40 base px = 10 µm wide and holds 4 x 4 nuclei: 16 per 1e-4 mm²
+    assert legend.endswith("up to 160,000/mm² (inferno)")
+
+
+def test_score_cut_below_the_floor_is_refused():
+    from wsinuclei.errors import WsinucleiError
+
+    with pytest.raises(WsinucleiError, match="--score-cut 0.05 is below --min-score 0.1"):
+        RunOptions(score_cut=0.05).validate()
+    RunOptions(score_cut=0.1).validate()

@@ -24,7 +24,8 @@ def _run_options(args):
     from .pipeline import RunOptions
 
     return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
-                      min_tissue=args.min_tissue, model=args.model, min_score=args.min_score, device=args.device,
+                      min_tissue=args.min_tissue, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
+                      device=args.device,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip,
                       progress=not args.quiet).validate()
@@ -191,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("detect", help="detect nuclei in slides or image regions",
                         description="Detect nuclei in slides (SVS, NDPI, MIRAX, tiled TIFF, ...) or plain images. "
-                        "Writes NAME.csv (x0,y0,x1,y1,score in base pixels), NAME.geojson (QuPath detections), "
-                        "NAME.anot.json (Digital Slide Archive), NAME.thumbnail.png (tissue and tiles), "
+                        "Writes NAME.csv (x0,y0,x1,y1,score in base pixels: every candidate >= --min-score), "
+                        "NAME.geojson (QuPath >= 0.4 detections) and NAME.anot.json (Digital Slide Archive) with the "
+                        "nuclei >= --score-cut, NAME.thumbnail.png (tissue, tiles and nuclei), "
                         "NAME.profile.csv (time per tile and stage) and NAME.run.json (run summary).")
     sp.add_argument("slides", nargs="+", metavar="SLIDE_OR_IMAGE")
     sp.add_argument("--out", required=True, help="output folder")
@@ -205,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-tissue", type=float, default=0.25, help="skip tiles whose core holds less tissue than "
                     "this fraction (default 0.25)")
     sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
-    sp.add_argument("--min-score", type=float, default=0.1, help="lowest score written out (default 0.1, the "
-                    "study's minimum probability; 0.5 is the evaluation's operating point)")
+    sp.add_argument("--min-score", type=float, default=0.1, help="lowest score written to the CSV (default 0.1, "
+                    "the study's minimum probability): candidates for precision-recall work")
+    sp.add_argument("--score-cut", type=float, default=0.5, help="score from which a box counts as a nucleus: the "
+                    "GeoJSON, the DSA file, the thumbnail and the count hold these (default 0.5, the model's "
+                    "operating point)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     sp.add_argument("--batch-size", type=int, default=1, help="tiles per inference batch (GPU: 4-16)")
     sp.add_argument("--readers", type=int, default=2, help="tile reader threads for in-process runs (default 2)")
@@ -214,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 0: in-process)")
     sp.add_argument("--scheduler", default=None, help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
     sp.add_argument("--force", action="store_true", help="recompute every tile instead of resuming")
-    sp.add_argument("--gzip", action="store_true", help="gzip the GeoJSON and DSA JSON outputs")
+    sp.add_argument("--gzip", action="store_true", help="write NAME.geojson.gz (QuPath >= 0.4 reads it); the "
+                    "DSA file stays plain JSON, which is all the DSA ingests")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_detect)
 

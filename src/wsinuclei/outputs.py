@@ -105,13 +105,16 @@ def write_geojson(fh, boxes: np.ndarray, scores: np.ndarray, polygons=None, area
     fh.write(b"]}")
 
 
-def write_dsa(fh, boxes: np.ndarray, scores: np.ndarray, name: str, polygons=None) -> None:
+def write_dsa(fh, boxes: np.ndarray, scores: np.ndarray, name: str, polygons=None, attributes=None) -> None:
     """A Digital Slide Archive (HistomicsUI) annotation: a rectangle element per nucleus, as HistomicsTK's
     CLIs write them (centre, width, height, rotation), or a closed polyline for a contour; the score in
-    ``label`` and ``user``. Always plain JSON: the DSA ingests nothing else."""
+    ``label`` and ``user``; ``attributes`` (how the file was made) at the top. Always plain JSON: the DSA
+    ingests nothing else."""
     import json
 
     head = {"name": f"wsinuclei nuclei: {name}", "description": "nuclei detected by wsinuclei"}
+    if attributes:
+        head["attributes"] = attributes
     fh.write(json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"elements":[')
     for sl in _chunks(len(scores)):
         els = []
@@ -131,8 +134,10 @@ def write_dsa(fh, boxes: np.ndarray, scores: np.ndarray, name: str, polygons=Non
 
 
 def write_outputs(out_dir: str | Path, name: str, boxes: np.ndarray, scores: np.ndarray, gzip_json: bool = False,
-                  polygons=None, areas_um2=None) -> dict[str, Path]:
-    """Write ``name.csv``, ``name.geojson`` (``.geojson.gz`` with ``gzip_json``) and ``name.anot.json``."""
+                  polygons=None, areas_um2=None, score_cut: float = 0.0, attributes=None) -> dict[str, Path]:
+    """Write ``name.csv`` (every box given), and ``name.geojson`` (``.geojson.gz`` with ``gzip_json``) and
+    ``name.anot.json`` with the nuclei scoring at least ``score_cut``: the CSV serves precision-recall work,
+    the other two are what QuPath and the DSA show as nuclei."""
     out_dir = Path(out_dir)
     boxes = np.asarray(boxes, float).reshape(-1, 4)
     scores = np.asarray(scores, float).reshape(-1)
@@ -140,8 +145,13 @@ def write_outputs(out_dir: str | Path, name: str, boxes: np.ndarray, scores: np.
              "dsa": out_dir / f"{name}.anot.json"}
     with atomic_open(paths["csv"]) as fh:
         write_csv(fh, boxes, scores, areas_um2)
+    keep = np.flatnonzero(scores >= score_cut)
+    boxes, scores = boxes[keep], scores[keep]
+    if polygons is not None:
+        polygons = polygons[keep] if isinstance(polygons, np.ndarray) else [polygons[i] for i in keep]
+    areas_um2 = None if areas_um2 is None else np.asarray(areas_um2)[keep]
     with atomic_open(paths["geojson"], gzip_level=6 if gzip_json else None) as fh:
         write_geojson(fh, boxes, scores, polygons, areas_um2)
     with atomic_open(paths["dsa"]) as fh:
-        write_dsa(fh, boxes, scores, name, polygons)
+        write_dsa(fh, boxes, scores, name, polygons, attributes)
     return paths

@@ -50,7 +50,8 @@ class RunOptions:
     overlap: int = 64
     min_tissue: float = 0.25
     model: str | None = None  # path; None = the shipped default
-    min_score: float = 0.1
+    min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
+    score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
     device: str = "cpu"
     batch_size: int = 1
     readers: int = 2
@@ -64,6 +65,8 @@ class RunOptions:
     # Reinhard source statistics (lab mean, lab std) to use instead of the slide's own: for a region cut
     # out of a larger slide, pass the whole slide's so the region is normalised as the slide would be.
     lab_stats: tuple | None = None
+    # recorded in the annotation's attributes beside the options (the DSA CLI puts its own arguments here)
+    extra_params: dict | None = None
 
     def validate(self) -> "RunOptions":
         """Every option in its range, and only executor/device combinations that work; one clear error each."""
@@ -77,9 +80,13 @@ class RunOptions:
         integer("readers", self.readers, 1, 64)
         integer("workers", self.workers, 0, 1024)
         integer("retries", self.retries, 0, 10)
-        for name, value in (("min-tissue", self.min_tissue), ("min-score", self.min_score)):
+        for name, value in (("min-tissue", self.min_tissue), ("min-score", self.min_score),
+                            ("score-cut", self.score_cut)):
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise WsinucleiError(f"--{name} must be a number from 0 to 1, got {value}")
+        if self.score_cut < self.min_score:
+            raise WsinucleiError(f"--score-cut {self.score_cut:g} is below --min-score {self.min_score:g}: boxes "
+                                 "under --min-score are never kept; lower --min-score too")
         if self.mpp is not None and not (self.mpp > 0 and np.isfinite(self.mpp)):
             raise WsinucleiError(f"--mpp must be a positive number, got {self.mpp}")
         if self.scheduler and self.workers:
@@ -364,24 +371,66 @@ def fitted_tile_size(tile: int, overlap: int, width: float, height: float) -> in
     return int(max(min(tile, narrow), overlap + 32, 64))
 
 
-def draw_thumbnail(plan: SlidePlan, path: Path) -> None:
+def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None) -> None:
     """The slide thumbnail with the tissue outline (green) and the tile grid: processed tiles' cores in
-    blue, skipped ones in grey."""
+    blue, skipped ones in grey. With ``nuclei`` (boxes in base pixels, those at the score cut) it shows what
+    was found too: a red dot per nucleus while dots stay apart, else a density map (nuclei per mm²)."""
     from PIL import Image, ImageDraw
     from skimage.segmentation import find_boundaries
 
     img = plan.thumb.copy()
+    ds = plan.thumb_downsample
+    legend = None
+    if nuclei is not None and len(nuclei):
+        img, legend = overlay_nuclei(img, nuclei, ds, plan.ctx.mpp)
     img[find_boundaries(plan.mask, mode="outer")] = (0, 200, 0)
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
-    ds = plan.thumb_downsample
     for tiles, colour in ((plan.skipped, (170, 170, 170)), (plan.tiles, (0, 0, 255))):
         for t in tiles:
             x0, y0, x1, y1 = plan.grid.clipped_core(t)
             d.rectangle([x0 / ds, y0 / ds, max(x0 / ds, x1 / ds - 1), max(y0 / ds, y1 / ds - 1)], outline=colour)
+    if legend:
+        w = d.textlength(legend) + 8
+        d.rectangle([2, 2, 2 + w, 16], fill=(255, 255, 255))
+        d.text((6, 4), legend, fill=(0, 0, 0))
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+#: a density map replaces dots once this share of the dots would touch another (thumbnail pixels)
+DOTS_MAX_CROWDING = 0.05
+DENSITY_CELL = 4  # thumbnail pixels per density cell
+
+
+def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) -> tuple[np.ndarray, str]:
+    h, w = img.shape[:2]
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
+    from scipy.ndimage import convolve
+
+    per_pixel = np.bincount(cy * w + cx, minlength=h * w).reshape(h, w)
+    # a dot is crowded when another shares its pixel or touches it: then dots merge into blobs
+    near = convolve(per_pixel, np.ones((3, 3), per_pixel.dtype), mode="constant")
+    occupied = per_pixel > 0
+    crowded = (near[occupied] > 1).sum() / max(1, occupied.sum())
+    if crowded <= DOTS_MAX_CROWDING:
+        img[cy, cx] = (220, 0, 0)
+        return img, f"{len(boxes)} nuclei (red dots)"
+    from matplotlib import colormaps
+
+    c = DENSITY_CELL
+    gh, gw = -(-h // c), -(-w // c)
+    counts = np.bincount((cy // c) * gw + cx // c, minlength=gh * gw).reshape(gh, gw).astype(float)
+    cell_mm2 = (c * ds * mpp / 1000.0) ** 2
+    density = counts / cell_mm2
+    top = float(np.percentile(density[density > 0], 99)) or 1.0
+    rgba = colormaps["inferno"](np.clip(density / top, 0, 1))
+    rgba = np.repeat(np.repeat(rgba, c, axis=0), c, axis=1)[:h, :w]
+    alpha = np.where(np.repeat(np.repeat(counts, c, axis=0), c, axis=1)[:h, :w] > 0, 0.6, 0.0)[..., None]
+    img = (img * (1 - alpha) + rgba[..., :3] * 255 * alpha).astype(np.uint8)
+    return img, f"{len(boxes)} nuclei; density up to {top:,.0f}/mm² (inferno)"
 
 
 # -- executors -----------------------------------------------------------------------------------------
@@ -534,9 +583,14 @@ def _load_part(path: Path) -> TileResult | None:
 @dataclass
 class RunReport:
     name: str
+    slide: str = ""  # absolute path of the slide or image
+    mpp: float = 0.0  # µm/px of its base level, as used
     outputs: dict = field(default_factory=dict)
-    nuclei: int = 0  # boxes written (score >= --min-score)
-    nuclei_at_operating_point: int = 0  # of those, score >= OPERATING_POINT: what the model counts as nuclei
+    nuclei: int = 0  # score >= score_cut: what the model counts as nuclei (GeoJSON, DSA file)
+    candidates: int = 0  # boxes in the CSV: score >= min_score
+    score_cut: float = OPERATING_POINT
+    min_score: float = 0.1
+    model: dict = field(default_factory=dict)  # file, sha1 prefix
     tiles_total: int = 0
     tiles_processed: int = 0
     tiles_skipped_tissue: int = 0
@@ -591,7 +645,9 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         run_s = _execute(plan, todo, opts, results, parts)
         report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
                            tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
-                           workers=max(1, opts.workers), reinhard_source=plan.lab_stats)
+                           workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
+                           slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, score_cut=opts.score_cut,
+                           min_score=opts.min_score, model={"file": str(loaded.path), "sha1": model_id})
         report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
         _write_results(plan, opts, results, out_dir, report, t_start)
     finally:
@@ -675,20 +731,36 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
 
         areas = polygon_areas(outlines) * plan.ctx.mpp ** 2
     failed = sorted(k for k, r in results.items() if r.failed)
-    report.nuclei, report.tiles_failed = len(boxes), len(failed)
-    report.nuclei_at_operating_point = int((scores >= OPERATING_POINT).sum())
+    report.candidates, report.tiles_failed = len(boxes), len(failed)
+    report.nuclei = int((scores >= opts.score_cut).sum())
     report.failed = [{"tile": k, "error": results[k].failed} for k in failed]
     profile_rows = [results[k].profile for k in sorted(results)]
     for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s"):
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
     report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
+    attributes = annotation_attributes(report, opts)
     report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip, polygons=outlines,
-                                                          areas_um2=areas).items()}
+                                                          areas_um2=areas, score_cut=opts.score_cut,
+                                                          attributes=attributes).items()}
+    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png", boxes[scores >= opts.score_cut])
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
     report.wall_s = round(time.time() - t_start, 3)
     atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
+
+
+def annotation_attributes(report: RunReport, opts: RunOptions) -> dict:
+    """What the DSA annotation records about how it was made (HistomicsTK's CLIs record the same kind):
+    the parameters, the model, wsinuclei's version and the Reinhard source statistics."""
+    from . import __version__
+
+    params = {k: v for k, v in asdict(opts).items() if k not in ("progress", "keep_parts", "lab_stats")}
+    params.update(opts.extra_params or {})
+    src = report.reinhard_source or {}
+    return {"cli": "wsinuclei", "version": __version__, "params": params, "model": report.model,
+            "mpp": report.mpp, "score_cut": opts.score_cut, "min_score": opts.min_score,
+            "src_mu_lab": src.get("mean"), "src_sigma_lab": src.get("std"), "reinhard_source": src}
 
 
 def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> dict:
@@ -723,8 +795,8 @@ def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=pr
 def format_report(r: RunReport) -> str:
     st = r.stage_totals_s
     lines = [
-        f"{r.name}: {r.nuclei_at_operating_point} nuclei at the operating point (score >= {OPERATING_POINT}), "
-        f"{r.nuclei} boxes written (score >= the --min-score floor); {r.tiles_processed} tissue tiles of {r.tiles_total} "
+        f"{r.name}: {r.nuclei} nuclei at score >= {r.score_cut:g} ({r.candidates} candidates >= {r.min_score:g}); "
+        f"{r.tiles_processed} tissue tiles of {r.tiles_total} "
         f"({r.tiles_skipped_tissue} skipped as background, {r.tiles_resumed} resumed, {r.tiles_failed} failed)",
         f"  wall {r.wall_s:.1f} s, {r.tiles_per_s:.3f} tiles/s, executor: {r.executor}",
         "  stage totals (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in st.items()),
