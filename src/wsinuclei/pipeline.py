@@ -605,9 +605,10 @@ class RunReport:
     reinhard_source: dict = field(default_factory=dict)
 
 
-def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> RunReport:
+def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print, on_progress=None) -> RunReport:
     """Detect every nucleus in one slide; write NAME.csv/.geojson/.anot.json, NAME.thumbnail.png,
-    NAME.profile.csv and NAME.run.json into ``out_dir``."""
+    NAME.profile.csv and NAME.run.json into ``out_dir``. ``on_progress(done, total)`` is called as tiles
+    finish (resumed ones count as done from the start)."""
     from .checkpoint import check_device
 
     t_start = time.time()
@@ -642,7 +643,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px; "
             f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile} px; {resumed} done before); "
             f"{executor}")
-        run_s = _execute(plan, todo, opts, results, parts)
+        run_s = _execute(plan, todo, opts, results, parts, on_progress)
         report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
                            tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
                            workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
@@ -675,7 +676,8 @@ def _load_resumed(plan: SlidePlan, parts: Path) -> dict[str, "TileResult"]:
     return results
 
 
-def _execute(plan: SlidePlan, todo: list[Tile], opts: RunOptions, results: dict, parts: Path) -> float:
+def _execute(plan: SlidePlan, todo: list[Tile], opts: RunOptions, results: dict, parts: Path,
+             on_progress=None) -> float:
     """Run the tiles still to do on the chosen executor, saving each result as it arrives; returns seconds."""
     from tqdm import tqdm
 
@@ -690,8 +692,12 @@ def _execute(plan: SlidePlan, todo: list[Tile], opts: RunOptions, results: dict,
         found["nuclei"] += len(r.boxes)
         bar.update(1)
         bar.set_postfix(nuclei=found["nuclei"])
+        if on_progress is not None:
+            on_progress(len(results), len(plan.tiles))
 
     t_run = time.time()
+    if on_progress is not None:
+        on_progress(len(results), len(plan.tiles))
     try:
         if todo:
             if opts.scheduler or opts.workers > 0:
