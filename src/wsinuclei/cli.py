@@ -175,6 +175,16 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_view(args) -> int:
+    from .viewer import resolve_source, serve
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise WsinucleiError(f"--port must be from 0 to 65535, got {args.port}")
+    serve(resolve_source(args.target, results=args.results, mpp=args.mpp), port=args.port or 0,
+          open_browser=not args.no_browser)
+    return 0
+
+
 def _cmd_build_slide(args) -> int:
     from .synth import build_slide
 
@@ -231,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=0, help="local Dask workers (default 0: in-process)")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_demo)
+
+    sp = sub.add_parser("view", help="show a slide and its nuclei in the browser",
+                        description="Serve a slide and the nuclei 'wsinuclei detect' found in it on 127.0.0.1 and "
+                        "open it in the browser: zoom and pan, a score slider, counts in view and in total, "
+                        "click a nucleus for its score. TARGET is a detect output folder (one run), a NAME.run.json, "
+                        "or a slide (add --results for its run).")
+    sp.add_argument("target", metavar="OUT_DIR_OR_SLIDE")
+    sp.add_argument("--results", default=None, help="with a slide: the output folder or NAME.run.json of its run")
+    sp.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    sp.add_argument("--mpp", type=float, default=None, help="µm/px for the scale bar when the file has none")
+    sp.add_argument("--no-browser", action="store_true", help="only print the address")
+    sp.set_defaults(func=_cmd_view)
 
     sp = sub.add_parser("info", help="print a slide's metadata: size, levels, µm/px, objective power")
     sp.add_argument("slides", nargs="+", metavar="SLIDE")

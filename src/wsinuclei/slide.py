@@ -116,6 +116,15 @@ class Slide:
         if self._osr is not None:
             self._osr.close()
 
+    def as_openslide(self):
+        """This slide through OpenSlide's API (an ``openslide.ImageSlide`` for a plain image), for
+        ``openslide.deepzoom.DeepZoomGenerator``."""
+        if self._osr is not None:
+            return self._osr
+        import openslide
+
+        return openslide.ImageSlide(Image.fromarray(self._image))
+
     def __enter__(self):
         return self
 

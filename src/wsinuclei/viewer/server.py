@@ -1,0 +1,248 @@
+"""``wsinuclei view``: one slide and its nuclei in the browser, served from 127.0.0.1.
+
+The page (``static/``) is OpenSeadragon over Deep Zoom tiles made by OpenSlide's ``DeepZoomGenerator``, with
+the nuclei drawn on one canvas from typed arrays. The server answers a fixed set of routes: the page and its
+static files (read into memory at start, looked up by exact name), the slide's Deep Zoom descriptor and tiles
+(level, column and row parsed as integers), the run's summary and its nuclei. No part of a request becomes a
+file-system path, and nothing but the slide and result files named at start is ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WsinucleiError
+
+STATIC = Path(__file__).resolve().parent / "static"
+TILE_SIZE = 254  # Deep Zoom tile edge; with the 1-px overlap each JPEG is 256 px
+TILE_QUALITY = 85
+_TILE = re.compile(r"^/dzi/slide_files/(\d{1,2})/(\d{1,7})_(\d{1,7})\.jpeg$")
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css",
+          ".png": "image/png", ".txt": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}
+
+
+@dataclass
+class Detections:
+    """The nuclei of one run as arrays: boxes (N, 4) in base pixels, scores (N,), and areas in µm² when the
+    model draws contours; ``score_cut`` is the run's cut and ``min_score`` the CSV's floor."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    areas_um2: np.ndarray | None = None
+    score_cut: float = 0.5
+    min_score: float = 0.1
+
+    def to_bytes(self) -> bytes:
+        """Little-endian float32 rows: x0, y0, x1, y1, score[, area_um2] (what the page reads into a
+        Float32Array)."""
+        cols = [self.boxes, self.scores[:, None]] + ([self.areas_um2[:, None]] if self.areas_um2 is not None else [])
+        return np.hstack(cols).astype("<f4").tobytes()
+
+
+@dataclass
+class ViewerSource:
+    slide: Path
+    name: str
+    mpp: float | None = None
+    detections: Detections | None = None
+    run: dict = field(default_factory=dict)
+
+
+def read_detections(csv_path: Path, score_cut: float, min_score: float) -> Detections:
+    """The run's CSV: every candidate ≥ min_score, so the page's slider can go below the cut."""
+    try:
+        with open(csv_path) as fh:
+            header = fh.readline().strip().split(",")
+            data = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise WsinucleiError(f"{csv_path}: unreadable result file ({exc})") from None
+    if header[:5] != ["x0", "y0", "x1", "y1", "score"]:
+        raise WsinucleiError(f"{csv_path}: not a wsinuclei result CSV (header {','.join(header)})")
+    data = data.reshape(-1, len(header))
+    areas = data[:, header.index("area_um2")] if "area_um2" in header else None
+    return Detections(data[:, :4], data[:, 4], areas, score_cut, min_score)
+
+
+def resolve_source(target: str | Path, results: str | Path | None = None, mpp: float | None = None) -> ViewerSource:
+    """What ``wsinuclei view TARGET`` shows: TARGET is an output folder holding one run (its NAME.run.json
+    names the slide), a NAME.run.json, or a slide (with ``results``, the folder or run.json of its run)."""
+    target = Path(target)
+    if not target.exists():
+        raise WsinucleiError(f"{target}: no such file or folder")
+    run_json = None
+    if target.is_dir() and target.suffix.lower() != ".mrxs":
+        runs = sorted(target.glob("*.run.json"))
+        if not runs:
+            raise WsinucleiError(f"{target}: no NAME.run.json here; give a slide or a 'wsinuclei detect' output folder")
+        if len(runs) > 1:
+            names = ", ".join(r.name[: -len(".run.json")] for r in runs)
+            raise WsinucleiError(f"{target}: holds {len(runs)} runs ({names}); name one: {runs[0]}")
+        run_json = runs[0]
+    elif target.name.endswith(".run.json"):
+        run_json = target
+    if run_json is None:
+        slide = target
+        if results is not None:
+            return _with_results(resolve_source(results, mpp=mpp), slide)
+        return ViewerSource(slide=slide, name=slide.stem, mpp=mpp)
+    try:
+        run = json.loads(run_json.read_text())
+    except (OSError, ValueError) as exc:
+        raise WsinucleiError(f"{run_json}: unreadable run summary ({exc})") from None
+    name = run_json.name[: -len(".run.json")]
+    if not run.get("slide"):
+        raise WsinucleiError(f"{run_json}: does not name its slide (made by an older wsinuclei); "
+                             f"run: wsinuclei view SLIDE --results {run_json.parent}")
+    csv_path = run_json.with_name(f"{name}.csv")
+    det = read_detections(csv_path, float(run.get("score_cut", 0.5)), float(run.get("min_score", 0.1))) \
+        if csv_path.is_file() else None
+    return ViewerSource(slide=Path(run["slide"]), name=name, mpp=mpp or run.get("mpp"), detections=det, run=run)
+
+
+def _with_results(src: ViewerSource, slide: Path) -> ViewerSource:
+    src.slide = slide
+    return src
+
+
+class ViewerServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, source: ViewerSource, port: int = 0):
+        from openslide.deepzoom import DeepZoomGenerator
+
+        from ..slide import Slide
+
+        self.source = source
+        self.slide = Slide(source.slide, mpp=source.mpp)  # clear errors for a missing or unreadable slide
+        osr = self.slide.as_openslide()
+        # limit_bounds=False keeps Deep Zoom's image coordinates equal to base-level pixels, the nuclei's
+        self.dz = DeepZoomGenerator(osr, tile_size=TILE_SIZE, overlap=1, limit_bounds=False)
+        self.dzi = self.dz.get_dzi("jpeg").encode()
+        self.static = {p.relative_to(STATIC).as_posix(): p.read_bytes() for p in STATIC.rglob("*") if p.is_file()}
+        det = source.detections
+        self.detections = det.to_bytes() if det is not None else b""
+        self.info = json.dumps({
+            "name": source.name, "width": self.slide.dimensions[0], "height": self.slide.dimensions[1],
+            "mpp": self.slide.mpp, "nuclei": 0 if det is None else int((det.scores >= det.score_cut).sum()),
+            "candidates": 0 if det is None else len(det.scores),
+            "score_cut": None if det is None else det.score_cut, "min_score": None if det is None else det.min_score,
+            "columns": ["x0", "y0", "x1", "y1", "score"] + (["area_um2"] if det is not None and
+                                                             det.areas_um2 is not None else []),
+        }).encode()
+        # OpenSlide handles are thread-safe; a PIL-backed ImageSlide is not, so tile reads are serialised there
+        self.tile_lock = threading.Lock() if self.slide.format == "image" else None
+        try:
+            super().__init__(("127.0.0.1", port), _Handler)
+        except OSError as exc:
+            self.slide.close()
+            raise WsinucleiError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def tile(self, level: int, col: int, row: int) -> bytes | None:
+        import io
+
+        if level >= self.dz.level_count:
+            return None
+        cols, rows = self.dz.level_tiles[level]
+        if col >= cols or row >= rows:
+            return None
+        if self.tile_lock is not None:
+            with self.tile_lock:
+                im = self.dz.get_tile(level, (col, row))
+        else:
+            im = self.dz.get_tile(level, (col, row))
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "JPEG", quality=TILE_QUALITY)
+        return buf.getvalue()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.slide.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ViewerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # the terminal shows the address, not every tile request
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _not_found(self) -> None:
+        self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        srv = self.server
+        if path in ("/", "/index.html"):
+            return self._send(200, srv.static["index.html"], _TYPES[".html"])
+        if path.startswith("/static/"):
+            body = srv.static.get(path[len("/static/"):])
+            if body is None:
+                return self._not_found()
+            return self._send(200, body, _TYPES.get(Path(path).suffix, "application/octet-stream"), cache=True)
+        if path == "/api/info":
+            return self._send(200, srv.info, "application/json")
+        if path == "/api/nuclei":
+            return self._send(200, srv.detections, "application/octet-stream")
+        if path == "/dzi/slide.dzi":
+            return self._send(200, srv.dzi, "application/xml")
+        m = _TILE.match(path)
+        if m:
+            try:
+                body = srv.tile(int(m[1]), int(m[2]), int(m[3]))
+            except Exception as exc:  # a read error on one tile must not take the server down
+                return self._send(500, f"tile unreadable: {exc}\n".encode(), "text/plain; charset=utf-8")
+            if body is None:
+                return self._not_found()
+            return self._send(200, body, "image/jpeg", cache=True)
+        return self._not_found()
+
+    def _refuse(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only viewer\n", "text/plain; charset=utf-8")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+
+def serve(source: ViewerSource, port: int = 0, open_browser: bool = True, log=print) -> None:
+    """Serve until Ctrl-C."""
+    server = ViewerServer(source, port)
+    det = source.detections
+    what = f"{json.loads(server.info)['nuclei']} nuclei" if det is not None else "no results"
+    log(f"wsinuclei view: {source.name} ({what}) at {server.url}  (Ctrl-C stops)")
+    if open_browser:
+        import webbrowser
+
+        try:
+            webbrowser.open(server.url)
+        except Exception:  # no browser here: the printed address is enough
+            pass
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,147 @@
+"""`wsinuclei view`: the server's routes, and the page in a real browser (Debian's chromium, headless)."""
+
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsinuclei.errors import WsinucleiError
+from wsinuclei.pipeline import RunOptions, run_slide
+from wsinuclei.viewer import ViewerServer, resolve_source
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OVERLAY_RGB = (0x00, 0xE0, 0x5A)  # the page's box colour
+
+
+@pytest.fixture
+def detected(pyramid_slide, stub_detector, tmp_path):
+    out = tmp_path / "out"
+    report = run_slide(pyramid_slide[0], out, RunOptions(tile_size=256, overlap=32, progress=False),
+                       log=lambda *_: None)
+    return out, report
+
+
+@pytest.fixture
+def server(detected):
+    srv = ViewerServer(resolve_source(detected[0]))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def get(url, method="GET"):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
+def test_routes_serve_only_the_slide_and_its_results(server, detected):
+    out, report = detected
+    assert server.server_address[0] == "127.0.0.1" and server.server_address[1] > 0
+    status, body, _ = get(server.url + "api/info")
+    info = json.loads(body)
+    assert status == 200 and info["nuclei"] == report.nuclei and info["candidates"] == report.candidates
+    assert info["width"] == 2100 and info["height"] == 1500 and info["mpp"] == pytest.approx(0.25)
+    status, body, _ = get(server.url + "api/nuclei")
+    rows = np.frombuffer(body, "<f4").reshape(-1, 5)
+    csv = np.loadtxt(out / "synthetic.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert np.allclose(rows, csv, atol=0.05)
+    status, body, headers = get(server.url + "dzi/slide.dzi")
+    assert status == 200 and b'Width="2100"' in body and b'Height="1500"' in body
+    status, body, headers = get(server.url + "dzi/slide_files/12/1_1.jpeg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    for path in ("dzi/slide_files/12/99_0.jpeg", "dzi/slide_files/40/0_0.jpeg", "static/../server.py",
+                 "static/%2e%2e/server.py", "etc/passwd", "dzi/slide_files/12/1_1.png", "static/"):
+        assert get(server.url + path)[0] == 404, path
+    assert get(server.url + "api/info", method="POST")[0] == 405
+    assert b"openseadragon.min.js" in get(server.url)[1]
+    assert get(server.url + "static/openseadragon/LICENSE.txt")[1].startswith(b"Copyright")
+
+
+def test_targets_resolve_or_fail_in_one_line(detected, pyramid_slide, tmp_path):
+    out, _ = detected
+    assert resolve_source(out).slide == Path(pyramid_slide[0]).resolve()
+    assert resolve_source(out / "synthetic.run.json").detections is not None
+    src = resolve_source(pyramid_slide[0], results=out)
+    assert src.slide == pyramid_slide[0] and len(src.detections.scores) > 0
+    assert resolve_source(pyramid_slide[0]).detections is None  # the slide alone
+    with pytest.raises(WsinucleiError, match="no NAME.run.json here"):
+        resolve_source(tmp_path / "out" / ".." / "out" / "..")
+    with pytest.raises(WsinucleiError, match="no such file"):
+        resolve_source(tmp_path / "missing")
+    (out / "other.run.json").write_text("{}")
+    with pytest.raises(WsinucleiError, match="holds 2 runs"):
+        resolve_source(out)
+
+
+def test_view_command_refuses_a_bad_port_in_one_line(detected):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "wsinuclei.cli", "view", str(detected[0]), "--port", "70000",
+                        "--no-browser"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--port" in r.stderr
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium browser installed (Debian: apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+def test_page_shows_slide_nuclei_counts_and_scores(server, detected, browser, tmp_path):
+    from PIL import Image
+
+    out, report = detected
+    geo = json.loads((out / "synthetic.geojson").read_text())
+    page = browser.new_page(viewport={"width": 1000, "height": 760})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url)
+    page.wait_for_function("window.wsinuclei && window.wsinuclei.ready", timeout=60_000)
+    assert page.get_attribute("#status", "data-ready") == "1"
+    # the displayed count is the file's: the nuclei in the GeoJSON (those at the cut)
+    assert int(page.inner_text("#count-total").replace(",", "")) == len(geo["features"]) == report.nuclei > 0
+    # the whole slide is in view at first: every nucleus is in view
+    assert int(page.inner_text("#count-view").replace(",", "")) == report.nuclei
+    shot = tmp_path / "viewer.png"
+    page.screenshot(path=str(shot))
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    tissue = (r - g > 30) & (b - g > 10)  # pink/purple H&E, not glass, not the page's grey
+    overlay = (np.abs(r - OVERLAY_RGB[0]) < 40) & (np.abs(g - OVERLAY_RGB[1]) < 40) & (np.abs(b - OVERLAY_RGB[2]) < 40)
+    assert tissue.sum() > 20_000, "no slide tiles on screen"
+    assert overlay.sum() > 500, "no nuclei drawn"
+    # click the first nucleus: its score is shown
+    x0, y0, x1, y1 = geo["features"][0]["geometry"]["coordinates"][0][0] + \
+        geo["features"][0]["geometry"]["coordinates"][0][2]
+    pos = page.evaluate("""([x, y]) => { const v = window.wsinuclei.viewer;
+        const p = v.viewport.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+        const r = v.element.getBoundingClientRect(); return [p.x + r.left, p.y + r.top]; }""",
+                        [(x0 + x1) / 2, (y0 + y1) / 2])
+    page.mouse.click(*pos)
+    page.wait_for_selector("#details:not([hidden])", timeout=10_000)
+    score = geo["features"][0]["properties"]["measurements"]["score"]
+    assert f"score {score:.3f}" in page.inner_text("#details")
+    # the slider re-filters live: above every score (the stub scores 0.9) nothing is left
+    page.eval_on_selector("#cut", "el => { el.value = 0.95; el.dispatchEvent(new Event('input')); }")
+    assert page.inner_text("#count-total") == "0" and page.inner_text("#count-view") == "0"
+    page.eval_on_selector("#cut", "el => { el.value = 0.5; el.dispatchEvent(new Event('input')); }")
+    assert int(page.inner_text("#count-total").replace(",", "")) == report.nuclei
+    assert not errors, errors
