@@ -299,6 +299,10 @@ def test_thumbnail_shows_the_nuclei_as_dots_or_density():
 
     grey = np.full((100, 200, 3), 230, np.uint8)
     few = np.array([[100, 100, 120, 120], [1000, 400, 1020, 420], [1500, 900, 1510, 910]], float)
+    # a fine thumbnail (2 µm per pixel or less): each nucleus's box
+    img, legend = overlay_nuclei(grey.copy(), few, ds=4.0, mpp=0.25)
+    green = (img[..., 1] == 200) & (img[..., 0] == 0)
+    assert "green boxes" in legend and green[25, 25:30].all() and green[100 // 4 + 2, 25] and not green[27, 27]
     img, legend = overlay_nuclei(grey.copy(), few, ds=10.0, mpp=0.25)
     red = (img[..., 0] == 220) & (img[..., 1] == 0)
     assert red.sum() == 3 and red[11, 11] and red[41, 101] and red[90, 150] and "3 nuclei" in legend
@@ -309,7 +313,7 @@ def test_thumbnail_shows_the_nuclei_as_dots_or_density():
     img, legend = overlay_nuclei(grey.copy(), crowd, ds=10.0, mpp=0.25)
     assert "density" in legend and "10000 nuclei" in legend
     assert (img[:, :100] != 230).any(axis=2).all() and (img[:, 100:] == 230).all()
-    # a density cell is 4 thumbnail px = 40 base px = 10 µm wide and holds 4 x 4 nuclei: 16 per 1e-4 mm²
+    # a density cell is 50 µm = 20 thumbnail px = 200 base px wide and holds 20 x 20 nuclei: 400 per 0.0025 mm²
     assert legend.endswith("up to 160,000/mm² (inferno)")
 
 

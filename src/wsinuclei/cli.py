@@ -68,7 +68,7 @@ def _cmd_demo(args) -> int:
         report = run_slide(slide, args.out, opts)
         print(format_report(report))
         print(f"results: {args.out}/{report.name}.csv, .geojson (QuPath), .anot.json (DSA); "
-              f"look at {args.out}/{report.name}.thumbnail.png first")
+              f"look at {args.out}/{report.name}.thumbnail.png first, or explore them: wsinuclei view {args.out}")
     else:
         s = survey_slide(slide, args.out, opts)
         print(f"{s['name']}: {s['tiles']} tissue tiles ({s['skipped']} background) normalised and deconvolved; "

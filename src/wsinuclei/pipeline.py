@@ -391,9 +391,10 @@ def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None
             x0, y0, x1, y1 = plan.grid.clipped_core(t)
             d.rectangle([x0 / ds, y0 / ds, max(x0 / ds, x1 / ds - 1), max(y0 / ds, y1 / ds - 1)], outline=colour)
     if legend:
-        w = d.textlength(legend) + 8
-        d.rectangle([2, 2, 2 + w, 16], fill=(255, 255, 255))
-        d.text((6, 4), legend, fill=(0, 0, 0))
+        font = _legend_font()
+        w = d.textlength(legend, font=font) + 8
+        d.rectangle([2, 2, 2 + w, 20], fill=(255, 255, 255))
+        d.text((6, 4), legend, fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
@@ -401,11 +402,23 @@ def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None
 
 #: a density map replaces dots once this share of the dots would touch another (thumbnail pixels)
 DOTS_MAX_CROWDING = 0.05
-DENSITY_CELL = 4  # thumbnail pixels per density cell
+DENSITY_CELL_UM = 50.0  # density-map cell edge (at least 4 thumbnail pixels)
+OUTLINE_MAX_UM_PER_PX = 2.0  # thumbnail pixels this fine show each nucleus's box, not a dot
 
 
 def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) -> tuple[np.ndarray, str]:
+    """Draw nuclei (boxes in base pixels) on a thumbnail of ``ds`` base pixels per pixel: their boxes where a
+    thumbnail pixel is at most 2 µm (a nucleus spans several pixels), red dots while dots stay apart, else a
+    density map (nuclei per mm² in 50-µm cells). Returns the image and a legend line."""
     h, w = img.shape[:2]
+    if ds * mpp <= OUTLINE_MAX_UM_PER_PX:
+        from PIL import Image, ImageDraw
+
+        im = Image.fromarray(img)
+        d = ImageDraw.Draw(im)
+        for x0, y0, x1, y1 in boxes / ds:
+            d.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 200, 90))
+        return np.asarray(im).copy(), f"{len(boxes)} nuclei (green boxes)"
     cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
     cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
     from scipy.ndimage import convolve
@@ -420,7 +433,7 @@ def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) ->
         return img, f"{len(boxes)} nuclei (red dots)"
     from matplotlib import colormaps
 
-    c = DENSITY_CELL
+    c = max(4, int(round(DENSITY_CELL_UM / (ds * mpp))))
     gh, gw = -(-h // c), -(-w // c)
     counts = np.bincount((cy // c) * gw + cx // c, minlength=gh * gw).reshape(gh, gw).astype(float)
     cell_mm2 = (c * ds * mpp / 1000.0) ** 2
@@ -431,6 +444,19 @@ def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) ->
     alpha = np.where(np.repeat(np.repeat(counts, c, axis=0), c, axis=1)[:h, :w] > 0, 0.6, 0.0)[..., None]
     img = (img * (1 - alpha) + rgba[..., :3] * 255 * alpha).astype(np.uint8)
     return img, f"{len(boxes)} nuclei; density up to {top:,.0f}/mm² (inferno)"
+
+
+def _legend_font():
+    """DejaVu Sans from matplotlib (a dependency): PIL's built-in font has no µ or ²."""
+    from pathlib import Path as _Path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(str(_Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), 13)
+    except OSError:
+        return ImageFont.load_default()
 
 
 # -- executors -----------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@
       if (!counts[k]) continue;
       const t = Math.sqrt(counts[k] / top);  // yellow (sparse) to red (dense)
       img.data[4 * k] = 255; img.data[4 * k + 1] = Math.round(230 * (1 - t)); img.data[4 * k + 2] = 0;
-      img.data[4 * k + 3] = Math.round(90 + 120 * t);
+      img.data[4 * k + 3] = Math.round(40 + 120 * t);
     }
     density.getContext("2d").putImageData(img, 0, 0);
     state.total = total;
