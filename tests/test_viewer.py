@@ -145,3 +145,23 @@ def test_page_shows_slide_nuclei_counts_and_scores(server, detected, browser, tm
     page.eval_on_selector("#cut", "el => { el.value = 0.5; el.dispatchEvent(new Event('input')); }")
     assert int(page.inner_text("#count-total").replace(",", "")) == report.nuclei
     assert not errors, errors
+
+
+def test_contours_are_matched_to_their_rows(pyramid_slide, stub_detector, tmp_path):
+    stub_detector.outlines = True  # a contour model: each blob's outline (its box's corners)
+    out = tmp_path / "contours"
+    report = run_slide(pyramid_slide[0], out, RunOptions(tile_size=256, overlap=32, progress=False, min_score=0.1),
+                       log=lambda *_: None)
+    det = resolve_source(out).detections
+    assert det.areas_um2 is not None and det.outline_offsets is not None
+    has = np.diff(det.outline_offsets) > 0
+    assert has.sum() == report.nuclei > 0 and (det.scores[has] >= 0.5).all()
+    for i in np.flatnonzero(has)[:50]:
+        poly = det.outline_xy[det.outline_offsets[i]:det.outline_offsets[i + 1]]
+        assert np.allclose(poly.min(0), det.boxes[i, :2], atol=0.11) and np.allclose(poly.max(0), det.boxes[i, 2:], atol=0.11)
+    srv = ViewerServer(resolve_source(out))
+    try:
+        assert json.loads(srv.info)["outlines"] is True
+        assert len(srv.outlines) == 4 * (len(det.scores) + 1) + 8 * int(det.outline_offsets[-1])
+    finally:
+        srv.server_close()

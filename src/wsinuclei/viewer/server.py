@@ -39,6 +39,15 @@ class Detections:
     areas_um2: np.ndarray | None = None
     score_cut: float = 0.5
     min_score: float = 0.1
+    # contours, for the nuclei that have one: vertices of nucleus i are outline_xy[offsets[i]:offsets[i+1]]
+    outline_offsets: np.ndarray | None = None
+    outline_xy: np.ndarray | None = None
+
+    def outlines_bytes(self) -> bytes:
+        """Little-endian int32 offsets (N + 1), then float32 x, y vertices; empty without contours."""
+        if self.outline_offsets is None:
+            return b""
+        return self.outline_offsets.astype("<i4").tobytes() + self.outline_xy.astype("<f4").tobytes()
 
     def to_bytes(self) -> bytes:
         """Little-endian float32 rows: x0, y0, x1, y1, score[, area_um2] (what the page reads into a
@@ -104,7 +113,40 @@ def resolve_source(target: str | Path, results: str | Path | None = None, mpp: f
     csv_path = run_json.with_name(f"{name}.csv")
     det = read_detections(csv_path, float(run.get("score_cut", 0.5)), float(run.get("min_score", 0.1))) \
         if csv_path.is_file() else None
+    geojson = next((p for p in (run_json.with_name(f"{name}.geojson"), run_json.with_name(f"{name}.geojson.gz"))
+                    if p.is_file()), None)
+    if det is not None and geojson is not None and det.areas_um2 is not None:  # area_um2: a contour model's run
+        attach_outlines(det, geojson)
     return ViewerSource(slide=Path(run["slide"]), name=name, mpp=mpp or run.get("mpp"), detections=det, run=run)
+
+
+def attach_outlines(det: Detections, geojson: Path) -> None:
+    """The contours in the run's GeoJSON, matched to the CSV's rows. The GeoJSON holds the CSV's nuclei at
+    the cut, in the CSV's order, so each feature is the next row with the same (rounded) score whose box
+    holds the contour's centre; nuclei under the cut keep their box."""
+    from ..annotations import read_geojson
+
+    feats = read_geojson(geojson)
+    if not feats.polygons or feats.scores is None:
+        return
+    n = len(det.scores)
+    offsets = np.zeros(n + 1, np.int64)
+    counts = np.zeros(n, np.int64)
+    chosen: list[np.ndarray | None] = [None] * n
+    row = 0
+    for poly, score in zip(feats.polygons, feats.scores):
+        cx, cy = poly.mean(axis=0)
+        while row < n and not (abs(det.scores[row] - score) < 6e-5 and det.boxes[row, 0] - 1 <= cx <= det.boxes[row, 2] + 1
+                               and det.boxes[row, 1] - 1 <= cy <= det.boxes[row, 3] + 1):
+            row += 1
+        if row == n:
+            return  # not this CSV's GeoJSON (edited by hand?): boxes only
+        chosen[row], counts[row] = poly, len(poly)
+        row += 1
+    offsets[1:] = np.cumsum(counts)
+    det.outline_offsets = offsets
+    det.outline_xy = np.concatenate([p for p in chosen if p is not None]).astype(np.float32) if counts.any() \
+        else np.zeros((0, 2), np.float32)
 
 
 def _with_results(src: ViewerSource, slide: Path) -> ViewerSource:
@@ -129,11 +171,13 @@ class ViewerServer(ThreadingHTTPServer):
         self.static = {p.relative_to(STATIC).as_posix(): p.read_bytes() for p in STATIC.rglob("*") if p.is_file()}
         det = source.detections
         self.detections = det.to_bytes() if det is not None else b""
+        self.outlines = det.outlines_bytes() if det is not None else b""
         self.info = json.dumps({
             "name": source.name, "width": self.slide.dimensions[0], "height": self.slide.dimensions[1],
             "mpp": self.slide.mpp, "nuclei": 0 if det is None else int((det.scores >= det.score_cut).sum()),
             "candidates": 0 if det is None else len(det.scores),
             "score_cut": None if det is None else det.score_cut, "min_score": None if det is None else det.min_score,
+            "outlines": bool(self.outlines),
             "columns": ["x0", "y0", "x1", "y1", "score"] + (["area_um2"] if det is not None and
                                                              det.areas_um2 is not None else []),
         }).encode()
@@ -208,6 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, srv.info, "application/json")
         if path == "/api/nuclei":
             return self._send(200, srv.detections, "application/octet-stream")
+        if path == "/api/outlines":
+            return self._send(200, srv.outlines, "application/octet-stream")
         if path == "/dzi/slide.dzi":
             return self._send(200, srv.dzi, "application/xml")
         m = _TILE.match(path)

@@ -22,6 +22,13 @@
   const data = new Float32Array(raw);
   const n = data.length / ncol;
   const hasArea = info.columns.indexOf("area_um2") >= 0;
+  // contours (contour models): vertices of nucleus i are xy[2 * offs[i]] .. xy[2 * offs[i + 1]]
+  let offs = null, xy = null;
+  if (info.outlines) {
+    const ob = await (await fetch("/api/outlines")).arrayBuffer();
+    offs = new Int32Array(ob, 0, n + 1);
+    xy = new Float32Array(ob, 4 * (n + 1));
+  }
   state.cut = info.score_cut === null ? 0.5 : info.score_cut;
   $("slide-name").textContent = info.name;
   document.title = `${info.name} · wsinuclei`;
@@ -134,7 +141,14 @@
       ctx.beginPath();
       for (const i of visible) {
         const o = i * ncol;
-        ctx.rect(data[o] * sx + ox, data[o + 1] * sy + oy, (data[o + 2] - data[o]) * sx, (data[o + 3] - data[o + 1]) * sy);
+        if (offs !== null && offs[i + 1] > offs[i]) {  // the contour
+          let k = 2 * offs[i];
+          ctx.moveTo(xy[k] * sx + ox, xy[k + 1] * sy + oy);
+          for (k += 2; k < 2 * offs[i + 1]; k += 2) ctx.lineTo(xy[k] * sx + ox, xy[k + 1] * sy + oy);
+          ctx.closePath();
+        } else {
+          ctx.rect(data[o] * sx + ox, data[o + 1] * sy + oy, (data[o + 2] - data[o]) * sx, (data[o + 3] - data[o + 1]) * sy);
+        }
       }
       ctx.lineWidth = 1.5;
       ctx.strokeStyle = BOX_COLOUR;
