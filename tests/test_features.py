@@ -87,3 +87,15 @@ def test_shape_features_of_a_disc_are_a_discs():
     assert f["Shape.FSD1"][0] + f["Shape.FSD2"][0] < 0.01 < 0.3 < g["Shape.FSD1"][0] + g["Shape.FSD2"][0]
     with pytest.raises(ValueError, match="unknown feature families"):
         compute_nuclei_features(labels, labels, families=("texture",))
+
+
+def test_columns_are_listed_in_order_and_present_without_nuclei():
+    from wsinuclei.features.nuclei import feature_columns
+
+    labels = np.zeros((40, 40), int)
+    labels[10:20, 10:18] = 1
+    img = np.random.default_rng(0).uniform(0, 255, labels.shape)
+    f = compute_nuclei_features(labels, img, img)
+    assert list(f) == feature_columns()
+    empty = compute_nuclei_features(np.zeros_like(labels), img, img)
+    assert list(empty) == feature_columns() and all(len(v) == 0 for v in empty.values())

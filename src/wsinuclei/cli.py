@@ -27,7 +27,8 @@ def _run_options(args):
                       min_tissue=args.min_tissue, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
-                      scheduler=args.scheduler, force=args.force, gzip=args.gzip,
+                      scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
+                      feature_families=tuple(f.strip() for f in args.feature_families.split(",") if f.strip()),
                       progress=not args.quiet).validate()
 
 
@@ -231,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="recompute every tile instead of resuming")
     sp.add_argument("--gzip", action="store_true", help="write NAME.geojson.gz (QuPath >= 0.4 reads it); the "
                     "DSA file stays plain JSON, which is all the DSA ingests")
+    sp.add_argument("--features", action="store_true", help="measure every nucleus at the score cut (HistomicsTK's "
+                    "feature definitions): NAME.nuclei.parquet, one row per nucleus, and NAME.bag.parquet, one row per "
+                    "tile, for multiple-instance learning")
+    sp.add_argument("--feature-families", default="morphometry,fsd,intensity,gradient",
+                    help="with --features: which families (default: morphometry,fsd,intensity,gradient)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_detect)
 

@@ -39,7 +39,7 @@ from .tissue import region_fraction, tissue_mask
 OPERATING_POINT = 0.5
 
 PROFILE_FIELDS = ["tile", "x", "y", "tissue_fraction", "read_s", "tissue_s", "reinhard_s", "deconvolution_s",
-                  "inference_s", "postprocess_s", "nuclei", "worker", "attempts"]
+                  "inference_s", "postprocess_s", "features_s", "nuclei", "worker", "attempts"]
 
 
 @dataclass
@@ -67,6 +67,8 @@ class RunOptions:
     lab_stats: tuple | None = None
     # recorded in the annotation's attributes beside the options (the DSA CLI puts its own arguments here)
     extra_params: dict | None = None
+    features: bool = False  # measure every nucleus at the score cut: NAME.nuclei.parquet and NAME.bag.parquet
+    feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
 
     def validate(self) -> "RunOptions":
         """Every option in its range, and only executor/device combinations that work; one clear error each."""
@@ -84,6 +86,13 @@ class RunOptions:
                             ("score-cut", self.score_cut)):
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise WsinucleiError(f"--{name} must be a number from 0 to 1, got {value}")
+        if self.features:
+            from .features import FAMILIES
+
+            unknown = [f for f in self.feature_families if f not in FAMILIES]
+            if unknown or not self.feature_families:
+                raise WsinucleiError(f"--feature-families: unknown {', '.join(unknown) or '(none given)'}; "
+                                     f"known: {', '.join(FAMILIES)}")
         if self.score_cut < self.min_score:
             raise WsinucleiError(f"--score-cut {self.score_cut:g} is below --min-score {self.min_score:g}: boxes "
                                  "under --min-score are never kept; lower --min-score too")
@@ -118,6 +127,8 @@ class SlideContext:
     device: str = "cpu"
     min_score: float = 0.1
     retries: int = 2
+    score_cut: float = OPERATING_POINT
+    features: tuple | None = None  # feature families to measure, None for none
 
 
 @dataclass
@@ -128,6 +139,7 @@ class TileResult:
     profile: dict
     failed: str | None = None
     outlines: np.ndarray | None = None  # (N, rays, 2) nuclear contours in base pixels, for contour models
+    features: dict | None = None  # column -> (N,) values, for runs with --features (NaN under the score cut)
 
 
 # -- worker-side state: one model and one open slide per process ----------------------------------------
@@ -168,8 +180,9 @@ def _worker_name() -> str:
     return name
 
 
-def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict]:
-    """Read a tile at the model's µm/px and turn it into network input; times each stage."""
+def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Read a tile at the model's µm/px and turn it into network input; times each stage. Returns the input,
+    the timings and the Reinhard-normalised RGB (what features are measured on)."""
     prof = {"tile": tile.key, "x": round(tile.x, 1), "y": round(tile.y, 1)}
     attempts, last_exc = 0, None
     t0 = time.perf_counter()
@@ -185,12 +198,12 @@ def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict
     prof["attempts"] = attempts
     prof["read_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    x = stain.reinhard(rgb, ctx.target_mu, ctx.target_sigma, src_mu=ctx.src_mu, src_sigma=ctx.src_sigma)
+    normalised = stain.reinhard(rgb, ctx.target_mu, ctx.target_sigma, src_mu=ctx.src_mu, src_sigma=ctx.src_sigma)
     prof["reinhard_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    x = stain.model_input(x, ctx.input_channels)
+    x = stain.model_input(normalised, ctx.input_channels)
     prof["deconvolution_s"] = time.perf_counter() - t0
-    return x, prof
+    return x, prof, normalised
 
 
 class TileReadError(Exception):
@@ -200,33 +213,42 @@ class TileReadError(Exception):
 
 
 def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict,
-                outlines: np.ndarray | None = None) -> TileResult:
+                outlines: np.ndarray | None = None, rgb: np.ndarray | None = None) -> TileResult:
     """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor. A kept
-    nucleus keeps its whole contour, as this tile (which sees all of it) drew it."""
+    nucleus keeps its whole contour, as this tile (which sees all of it) drew it, and is measured here, on
+    this tile's pixels (``rgb``, when the run asks for features)."""
     t0 = time.perf_counter()
     scale = ctx.model_mpp / ctx.mpp
     b = boxes * scale + np.array([tile.x, tile.y, tile.x, tile.y])
-    if outlines is not None:
-        outlines = outlines * scale + np.array([tile.x, tile.y])
+    base_outlines = None if outlines is None else outlines * scale + np.array([tile.x, tile.y])
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     x0, y0, x1, y1 = tile.core
     keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= ctx.min_score)
     prof["postprocess_s"] = time.perf_counter() - t0
+    features = None
+    if ctx.features and rgb is not None:
+        from .features.tiles import tile_features
+
+        t0 = time.perf_counter()
+        features = tile_features(rgb, boxes, scores, outlines, np.flatnonzero(keep), ctx.score_cut, ctx.model_mpp,
+                                 lambda x, y: (x * scale + tile.x, y * scale + tile.y), ctx.features)
+        prof["features_s"] = time.perf_counter() - t0
     prof["nuclei"] = int(keep.sum())
     prof["worker"] = _worker_name()
-    return TileResult(tile.key, b[keep], scores[keep], prof, outlines=None if outlines is None else outlines[keep])
+    return TileResult(tile.key, b[keep], scores[keep], prof,
+                      outlines=None if base_outlines is None else base_outlines[keep], features=features)
 
 
 def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     """The unit of work every executor runs (Dask tasks call this)."""
     try:
-        x, prof = read_and_preprocess(ctx, tile)
+        x, prof, rgb = read_and_preprocess(ctx, tile)
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
     (boxes, scores, outlines), = _detector(ctx.model, ctx.device).predict_instances([x])
     prof["inference_s"] = time.perf_counter() - t0
-    return postprocess(ctx, tile, boxes, scores, prof, outlines)
+    return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb)
 
 
 def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
@@ -236,9 +258,10 @@ def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
 
 
 # -- merging --------------------------------------------------------------------------------------------
-def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: float = 0.5):
+def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: float = 0.5, with_tiles: bool = False):
     """Concatenate kept detections (boxes, scores and, for contour models, outlines) and remove duplicates
-    across seams: NMS between each pair of
+    across seams (with ``with_tiles``, also each survivor's tile key and its row in that tile's result, which
+    is where its features are): NMS between each pair of
     neighbouring tiles only (right, below, below-left, below-right), over boxes within reach of the seam.
 
     Every kept box has its centre in its own tile's core, so a box of tile A can overlap a box of tile B only
@@ -280,7 +303,8 @@ def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: f
                     suppressed[key][i] = True
     keys = sorted(by_tile)
     if not keys:
-        return np.zeros((0, 4)), np.zeros(0), None
+        empty = (np.zeros((0, 4)), np.zeros(0), None)
+        return empty + (np.zeros(0, dtype=object), np.zeros(0, int)) if with_tiles else empty
     boxes = np.concatenate([by_tile[k].boxes[~suppressed[k]] for k in keys])
     scores = np.concatenate([by_tile[k].scores[~suppressed[k]] for k in keys])
     outlines = None
@@ -288,7 +312,12 @@ def merge_seams(grid: TileGrid, results: dict[str, TileResult], iou_threshold: f
         outlines = np.concatenate([by_tile[k].outlines[~suppressed[k]] for k in keys])
     # a stable, executor-independent order: by row of centre, then column
     order = np.lexsort(((boxes[:, 0] + boxes[:, 2]), (boxes[:, 1] + boxes[:, 3])))
-    return boxes[order], scores[order], (None if outlines is None else outlines[order])
+    merged = boxes[order], scores[order], (None if outlines is None else outlines[order])
+    if not with_tiles:
+        return merged
+    tile_of = np.concatenate([np.full((~suppressed[k]).sum(), k, dtype=object) for k in keys])
+    row_of = np.concatenate([np.flatnonzero(~suppressed[k]) for k in keys])
+    return merged + (tile_of[order], row_of[order])
 
 
 # -- planning ------------------------------------------------------------------------------------------
@@ -358,7 +387,8 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma], tile_size,
-                       opts.device, opts.min_score, opts.retries)
+                       opts.device, opts.min_score, opts.retries, opts.score_cut,
+                       tuple(opts.feature_families) if opts.features else None)
     return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)
 
 
@@ -469,7 +499,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
         try:
             return t, *read_and_preprocess(ctx, t), None
         except TileReadError as exc:
-            return t, None, None, exc
+            return t, None, None, None, exc
 
     with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool:
         # bounded look-ahead: memory is set by tiles in flight, not slide size
@@ -483,17 +513,17 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
                 if nxt < len(todo):
                     pending.append(pool.submit(prepare, todo[nxt]))
                     nxt += 1
-            good = [(t, x, p) for t, x, p, e in batch if e is None]
-            for t, _, _, e in batch:
+            good = [(t, x, p, rgb) for t, x, p, rgb, e in batch if e is None]
+            for t, _, _, _, e in batch:
                 if e is not None:
                     on_result(_failed(t, str(e), e.attempts))
             if good:
                 t0 = time.perf_counter()
-                preds = det.predict_instances([x for _, x, _ in good])
+                preds = det.predict_instances([x for _, x, _, _ in good])
                 dt = (time.perf_counter() - t0) / len(good)
-                for (t, _, p), (b, s, o) in zip(good, preds):
+                for (t, _, p, rgb), (b, s, o) in zip(good, preds):
                     p["inference_s"] = dt
-                    on_result(postprocess(ctx, t, b, s, p, o))
+                    on_result(postprocess(ctx, t, b, s, p, o, rgb))
 
 
 def _dask_worker_init(threads: int, device: str):
@@ -581,13 +611,17 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
 def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
     key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "roi": plan.roi, "tile": opts.tile_size,
            "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
-           "lab": [plan.ctx.src_mu, plan.ctx.src_sigma]}
+           "lab": [plan.ctx.src_mu, plan.ctx.src_sigma],
+           "features": list(plan.ctx.features or []), "score_cut": opts.score_cut if opts.features else None}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _save_part(folder: Path, r: TileResult) -> None:
     tmp = folder / f".{r.key}.tmp.npz"
     extra = {} if r.outlines is None else {"outlines": r.outlines.astype(np.float32)}
+    if r.features is not None:
+        extra["feature_names"] = np.array(list(r.features), dtype=str)
+        extra["feature_values"] = np.stack([r.features[k] for k in r.features], axis=1) if r.features else np.zeros((0, 0))
     np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "", **extra)
     os.replace(tmp, folder / f"{r.key}.npz")
 
@@ -598,8 +632,12 @@ def _load_part(path: Path) -> TileResult | None:
     try:
         with np.load(path) as z:
             failed = str(z["failed"]) or None
+            features = None
+            if "feature_names" in z:
+                values = z["feature_values"].reshape(len(z["scores"]), len(z["feature_names"]))
+                features = {str(k): values[:, i] for i, k in enumerate(z["feature_names"])}
             return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed,
-                              z["outlines"].astype(np.float64) if "outlines" in z else None)
+                              z["outlines"].astype(np.float64) if "outlines" in z else None, features)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         # a part damaged by a crash mid-write (parts are renamed into place, so this is rare): recompute it
         logging.getLogger(__name__).warning("resume: %s is unreadable (%s); its tile is run again", path.name, exc)
@@ -749,13 +787,13 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     """Merge seams, cut to the ROI, and write the result files, the profile and run.json."""
     name = report.name
     t_merge = time.perf_counter()
-    boxes, scores, outlines = merge_seams(plan.grid, results)
+    boxes, scores, outlines, tile_of, row_of = merge_seams(plan.grid, results, with_tiles=True)
     merge_s = time.perf_counter() - t_merge
     x, y, w, h = plan.roi
     if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
-        boxes, scores = boxes[keep], scores[keep]
+        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
         outlines = None if outlines is None else outlines[keep]
     areas = None
     if outlines is not None:
@@ -767,7 +805,9 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     report.nuclei = int((scores >= opts.score_cut).sum())
     report.failed = [{"tile": k, "error": results[k].failed} for k in failed]
     profile_rows = [results[k].profile for k in sorted(results)]
-    for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s"):
+    for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "features_s"):
+        if stage == "features_s" and not opts.features:
+            continue
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
     report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
     attributes = annotation_attributes(report, opts)
@@ -775,11 +815,39 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
                                                           areas_um2=areas, score_cut=opts.score_cut,
                                                           attributes=attributes).items()}
     draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png", boxes[scores >= opts.score_cut])
+    if opts.features and not failed:  # a partial table is never written as if it were the slide's
+        report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
+                                                    tile_of, row_of))
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
     report.wall_s = round(time.time() - t_start, 3)
     atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
+
+
+def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas, tile_of, row_of) -> dict:
+    from . import __version__
+    from .features import FEATURES_VERSION
+    from .features.tables import write_bag_table, write_nuclei_table
+    from .features.tiles import SHAPE_FAMILIES
+
+    contours = areas is not None
+    families = [f for f in opts.feature_families if contours or f not in SHAPE_FAMILIES]
+    meta = {"slide": report.slide, "name": report.name, "mpp": report.mpp, "model_mpp": plan.ctx.model_mpp,
+            "model": report.model, "wsinuclei": __version__, "features_version": FEATURES_VERSION,
+            "families": families, "score_cut": opts.score_cut,
+            "masks": "model contours" if contours else "ellipses inscribed in the boxes (box-only model: no shape "
+                     "features)",
+            "units": "Identifier.* in base-level pixels of the slide; other px-based values in pixels at model_mpp; "
+                     "*_um and *_um2 columns in µm and µm²; intensities on HistomicsTK's 0-255 stain scale"}
+    keep = np.flatnonzero(scores >= opts.score_cut)
+    model_name = Path(report.model.get("file", "")).name
+    t0 = time.perf_counter()
+    paths = {"nuclei_table": out_dir / f"{report.name}.nuclei.parquet", "bag_table": out_dir / f"{report.name}.bag.parquet"}
+    write_nuclei_table(paths["nuclei_table"], results, boxes, scores, tile_of, row_of, keep, meta, model_name, areas)
+    write_bag_table(paths["bag_table"], plan, results, scores, tile_of, row_of, keep, meta)
+    report.stage_totals_s["feature_tables_s"] = round(time.perf_counter() - t0, 3)
+    return {k: str(v) for k, v in paths.items()}
 
 
 def annotation_attributes(report: RunReport, opts: RunOptions) -> dict:
@@ -813,7 +881,7 @@ def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=pr
         draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
         rows = []
         for t in tqdm(plan.tiles, desc=f"{name} (stain steps)", unit="tile", disable=not opts.progress):
-            _, prof = read_and_preprocess(plan.ctx, t)
+            _, prof, _ = read_and_preprocess(plan.ctx, t)
             r = TileResult(t.key, np.zeros((0, 4)), np.zeros(0), prof)
             plan.add_tissue(r)
             rows.append(r.profile)

@@ -33,6 +33,34 @@ GRADIENT_STATS = ("Mag.Mean", "Mag.Std", "Mag.Skewness", "Mag.Kurtosis", "Mag.Hi
                   "Canny.Sum", "Canny.Mean")
 
 
+IDENTIFIERS = ("Identifier.Label", "Identifier.Xmin", "Identifier.Ymin", "Identifier.Xmax", "Identifier.Ymax",
+               "Identifier.CentroidX", "Identifier.CentroidY", "Identifier.WeightedCentroidX",
+               "Identifier.WeightedCentroidY")
+MORPHOMETRY = ("Orientation.Orientation", "Size.Area", "Size.ConvexHullArea", "Size.MajorAxisLength",
+               "Size.MinorAxisLength", "Size.Perimeter", "Shape.Circularity", "Shape.Eccentricity",
+               "Shape.EquivalentDiameter", "Shape.Extent", "Shape.FractalDimension", "Shape.MinorMajorAxisRatio",
+               "Shape.Solidity") + tuple(f"Shape.HuMoments{k}" for k in range(1, 8)) + tuple(
+               f"Shape.WeightedHuMoments{k}" for k in range(1, 8))
+
+
+def feature_columns(families=FAMILIES, cytoplasm: bool = True) -> list[str]:
+    """The columns :func:`compute_nuclei_features` returns, in order, for these families."""
+    cols = list(IDENTIFIERS)
+    if "morphometry" in families:
+        cols += MORPHOMETRY
+    if "fsd" in families:
+        cols += [f"Shape.FSD{k}" for k in range(1, 7)]
+    if "intensity" in families:
+        cols += [f"Nucleus.Intensity.{s}" for s in INTENSITY_STATS]
+        if cytoplasm:
+            cols += [f"Cytoplasm.Intensity.{s}" for s in INTENSITY_STATS]
+    if "gradient" in families:
+        cols += [f"Nucleus.Gradient.{s}" for s in GRADIENT_STATS]
+        if cytoplasm:
+            cols += [f"Cytoplasm.Gradient.{s}" for s in GRADIENT_STATS]
+    return cols
+
+
 def dilate_xor(labels: np.ndarray, width: float = 8) -> np.ndarray:
     """The ring of background pixels within ``width`` of a nucleus, each labelled with its nearest nucleus."""
     from scipy.ndimage import distance_transform_edt
@@ -156,7 +184,14 @@ def _gradient(magnitude: np.ndarray, edges: np.ndarray, bins: int = 10) -> list[
 
 def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: np.ndarray | None = None,
                             families=FAMILIES, cyto_width: float = 8) -> dict[str, np.ndarray]:
-    """Features of every labelled nucleus, one array per column (rows in label order)."""
+    """Features of every labelled nucleus, one array per column (rows in label order). A degenerate mask (a
+    line of pixels) gives NaN where a definition divides by zero, as HistomicsTK does, without warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _compute(labels, nuclei, cytoplasm, families, cyto_width)
+
+
+def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.ndarray]:
     from skimage.feature import canny
     from skimage.measure import regionprops
 
@@ -207,5 +242,5 @@ def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: n
                     c = p.coords
                     vals = _gradient(mag[c[:, 0], c[:, 1]], edges[c[:, 0], c[:, 1]])
                 row.update(zip((f"{name}.Gradient.{s}" for s in GRADIENT_STATS), vals))
-    columns = list(rows[0]) if rows else []
-    return {k: np.array([r[k] for r in rows]) for k in columns}
+    columns = feature_columns(families, cytoplasm is not None)
+    return {k: np.array([r[k] for r in rows], dtype=float) for k in columns}

@@ -1,0 +1,114 @@
+"""The feature tables of a slide: ``NAME.nuclei.parquet`` (one row per nucleus at the score cut) and
+``NAME.bag.parquet`` (one row per tissue tile: the bag of instances a multiple-instance model trains on).
+
+Rows are gathered from the tiles' results a chunk at a time and written as row groups, so the table never
+exists as one Python structure; each file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 50_000  # nuclei per row group
+BAG_STATS = ("mean", "std", "q25", "q50", "q75")
+
+
+def _gather(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx: np.ndarray, columns: list[str]) -> dict:
+    out = {c: np.full(len(idx), np.nan, np.float32) for c in columns}
+    tiles = tile_of[idx]
+    for key in np.unique(tiles):
+        sel = np.flatnonzero(tiles == key)
+        feats = results[key].features
+        rows = row_of[idx[sel]]
+        for c in columns:
+            out[c][sel] = feats[c][rows]
+    return out
+
+
+def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of, keep: np.ndarray, metadata: dict,
+                       model_name: str, areas_um2=None) -> int:
+    """The nuclei ``keep`` (indices into the merged arrays), with their boxes, score, tile, model and every
+    feature column. Returns the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = _feature_columns(results)
+    fields = [pa.field(n, pa.float32()) for n in ("x0", "y0", "x1", "y1", "score")]
+    if areas_um2 is not None:
+        fields.append(pa.field("area_um2", pa.float32()))
+    fields += [pa.field("tile", pa.dictionary(pa.int32(), pa.string())), pa.field("model", pa.dictionary(pa.int32(), pa.string()))]
+    fields += [pa.field(c, pa.float32()) for c in columns]
+    schema = pa.schema(fields, metadata={b"wsinuclei": json.dumps(metadata).encode()})
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for start in range(0, max(1, len(keep)), CHUNK):
+                idx = keep[start:start + CHUNK]
+                cols = {n: boxes[idx, i].astype(np.float32) for i, n in enumerate(("x0", "y0", "x1", "y1"))}
+                cols["score"] = scores[idx].astype(np.float32)
+                if areas_um2 is not None:
+                    cols["area_um2"] = np.asarray(areas_um2)[idx].astype(np.float32)
+                cols["tile"] = pa.array(tile_of[idx].astype(str)).dictionary_encode()
+                cols["model"] = pa.array(np.full(len(idx), model_name)).dictionary_encode()
+                cols.update(_gather(results, tile_of, row_of, idx, columns))
+                writer.write_table(pa.table([cols[f.name] for f in fields], schema=schema))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(keep)
+
+
+def _feature_columns(results: dict) -> list[str]:
+    for r in results.values():
+        if r.features is not None and r.failed is None:
+            return list(r.features)
+    return []
+
+
+def write_bag_table(path: Path, plan, results: dict, scores, tile_of, row_of, keep: np.ndarray, metadata: dict) -> int:
+    """One row per tissue tile: where it is, its tissue, its nuclei (count, per mm² of tissue) and, per
+    feature, the mean, standard deviation and quartiles over its nuclei."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = _feature_columns(results)
+    mpp = plan.ctx.mpp
+    by_tile = {}
+    tiles_kept = tile_of[keep]
+    for key in np.unique(tiles_kept):
+        by_tile[key] = keep[tiles_kept == key]
+    rows = {n: [] for n in ("tile", "x0", "y0", "x1", "y1", "tissue_fraction", "nuclei", "nuclei_per_mm2_tissue")}
+    stats = {f"{c}.{s}": [] for c in columns for s in BAG_STATS}
+    for t in plan.tiles:
+        x0, y0, x1, y1 = plan.grid.clipped_core(t)
+        frac = plan.tissue.get(t.key, (None, 0.0))[0]
+        idx = by_tile.get(t.key, np.zeros(0, int))
+        tissue_mm2 = (x1 - x0) * (y1 - y0) * (mpp / 1000.0) ** 2 * (frac if frac else 1.0)
+        for n, v in zip(rows, (t.key, x0, y0, x1, y1, frac, len(idx), len(idx) / tissue_mm2 if tissue_mm2 else np.nan)):
+            rows[n].append(v)
+        vals = _gather(results, tile_of, row_of, idx, columns) if len(idx) else {c: np.zeros(0, np.float32) for c in columns}
+        for c in columns:
+            v = vals[c][np.isfinite(vals[c])].astype(np.float64)
+            q = np.percentile(v, [25, 50, 75]) if len(v) else [np.nan] * 3
+            for s, value in zip(BAG_STATS, (v.mean() if len(v) else np.nan, v.std() if len(v) else np.nan, *q)):
+                stats[f"{c}.{s}"].append(value)
+    table = {"tile": pa.array(rows["tile"], pa.string())}
+    for n in ("x0", "y0", "x1", "y1", "tissue_fraction", "nuclei_per_mm2_tissue"):
+        table[n] = pa.array(rows[n], pa.float64())
+    table["nuclei"] = pa.array(rows["nuclei"], pa.int32())
+    for n, v in stats.items():
+        table[n] = pa.array(np.asarray(v, np.float32))
+    tbl = pa.table(table).replace_schema_metadata({b"wsinuclei": json.dumps(metadata).encode()})
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        pq.write_table(tbl, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(plan.tiles)

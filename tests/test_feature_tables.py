@@ -1,0 +1,99 @@
+"""`wsinuclei detect --features`: the nuclei and bag tables, read back with pyarrow as a user would."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wsinuclei.pipeline import RunOptions, run_slide
+
+pq = pytest.importorskip("pyarrow.parquet")
+OPTS = dict(tile_size=256, overlap=32, progress=False)
+
+
+@pytest.fixture
+def featured_run(pyramid_slide, stub_detector, tmp_path):
+    stub_detector.outlines = True  # a contour model
+    out = tmp_path / "out"
+    report = run_slide(pyramid_slide[0], out, RunOptions(features=True, keep_parts=True, **OPTS), log=lambda *_: None)
+    return out, report
+
+
+def test_nuclei_table_has_one_row_per_nucleus_owned_once(featured_run, pyramid_slide):
+    from wsinuclei.features.nuclei import feature_columns
+
+    out, report = featured_run
+    t = pq.read_table(out / "synthetic.nuclei.parquet")
+    assert t.num_rows == report.nuclei > 20
+    meta = json.loads(t.schema.metadata[b"wsinuclei"])
+    assert meta["features_version"].startswith("wsinuclei-features-1") and meta["masks"] == "model contours"
+    assert meta["mpp"] == pytest.approx(0.25) and meta["name"] == "synthetic"
+    cols = t.column_names
+    for c in feature_columns() + ["score", "tile", "model", "Size.Area_um2", "Size.Perimeter_um", "area_um2"]:
+        if c != "Identifier.Label":
+            assert c in cols, c
+    d = t.to_pydict()
+    boxes = np.array([d["x0"], d["y0"], d["x1"], d["y1"]]).T
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    # no nucleus twice: every centre once, in the core of the tile that measured it
+    assert len(np.unique(np.round(centres, 1), axis=0)) == len(centres)
+    from wsinuclei.tiles import TileGrid
+
+    grid = TileGrid(2100, 1500, 1.0, 256, 32)
+    for (cx, cy), key in zip(centres, d["tile"]):
+        row, col = (int(v) for v in key.split("_"))
+        x0, y0, x1, y1 = grid.tile_at(col, row).core
+        assert x0 <= cx < x1 and y0 <= cy < y1
+    # measured on the nucleus: its centroid inside its box, its area that of its (rectangular) contour
+    cx, cy = np.array(d["Identifier.CentroidX"]), np.array(d["Identifier.CentroidY"])
+    assert ((cx >= boxes[:, 0] - 1) & (cx <= boxes[:, 2] + 1) & (cy >= boxes[:, 1] - 1) & (cy <= boxes[:, 3] + 1)).all()
+    big = np.array(d["area_um2"]) > 5
+    np.testing.assert_allclose(np.array(d["Size.Area_um2"])[big], np.array(d["area_um2"])[big], rtol=0.35)
+    assert np.isfinite(np.array(d["Nucleus.Intensity.Mean"])).all()
+    # the synthetic nuclei are dark purple on pink: more hematoxylin inside than in the ring around them
+    # (HistomicsTK's stain scale: low = much stain)
+    assert np.median(d["Nucleus.Intensity.Mean"]) < np.median(d["Cytoplasm.Intensity.Mean"])
+
+
+def test_bag_table_summarises_each_tile(featured_run):
+    out, report = featured_run
+    bag = pq.read_table(out / "synthetic.bag.parquet").to_pydict()
+    nuclei = pq.read_table(out / "synthetic.nuclei.parquet", columns=["tile", "Size.Area"]).to_pydict()
+    assert len(bag["tile"]) == report.tiles_processed
+    assert sum(bag["nuclei"]) == report.nuclei
+    counts = {k: nuclei["tile"].count(k) for k in set(nuclei["tile"])}
+    for key, n, mean in zip(bag["tile"], bag["nuclei"], bag["Size.Area.mean"]):
+        assert n == counts.get(key, 0)
+        if n:
+            areas = [a for t, a in zip(nuclei["tile"], nuclei["Size.Area"]) if t == key]
+            assert mean == pytest.approx(np.mean(areas), rel=1e-5)
+        else:
+            assert np.isnan(mean)
+    assert all(d >= 0 for d in bag["nuclei_per_mm2_tissue"])
+
+
+def test_resumed_tiles_give_the_same_table(featured_run, pyramid_slide):
+    out, report = featured_run
+    first = pq.read_table(out / "synthetic.nuclei.parquet")
+    again = run_slide(pyramid_slide[0], out, RunOptions(features=True, **OPTS), log=lambda *_: None)
+    assert again.tiles_resumed == report.tiles_processed  # every tile from its saved part
+    second = pq.read_table(out / "synthetic.nuclei.parquet")
+    assert second.schema.equals(first.schema, check_metadata=True)
+    for c in first.column_names:  # NaN (e.g. a fractal dimension of too small a mask) equals NaN here
+        np.testing.assert_array_equal(second[c].to_numpy(), first[c].to_numpy(), err_msg=c)
+
+
+def test_box_only_model_gets_no_shape_features(pyramid_slide, stub_detector, tmp_path):
+    report = run_slide(pyramid_slide[0], tmp_path, RunOptions(features=True, **OPTS), log=lambda *_: None)
+    t = pq.read_table(tmp_path / "synthetic.nuclei.parquet")
+    meta = json.loads(t.schema.metadata[b"wsinuclei"])
+    assert "ellipses" in meta["masks"] and meta["families"] == ["intensity", "gradient"]
+    assert "Size.Area" not in t.column_names and "Shape.FSD1" not in t.column_names
+    assert "Nucleus.Intensity.Mean" in t.column_names and t.num_rows == report.nuclei
+
+
+def test_unknown_family_is_refused():
+    from wsinuclei.errors import WsinucleiError
+
+    with pytest.raises(WsinucleiError, match="unknown texture"):
+        RunOptions(features=True, feature_families=("texture",)).validate()
