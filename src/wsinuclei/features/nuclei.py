@@ -25,6 +25,8 @@ import warnings
 
 import numpy as np
 
+from .segments import gradient_stats, intensity_stats
+
 FEATURES_VERSION = "wsinuclei-features-1 (HistomicsTK 1.4.0 definitions)"
 FAMILIES = ("morphometry", "fsd", "intensity", "gradient")
 INTENSITY_STATS = ("Min", "Max", "Mean", "Median", "MeanMedianDiff", "Std", "IQR", "MAD", "Skewness", "Kurtosis",
@@ -155,31 +157,10 @@ def _fsd_values(x: np.ndarray, y: np.ndarray, k: int, n_bins: int) -> np.ndarray
     return out
 
 
-def _intensity(values: np.ndarray, bins: int = 10) -> list[float]:
-    import scipy.stats
-
-    v = np.sort(values)
-    mean, median = np.mean(v), np.median(v)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        hist, _ = np.histogram(v, bins=bins)
-        prob = hist / np.sum(hist, dtype=np.float32)
-        return [float(np.min(v)), float(np.max(v)), float(mean), float(median), float(mean - median), float(np.std(v)),
-                float(scipy.stats.iqr(v)), float(np.median(np.abs(v - median))), float(scipy.stats.skew(v)),
-                float(scipy.stats.kurtosis(v)), float(np.sum(prob ** 2)), float(scipy.stats.entropy(prob))]
-
-
-def _gradient(magnitude: np.ndarray, edges: np.ndarray, bins: int = 10) -> list[float]:
-    import scipy.stats
-
-    g = np.sort(magnitude)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        hist, _ = np.histogram(g, bins=bins)
-        prob = hist / np.sum(hist, dtype=np.float32)
-        canny_sum = float(np.sum(edges))
-        return [float(np.mean(g)), float(np.std(g)), float(scipy.stats.skew(g)), float(scipy.stats.kurtosis(g)),
-                float(scipy.stats.entropy(prob)), float(np.sum(prob ** 2)), canny_sum, canny_sum / len(g)]
+def _put(rows: list[dict], prefix: str, stats: dict[str, np.ndarray]) -> None:
+    for name, values in stats.items():
+        for row, v in zip(rows, values):
+            row[prefix + name] = float(v)
 
 
 def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: np.ndarray | None = None,
@@ -215,32 +196,34 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
     if "fsd" in families:
         for row, p in zip(rows, props):
             row.update({f"Shape.FSD{k}": v for k, v in enumerate(_fsd(labels, p), 1)})
-    cyto_props = None
+    n = len(props)
+    index_of = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int64)  # label -> row
+    index_of[[p.label for p in props]] = np.arange(n)
+    inside = labels > 0
+    seg_nucleus = index_of[labels[inside]]
+    ring = None
     if cytoplasm is not None and ("intensity" in families or "gradient" in families):
         cytoplasm = np.asarray(cytoplasm, dtype=float)
         ring = dilate_xor(labels, cyto_width)
-        by_label = {p.label: p for p in regionprops(ring)}
-        cyto_props = [by_label.get(p.label) for p in props]
+        in_ring = ring > 0
+        seg_ring = index_of[ring[in_ring]]
     if "intensity" in families:
-        for row, p in zip(rows, props):
-            c = p.coords
-            row.update(zip((f"Nucleus.Intensity.{s}" for s in INTENSITY_STATS), _intensity(nuclei[c[:, 0], c[:, 1]])))
-        if cyto_props is not None:
-            for row, cp in zip(rows, cyto_props):
-                vals = _intensity(cytoplasm[cp.coords[:, 0], cp.coords[:, 1]]) if cp is not None else [0.0] * 12
-                row.update(zip((f"Cytoplasm.Intensity.{s}" for s in INTENSITY_STATS), vals))
+        _put(rows, "Nucleus.Intensity.", intensity_stats(nuclei[inside], seg_nucleus, n))
+        if ring is not None:
+            stats = intensity_stats(cytoplasm[in_ring], seg_ring, n)
+            missing = np.bincount(seg_ring, minlength=n) == 0
+            for v in stats.values():  # HistomicsTK leaves a nucleus without a ring at 0
+                v[missing] = 0.0
+            _put(rows, "Cytoplasm.Intensity.", stats)
     if "gradient" in families:
-        for name, image, plist in (("Nucleus", nuclei, props), ("Cytoplasm", cytoplasm, cyto_props)):
-            if image is None or plist is None:
+        for name, image, where, seg in (("Nucleus", nuclei, inside, seg_nucleus),
+                                        ("Cytoplasm", cytoplasm, None if ring is None else in_ring,
+                                         None if ring is None else seg_ring)):
+            if image is None or where is None:
                 continue
             gx, gy = np.gradient(image)
             mag = np.sqrt(gx ** 2 + gy ** 2)
             edges = canny(image)
-            for row, p in zip(rows, plist):
-                vals = [math.nan] * 8
-                if p is not None:
-                    c = p.coords
-                    vals = _gradient(mag[c[:, 0], c[:, 1]], edges[c[:, 0], c[:, 1]])
-                row.update(zip((f"{name}.Gradient.{s}" for s in GRADIENT_STATS), vals))
+            _put(rows, f"{name}.Gradient.", gradient_stats(mag[where], edges[where], seg, n))
     columns = feature_columns(families, cytoplasm is not None)
     return {k: np.array([r[k] for r in rows], dtype=float) for k in columns}
