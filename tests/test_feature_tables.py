@@ -97,3 +97,15 @@ def test_unknown_family_is_refused():
 
     with pytest.raises(WsinucleiError, match="unknown texture"):
         RunOptions(features=True, feature_families=("texture",)).validate()
+
+
+def test_qupath_sees_the_main_measurements(featured_run):
+    out, report = featured_run
+    geo = json.loads((out / "synthetic.geojson").read_text())
+    nuclei = pq.read_table(out / "synthetic.nuclei.parquet", columns=["Shape.Circularity", "Nucleus.Intensity.Mean"])
+    assert len(geo["features"]) == nuclei.num_rows
+    m = [f["properties"]["measurements"] for f in geo["features"]]
+    assert all({"score", "Area \u00b5m^2", "Circularity", "Hematoxylin mean"} <= set(x) for x in m)
+    # the same values as the table (rows in the same order), to the GeoJSON's 4 significant digits
+    np.testing.assert_allclose([x["Circularity"] for x in m], nuclei["Shape.Circularity"].to_numpy(), rtol=1e-3)
+    np.testing.assert_allclose([x["Hematoxylin mean"] for x in m], nuclei["Nucleus.Intensity.Mean"].to_numpy(), rtol=1e-3)

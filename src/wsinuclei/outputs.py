@@ -86,9 +86,10 @@ def _coords(ring) -> str:
     return "[" + ",".join(f"[{x:.1f},{y:.1f}]" for x, y in ring) + "]"
 
 
-def write_geojson(fh, boxes: np.ndarray, scores: np.ndarray, polygons=None, areas_um2=None) -> None:
+def write_geojson(fh, boxes: np.ndarray, scores: np.ndarray, polygons=None, areas_um2=None,
+                  measurements: dict | None = None) -> None:
     """A FeatureCollection QuPath imports as detection objects (File > Import objects) with a 'score'
-    measurement (and 'Area µm^2' for contours)."""
+    measurement (and 'Area µm^2' for contours, and any ``measurements``: name -> values, NaN left out)."""
     fh.write(b'{"type":"FeatureCollection","features":[')
     for sl in _chunks(len(scores)):
         feats = []
@@ -96,6 +97,9 @@ def write_geojson(fh, boxes: np.ndarray, scores: np.ndarray, polygons=None, area
             meas = f'"score":{scores[i]:.4f}'
             if areas_um2 is not None:
                 meas += f',"Area \\u00b5m^2":{areas_um2[i]:.2f}'
+            for name, values in (measurements or {}).items():
+                if np.isfinite(values[i]):
+                    meas += f',"{name}":{values[i]:.4g}'
             feats.append(
                 '{"type":"Feature","geometry":{"type":"Polygon","coordinates":['
                 + _coords(_ring(boxes[i], None if polygons is None else polygons[i]))
@@ -134,7 +138,8 @@ def write_dsa(fh, boxes: np.ndarray, scores: np.ndarray, name: str, polygons=Non
 
 
 def write_outputs(out_dir: str | Path, name: str, boxes: np.ndarray, scores: np.ndarray, gzip_json: bool = False,
-                  polygons=None, areas_um2=None, score_cut: float = 0.0, attributes=None) -> dict[str, Path]:
+                  polygons=None, areas_um2=None, score_cut: float = 0.0, attributes=None,
+                  measurements: dict | None = None) -> dict[str, Path]:
     """Write ``name.csv`` (every box given), and ``name.geojson`` (``.geojson.gz`` with ``gzip_json``) and
     ``name.anot.json`` with the nuclei scoring at least ``score_cut``: the CSV serves precision-recall work,
     the other two are what QuPath and the DSA show as nuclei."""
@@ -150,8 +155,9 @@ def write_outputs(out_dir: str | Path, name: str, boxes: np.ndarray, scores: np.
     if polygons is not None:
         polygons = polygons[keep] if isinstance(polygons, np.ndarray) else [polygons[i] for i in keep]
     areas_um2 = None if areas_um2 is None else np.asarray(areas_um2)[keep]
+    measurements = {k: np.asarray(v)[keep] for k, v in (measurements or {}).items()}
     with atomic_open(paths["geojson"], gzip_level=6 if gzip_json else None) as fh:
-        write_geojson(fh, boxes, scores, polygons, areas_um2)
+        write_geojson(fh, boxes, scores, polygons, areas_um2, measurements)
     with atomic_open(paths["dsa"]) as fh:
         write_dsa(fh, boxes, scores, name, polygons, attributes)
     return paths

@@ -811,9 +811,10 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
     report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
     attributes = annotation_attributes(report, opts)
+    measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
     report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip, polygons=outlines,
                                                           areas_um2=areas, score_cut=opts.score_cut,
-                                                          attributes=attributes).items()}
+                                                          attributes=attributes, measurements=measurements).items()}
     draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png", boxes[scores >= opts.score_cut])
     if opts.features and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
@@ -823,6 +824,22 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
     report.wall_s = round(time.time() - t_start, 3)
     atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
+
+
+#: feature columns QuPath shows for each detection (measurement table, histograms), by QuPath-style name
+QUPATH_MEASUREMENTS = {"Circularity": "Shape.Circularity", "Hematoxylin mean": "Nucleus.Intensity.Mean",
+                       "Eosin ring mean": "Cytoplasm.Intensity.Mean", "Solidity": "Shape.Solidity"}
+
+
+def _qupath_measurements(results, tile_of, row_of) -> dict:
+    from .features.tables import result_feature_columns, gather_features
+
+    have = set(result_feature_columns(results))
+    wanted = {k: v for k, v in QUPATH_MEASUREMENTS.items() if v in have}
+    if not wanted or not len(tile_of):
+        return {}
+    cols = gather_features(results, tile_of, row_of, np.arange(len(tile_of)), list(wanted.values()))
+    return {k: cols[v] for k, v in wanted.items()}
 
 
 def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas, tile_of, row_of) -> dict:

@@ -17,7 +17,7 @@ CHUNK = 50_000  # nuclei per row group
 BAG_STATS = ("mean", "std", "q25", "q50", "q75")
 
 
-def _gather(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx: np.ndarray, columns: list[str]) -> dict:
+def gather_features(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx: np.ndarray, columns: list[str]) -> dict:
     out = {c: np.full(len(idx), np.nan, np.float32) for c in columns}
     tiles = tile_of[idx]
     for key in np.unique(tiles):
@@ -36,7 +36,7 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = _feature_columns(results)
+    columns = result_feature_columns(results)
     fields = [pa.field(n, pa.float32()) for n in ("x0", "y0", "x1", "y1", "score")]
     if areas_um2 is not None:
         fields.append(pa.field("area_um2", pa.float32()))
@@ -54,7 +54,7 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
                     cols["area_um2"] = np.asarray(areas_um2)[idx].astype(np.float32)
                 cols["tile"] = pa.array(tile_of[idx].astype(str)).dictionary_encode()
                 cols["model"] = pa.array(np.full(len(idx), model_name)).dictionary_encode()
-                cols.update(_gather(results, tile_of, row_of, idx, columns))
+                cols.update(gather_features(results, tile_of, row_of, idx, columns))
                 writer.write_table(pa.table([cols[f.name] for f in fields], schema=schema))
         os.replace(tmp, path)
     except BaseException:
@@ -63,7 +63,7 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
     return len(keep)
 
 
-def _feature_columns(results: dict) -> list[str]:
+def result_feature_columns(results: dict) -> list[str]:
     for r in results.values():
         if r.features is not None and r.failed is None:
             return list(r.features)
@@ -76,7 +76,7 @@ def write_bag_table(path: Path, plan, results: dict, scores, tile_of, row_of, ke
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = _feature_columns(results)
+    columns = result_feature_columns(results)
     mpp = plan.ctx.mpp
     by_tile = {}
     tiles_kept = tile_of[keep]
@@ -91,7 +91,7 @@ def write_bag_table(path: Path, plan, results: dict, scores, tile_of, row_of, ke
         tissue_mm2 = (x1 - x0) * (y1 - y0) * (mpp / 1000.0) ** 2 * (frac if frac else 1.0)
         for n, v in zip(rows, (t.key, x0, y0, x1, y1, frac, len(idx), len(idx) / tissue_mm2 if tissue_mm2 else np.nan)):
             rows[n].append(v)
-        vals = _gather(results, tile_of, row_of, idx, columns) if len(idx) else {c: np.zeros(0, np.float32) for c in columns}
+        vals = gather_features(results, tile_of, row_of, idx, columns) if len(idx) else {c: np.zeros(0, np.float32) for c in columns}
         for c in columns:
             v = vals[c][np.isfinite(vals[c])].astype(np.float64)
             q = np.percentile(v, [25, 50, 75]) if len(v) else [np.nan] * 3
