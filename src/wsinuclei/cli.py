@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "feature definitions): NAME.nuclei.parquet, one row per nucleus, and NAME.bag.parquet, one row per "
                     "tile, for multiple-instance learning")
     sp.add_argument("--feature-families", default="morphometry,fsd,intensity,gradient",
-                    help="with --features: which families (default: morphometry,fsd,intensity,gradient)")
+                    help="with --features: which families (default: morphometry,fsd,intensity,gradient; add haralick "
+                    "for texture, the costly one)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_detect)
 

@@ -13,9 +13,10 @@ The families and what they hold:
   and of the eosin values in the 8-pixel ring around it (``dilate_xor``: background pixels within 8 px, each
   given to its nearest nucleus).
 - ``Nucleus.Gradient.*`` / ``Cytoplasm.Gradient.*``: gradient magnitude statistics and Canny edge counts.
+- ``Nucleus.Haralick.*`` / ``Cytoplasm.Haralick.*`` (opt-in): grey-level co-occurrence texture (``haralick.py``).
 
 Every value is HistomicsTK's to floating-point rounding (``tests/test_features.py`` checks each against
-HistomicsTK's own output on MoNuSeg nuclei). Haralick texture is not implemented yet.
+HistomicsTK's own output on MoNuSeg nuclei).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 from .segments import gradient_stats, intensity_stats
 
 FEATURES_VERSION = "wsinuclei-features-1 (HistomicsTK 1.4.0 definitions)"
-FAMILIES = ("morphometry", "fsd", "intensity", "gradient")
+FAMILIES = ("morphometry", "fsd", "intensity", "gradient", "haralick")
+DEFAULT_FAMILIES = ("morphometry", "fsd", "intensity", "gradient")  # Haralick is opt-in: the costly one
 INTENSITY_STATS = ("Min", "Max", "Mean", "Median", "MeanMedianDiff", "Std", "IQR", "MAD", "Skewness", "Kurtosis",
                    "HistEnergy", "HistEntropy")
 GRADIENT_STATS = ("Mag.Mean", "Mag.Std", "Mag.Skewness", "Mag.Kurtosis", "Mag.HistEntropy", "Mag.HistEnergy",
@@ -45,7 +47,7 @@ MORPHOMETRY = ("Orientation.Orientation", "Size.Area", "Size.ConvexHullArea", "S
                f"Shape.WeightedHuMoments{k}" for k in range(1, 8))
 
 
-def feature_columns(families=FAMILIES, cytoplasm: bool = True) -> list[str]:
+def feature_columns(families=DEFAULT_FAMILIES, cytoplasm: bool = True) -> list[str]:
     """The columns :func:`compute_nuclei_features` returns, in order, for these families."""
     cols = list(IDENTIFIERS)
     if "morphometry" in families:
@@ -60,6 +62,12 @@ def feature_columns(families=FAMILIES, cytoplasm: bool = True) -> list[str]:
         cols += [f"Nucleus.Gradient.{s}" for s in GRADIENT_STATS]
         if cytoplasm:
             cols += [f"Cytoplasm.Gradient.{s}" for s in GRADIENT_STATS]
+    if "haralick" in families:
+        from .haralick import COLUMNS
+
+        cols += [f"Nucleus.{c}" for c in COLUMNS]
+        if cytoplasm:
+            cols += [f"Cytoplasm.{c}" for c in COLUMNS]
     return cols
 
 
@@ -164,7 +172,7 @@ def _put(rows: list[dict], prefix: str, stats: dict[str, np.ndarray]) -> None:
 
 
 def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: np.ndarray | None = None,
-                            families=FAMILIES, cyto_width: float = 8) -> dict[str, np.ndarray]:
+                            families=DEFAULT_FAMILIES, cyto_width: float = 8) -> dict[str, np.ndarray]:
     """Features of every labelled nucleus, one array per column (rows in label order). A degenerate mask (a
     line of pixels) gives NaN where a definition divides by zero, as HistomicsTK does, without warnings."""
     with warnings.catch_warnings():
@@ -202,7 +210,7 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
     inside = labels > 0
     seg_nucleus = index_of[labels[inside]]
     ring = None
-    if cytoplasm is not None and ("intensity" in families or "gradient" in families):
+    if cytoplasm is not None and ({"intensity", "gradient", "haralick"} & set(families)):
         cytoplasm = np.asarray(cytoplasm, dtype=float)
         ring = dilate_xor(labels, cyto_width)
         in_ring = ring > 0
@@ -225,5 +233,14 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
             mag = np.sqrt(gx ** 2 + gy ** 2)
             edges = canny(image)
             _put(rows, f"{name}.Gradient.", gradient_stats(mag[where], edges[where], seg, n))
+    if "haralick" in families:
+        from .haralick import haralick_features
+
+        _put(rows, "Nucleus.", haralick_features(nuclei, [p.bbox for p in props]))
+        if ring is not None:
+            from skimage.measure import regionprops as _rp
+
+            ring_box = {p.label: p.bbox for p in _rp(ring)}
+            _put(rows, "Cytoplasm.", haralick_features(cytoplasm, [ring_box.get(p.label) for p in props]))
     columns = feature_columns(families, cytoplasm is not None)
     return {k: np.array([r[k] for r in rows], dtype=float) for k in columns}
