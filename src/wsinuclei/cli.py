@@ -29,6 +29,8 @@ def _run_options(args):
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
                       feature_families=tuple(f.strip() for f in args.feature_families.split(",") if f.strip()),
+                      cluster=args.cluster, jobs=args.jobs, slurm_queue=args.queue, slurm_account=args.account,
+                      slurm_cores=args.cores, slurm_memory=args.memory, slurm_walltime=args.walltime,
                       progress=not args.quiet).validate()
 
 
@@ -229,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster with N worker processes "
                     "(default 0: in-process)")
     sp.add_argument("--scheduler", default=None, help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+    sp.add_argument("--cluster", choices=["slurm"], default=None, help="run on a Slurm cluster: each job is a Dask "
+                    "worker (dask-jobqueue); run from a login node that can reach the compute nodes")
+    sp.add_argument("--jobs", type=int, default=2, help="with --cluster slurm: worker jobs to submit (default 2)")
+    sp.add_argument("--queue", default=None, help="with --cluster slurm: partition (default: the cluster's)")
+    sp.add_argument("--account", default=None, help="with --cluster slurm: account to charge")
+    sp.add_argument("--cores", type=int, default=4, help="with --cluster slurm: cores per job (default 4)")
+    sp.add_argument("--memory", default="16GB", help="with --cluster slurm: memory per job (default 16GB)")
+    sp.add_argument("--walltime", default="02:00:00", help="with --cluster slurm: time limit per job (default 02:00:00)")
     sp.add_argument("--force", action="store_true", help="recompute every tile instead of resuming")
     sp.add_argument("--gzip", action="store_true", help="write NAME.geojson.gz (QuPath >= 0.4 reads it); the "
                     "DSA file stays plain JSON, which is all the DSA ingests")

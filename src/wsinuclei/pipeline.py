@@ -67,6 +67,15 @@ class RunOptions:
     lab_stats: tuple | None = None
     # recorded in the annotation's attributes beside the options (the DSA CLI puts its own arguments here)
     extra_params: dict | None = None
+    # a Slurm cluster (dask-jobqueue): each job is one Dask worker running the same tile tasks
+    cluster: str | None = None  # None or "slurm"
+    jobs: int = 2
+    slurm_queue: str | None = None
+    slurm_account: str | None = None
+    slurm_cores: int = 4
+    slurm_memory: str = "16GB"
+    slurm_walltime: str = "02:00:00"
+    slurm_wait_s: float = 600.0  # how long to wait for the first job to start
     features: bool = False  # measure every nucleus at the score cut: NAME.nuclei.parquet and NAME.bag.parquet
     feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
 
@@ -100,7 +109,17 @@ class RunOptions:
             raise WsinucleiError(f"--mpp must be a positive number, got {self.mpp}")
         if self.scheduler and self.workers:
             raise WsinucleiError("--workers starts a local Dask cluster and --scheduler uses a running one: give one of them")
-        if self.batch_size > 1 and (self.scheduler or self.workers):
+        if self.cluster is not None:
+            if self.cluster != "slurm":
+                raise WsinucleiError(f"--cluster {self.cluster}: only slurm is supported")
+            if self.scheduler or self.workers:
+                raise WsinucleiError("--cluster slurm starts its own Dask workers as Slurm jobs: leave out --workers "
+                                     "and --scheduler")
+            integer("jobs", self.jobs, 1, 10000)
+            integer("slurm-cores", self.slurm_cores, 1, 1024)
+            if self.device.startswith("cuda:"):
+                raise WsinucleiError("with --cluster slurm each job takes its own GPU: give --device cuda")
+        if self.batch_size > 1 and (self.scheduler or self.workers or self.cluster):
             raise WsinucleiError("--batch-size batches tiles in-process; with --workers or --scheduler each Dask task "
                                  "is one tile (leave --batch-size at 1)")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -550,6 +569,20 @@ def local_cluster_kwargs(opts: RunOptions, gpus: int) -> dict:
     return kwargs
 
 
+def slurm_cluster_kwargs(opts: RunOptions) -> dict:
+    """dask-jobqueue SLURMCluster settings: one Dask worker per job with --slurm-cores threads (torch uses them),
+    this Python for the workers, and a GPU request per job with --device cuda."""
+    import sys
+
+    kwargs = dict(cores=opts.slurm_cores, processes=1, memory=opts.slurm_memory, walltime=opts.slurm_walltime,
+                  queue=opts.slurm_queue, account=opts.slurm_account, python=sys.executable,
+                  scheduler_options={"dashboard_address": None}, silence_logs="error")
+    if opts.device.startswith("cuda"):
+        kwargs["job_extra_directives"] = ["--gres=gpu:1"]
+        kwargs["worker_extra_args"] = ["--resources", "GPU=1"]
+    return kwargs
+
+
 def check_remote_workers(info: dict, device: str, address: str) -> None:
     """Refuse a cluster whose workers cannot run the tiles (instead of waiting for them forever)."""
     workers = info.get("workers", {})
@@ -560,11 +593,51 @@ def check_remote_workers(info: dict, device: str, address: str) -> None:
                              f"with 'dask worker {address} --resources GPU=1' (one per GPU)")
 
 
+def _start_slurm(opts: RunOptions):
+    from distributed import Client
+
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise WsinucleiError("--cluster slurm needs dask-jobqueue: pip install dask-jobqueue") from None
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        raise WsinucleiError("--cluster slurm: no sbatch on PATH (run on a Slurm login node)")
+    try:
+        cluster = SLURMCluster(**slurm_cluster_kwargs(opts))
+        cluster.scale(jobs=opts.jobs)
+    except Exception as exc:
+        raise WsinucleiError(f"--cluster slurm: cannot submit the worker jobs ({str(exc).strip().splitlines()[-1]})") from None
+    client = Client(cluster)
+    try:
+        client.wait_for_workers(1, timeout=opts.slurm_wait_s)
+    except Exception:
+        client.close()
+        cluster.close()
+        raise WsinucleiError(f"--cluster slurm: no worker job started within {opts.slurm_wait_s:g} s (check squeue; "
+                             "the jobs are cancelled)") from None
+    # jobs start one by one: a worker plugin sets up every worker, those that join later too (each job
+    # has its own GPU from --gres, so no GPU is picked by worker name here)
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "wsinuclei-torch-threads"
+
+        def setup(self, worker):
+            _dask_worker_init(opts.slurm_cores, "cpu")
+
+    client.register_plugin(TorchThreads())
+    return cluster, client
+
+
 def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
-    if opts.scheduler:
+    if opts.cluster == "slurm":
+        cluster, client = _start_slurm(opts)
+    elif opts.scheduler:
         try:
             client = Client(opts.scheduler, timeout="20s")
         except Exception as exc:
@@ -677,7 +750,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
 
     t_start = time.time()
     opts.validate()
-    if not opts.scheduler:  # a remote cluster's GPUs are on its workers, not here
+    if not (opts.scheduler or opts.cluster):  # a cluster's GPUs are on its workers, not here
         check_device(opts.device)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -685,7 +758,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     model_path = str(Path(opts.model).resolve()) if opts.model else None
     # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
     # same command) use this very instance instead of loading the file again
-    loaded = _detector(model_path, "cpu" if (opts.scheduler or opts.workers) else opts.device).loaded
+    loaded = _detector(model_path, "cpu" if (opts.scheduler or opts.workers or opts.cluster) else opts.device).loaded
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path)
     # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is
     # decoded once); it is closed when the slide is done
@@ -702,7 +775,8 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         results = _load_resumed(plan, parts)
         resumed = len(results)
         todo = [t for t in plan.tiles if t.key not in results]
-        executor = f"dask scheduler {opts.scheduler}" if opts.scheduler else (
+        executor = f"slurm, {opts.jobs} jobs x {opts.slurm_cores} cores" if opts.cluster == "slurm" else \
+            f"dask scheduler {opts.scheduler}" if opts.scheduler else (
             f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
         log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px; "
             f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile} px; {resumed} done before); "
@@ -764,7 +838,7 @@ def _execute(plan: SlidePlan, todo: list[Tile], opts: RunOptions, results: dict,
         on_progress(len(results), len(plan.tiles))
     try:
         if todo:
-            if opts.scheduler or opts.workers > 0:
+            if opts.scheduler or opts.workers > 0 or opts.cluster:
                 _run_dask(plan, todo, opts, on_result)
             else:
                 _run_in_process(plan, todo, opts, on_result)
