@@ -9,5 +9,5 @@ TEST="$SHARED/data/monuseg/test"
 OUT=${1:-out/monuseg_test}
 MODEL_ARGS=()
 [ -n "${MODEL:-}" ] && MODEL_ARGS=(--model "$MODEL")
-.venv/bin/wsinuclei detect "$TEST"/*.tif --out "$OUT/pred" --mpp 0.25 --min-tissue 0 --quiet "${MODEL_ARGS[@]}"
+.venv/bin/wsinuclei detect "$TEST"/*.tif --out "$OUT/pred" --mpp 0.25 --no-tissue-mask --quiet "${MODEL_ARGS[@]}"
 .venv/bin/wsinuclei evaluate --pred "$OUT/pred" --truth "$TEST" --out "$OUT/report" --mpp 0.25

@@ -61,7 +61,7 @@ def _stage(samples, folder: Path, kind: str) -> Path:
 
 def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None) -> dict:
     pred = out / name / "pred"
-    opts = RunOptions(mpp=mpp, min_tissue=0, model=model, progress=False)
+    opts = RunOptions(mpp=mpp, tissue_mask=False, model=model, progress=False)
     t0 = time.perf_counter()
     for img in images:
         run_slide(img, pred, opts, log=lambda *_: None)

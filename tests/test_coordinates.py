@@ -11,7 +11,7 @@ from wsinuclei.pipeline import RunOptions, run_slide
 from wsinuclei.synth import write_pyramid_tiff
 from conftest import synthetic_he
 
-QUIET = dict(progress=False, min_tissue=0, min_score=0.1)
+QUIET = dict(progress=False, tissue_mask=False, min_score=0.1)
 
 
 def _slide(tmp_path, mpp, h=1100, w=1300, n=160, seed=11):

@@ -28,7 +28,7 @@ def test_shipped_model_finds_nuclei_on_a_real_image(tmp_path):
     # One MoNuSeg training image from the validation split (held out of training; not a test image).
     name = "TCGA-21-5786-01Z-00-DX1"
     image = MONUSEG / "train" / f"{name}.png"
-    run_slide(image, tmp_path, RunOptions(mpp=0.25, min_tissue=0, **QUIET), log=lambda *_: None)
+    run_slide(image, tmp_path, RunOptions(mpp=0.25, tissue_mask=False, **QUIET), log=lambda *_: None)
     truth = read_boxes(MONUSEG / "train" / f"{name}_labels.png").boxes
     f1 = _f1(tmp_path / f"{name}.csv", truth)
     assert f1 > 0.70, f"F1@0.5 {f1:.3f} on {name}"  # 0.722 measured with the shipped model
@@ -45,7 +45,7 @@ def test_seams_lose_and_duplicate_nothing(tmp_path):
     slide = tmp_path / "seams.tiff"
     info = build_slide(MONUSEG / "train", slide, grid=(2, 2), gap=120, margin=100, names=names, compression="zlib")
     out = tmp_path / "slide"
-    run_slide(slide, out, RunOptions(tile_size=512, overlap=64, min_tissue=0, **QUIET), log=lambda *_: None)
+    run_slide(slide, out, RunOptions(tile_size=512, overlap=64, tissue_mask=False, **QUIET), log=lambda *_: None)
     # each image alone is normalised with the slide's statistics, so seams are the only difference
     run = json.loads((out / "seams.run.json").read_text())["reinhard_source"]
     lab_stats = (run["mean"], run["std"])
@@ -56,7 +56,7 @@ def test_seams_lose_and_duplicate_nothing(tmp_path):
     items = []
     for n in names:
         alone = tmp_path / "alone"
-        run_slide(MONUSEG / "train" / f"{n}.png", alone, RunOptions(mpp=0.25, min_tissue=0, lab_stats=lab_stats, **QUIET),
+        run_slide(MONUSEG / "train" / f"{n}.png", alone, RunOptions(mpp=0.25, tissue_mask=False, lab_stats=lab_stats, **QUIET),
                   log=lambda *_: None)
         p = read_boxes(alone / f"{n}.csv")
         items.append((n, p.boxes, p.scores, read_boxes(MONUSEG / "train" / f"{n}_labels.png").boxes))

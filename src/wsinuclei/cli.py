@@ -24,7 +24,7 @@ def _run_options(args):
     from .pipeline import RunOptions
 
     return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
-                      min_tissue=args.min_tissue, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
+                      min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
@@ -217,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile-size", type=int, default=1024, help="tile size in model pixels (default 1024)")
     sp.add_argument("--overlap", type=int, default=64, help="tile overlap in model pixels, at least the largest "
                     "nucleus (default 64)")
-    sp.add_argument("--min-tissue", type=float, default=0.25, help="skip tiles whose core holds less tissue than "
-                    "this fraction (default 0.25)")
+    sp.add_argument("--min-tissue", type=float, default=0.0, help="skip tiles whose core holds this fraction of "
+                    "tissue or less (default 0: every tile with any tissue runs, and detections off the tissue "
+                    "mask, grown by 20 µm, are dropped)")
+    sp.add_argument("--no-tissue-mask", action="store_true", help="run every tile and keep every detection, glass "
+                    "included (for images that are all tissue)")
     sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
     sp.add_argument("--min-score", type=float, default=0.1, help="lowest score written to the CSV (default 0.1, "
                     "the study's minimum probability): candidates for precision-recall work")

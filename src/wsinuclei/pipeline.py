@@ -48,7 +48,8 @@ class RunOptions:
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in base pixels
     tile_size: int = 1024
     overlap: int = 64
-    min_tissue: float = 0.25
+    min_tissue: float = 0.0  # a tile runs when its core holds more tissue than this (0: any tissue at all)
+    tissue_mask: bool = True  # False: run every tile and keep every detection (images that are all tissue)
     model: str | None = None  # path; None = the shipped default
     min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
     score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
@@ -400,15 +401,35 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         t0 = time.perf_counter()
         frac = region_fraction(mask, ds, *grid.clipped_core(t))
         tissue[t.key] = (frac, time.perf_counter() - t0)
-        (tiles if frac >= opts.min_tissue else skipped).append(t)
+        runs = not opts.tissue_mask or (frac > 0 and frac >= opts.min_tissue)
+        (tiles if runs else skipped).append(t)
     if not tiles:
-        raise WsinucleiError(f"{path}: no tile holds at least {opts.min_tissue:.0%} tissue (see --min-tissue)")
+        raise WsinucleiError(f"{path}: no tile holds {'tissue' if not opts.min_tissue else f'at least {opts.min_tissue:.0%} tissue'} "
+                             "(see --min-tissue, --no-tissue-mask)")
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma], tile_size,
                        opts.device, opts.min_score, opts.retries, opts.score_cut,
                        tuple(opts.feature_families) if opts.features else None)
     return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)
+
+
+TISSUE_MARGIN_UM = 20.0  # the tissue mask is grown by this before detections are checked against it
+
+
+def on_tissue(boxes: np.ndarray, mask: np.ndarray, ds: float, mpp: float, margin_um: float = TISSUE_MARGIN_UM) -> np.ndarray:
+    """Which boxes have their centre on the tissue mask (``ds`` base pixels per mask pixel) grown by
+    ``margin_um``: the mask is drawn at thumbnail scale, so a nucleus at the very edge of tissue is kept."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not mask.any():
+        return np.zeros(len(boxes), bool)
+    grow = max(1.0, margin_um / (ds * mpp))
+    grown = distance_transform_edt(~mask) <= grow  # a disc-shaped growth in one linear-time pass
+    h, w = grown.shape
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
+    return grown[cy, cx]
 
 
 def fitted_tile_size(tile: int, overlap: int, width: float, height: float) -> int:
@@ -733,6 +754,7 @@ class RunReport:
     tiles_skipped_tissue: int = 0
     tiles_resumed: int = 0
     tiles_failed: int = 0
+    dropped_off_tissue: int = 0  # detections whose centre lay off the (grown) tissue mask
     wall_s: float = 0.0
     tiles_per_s: float = 0.0
     executor: str = ""
@@ -867,6 +889,11 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
+        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
+        outlines = None if outlines is None else outlines[keep]
+    if opts.tissue_mask:  # every tile with tissue runs, so glass beside a strip is seen: drop what lies on it
+        keep = on_tissue(boxes, plan.mask, plan.thumb_downsample, plan.ctx.mpp)
+        report.dropped_off_tissue = int((~keep).sum())
         boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
         outlines = None if outlines is None else outlines[keep]
     areas = None
