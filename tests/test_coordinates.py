@@ -84,3 +84,25 @@ def test_contours_are_scaled_and_kept_whole_with_their_nucleus(tmp_path, stub_de
         np.testing.assert_allclose([ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()],
                                    [x0, y0, x1, y1], atol=0.11)
         assert float(row["area_um2"]) == pytest.approx((x1 - x0) * (y1 - y0) * 0.25, rel=0.02, abs=0.02)
+
+
+def test_20x_slide_runs_at_its_own_resolution_when_the_model_serves_it(tmp_path, stub_detector):
+    """A model trained for 0.25-0.5 µm/px reads a 0.5 µm/px slide as it is: a quarter of the tiles of reading
+    it at 0.25, and the same nuclei in the same base-pixel places."""
+    from wsinuclei.pipeline import run_mpp
+
+    assert run_mpp(0.5, 0.25, (0.25, 0.5)) == 0.5 and run_mpp(0.12, 0.25, (0.25, 0.5)) == 0.25
+    assert run_mpp(0.5, 0.25, None) == 0.25 and run_mpp(1.0, 0.25, (0.25, 0.5)) == 0.5
+    path, truth = _slide(tmp_path, mpp=0.5, h=1400, w=1600, n=200, seed=13)
+    stub_detector.loaded.config.raw["mpp_range"] = [0.25, 0.5]
+    native = run_slide(path, tmp_path / "native", RunOptions(tile_size=256, overlap=32, **QUIET), log=lambda *_: None)
+    upsampled = run_slide(path, tmp_path / "up", RunOptions(tile_size=256, overlap=32, native_resolution=False, **QUIET),
+                          log=lambda *_: None)
+    assert native.read_mpp == 0.5 and upsampled.read_mpp == 0.25
+    assert upsampled.tiles_processed >= 3.5 * native.tiles_processed
+    truth = _separate(truth)
+    for out in ("native", "up"):
+        pred = read_boxes(tmp_path / out / f"{path.stem}.csv").boxes
+        pi, ti, q = match(pred, truth, 0.6)
+        assert len(ti) == len(truth)
+        np.testing.assert_allclose(pred[pi], truth[ti], atol=1.0)

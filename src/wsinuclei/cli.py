@@ -24,7 +24,8 @@ def _run_options(args):
     from .pipeline import RunOptions
 
     return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
-                      min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
+                      min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
+                      native_resolution=not args.model_resolution, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-tissue-mask", action="store_true", help="run every tile and keep every detection, glass "
                     "included (for images that are all tissue)")
     sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    sp.add_argument("--model-resolution", action="store_true", help="read every slide at the model's own µm/px "
+                    "(default: a slide inside the range the model serves, e.g. 0.25-0.5 µm/px, runs at its own)")
     sp.add_argument("--min-score", type=float, default=0.1, help="lowest score written to the CSV (default 0.1, "
                     "the study's minimum probability): candidates for precision-recall work")
     sp.add_argument("--score-cut", type=float, default=0.5, help="score from which a box counts as a nucleus: the "

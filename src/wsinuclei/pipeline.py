@@ -50,6 +50,7 @@ class RunOptions:
     overlap: int = 64
     min_tissue: float = 0.0  # a tile runs when its core holds more tissue than this (0: any tissue at all)
     tissue_mask: bool = True  # False: run every tile and keep every detection (images that are all tissue)
+    native_resolution: bool = True  # slides inside the model's µm/px range run at their own resolution
     model: str | None = None  # path; None = the shipped default
     min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
     score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
@@ -362,10 +363,21 @@ class SlidePlan:
         r.profile.update(tissue_fraction=None if frac is None else round(frac, 4), tissue_s=secs)
 
 
+def run_mpp(slide_mpp: float, model_mpp: float, mpp_range: tuple[float, float] | None) -> float:
+    """The µm/px tiles are read at: the slide's own when the model serves it (no resampling: a 20x slide is
+    not upsampled to 40x, a quarter of the pixels), else the nearest end of the model's range."""
+    if not mpp_range:
+        return model_mpp
+    lo, hi = mpp_range
+    return float(min(max(slide_mpp, lo), hi))
+
+
 def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
-               model_path: str | None) -> SlidePlan:
+               model_path: str | None, mpp_range: tuple[float, float] | None = None) -> SlidePlan:
     slide = Slide(path, mpp=opts.mpp)
     try:
+        if mpp_range and opts.native_resolution:
+            model_mpp = run_mpp(slide.require_mpp(), model_mpp, mpp_range)
         return _plan(slide, path, opts, model_mpp, input_channels, target_mu, target_sigma, model_path)
     except BaseException:
         slide.close()
@@ -703,7 +715,7 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
 
 # -- the run -------------------------------------------------------------------------------------------
 def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
-    key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "roi": plan.roi, "tile": opts.tile_size,
+    key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "run_mpp": plan.ctx.model_mpp, "roi": plan.roi, "tile": opts.tile_size,
            "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
            "lab": [plan.ctx.src_mu, plan.ctx.src_sigma],
            "features": list(plan.ctx.features or []), "score_cut": opts.score_cut if opts.features else None}
@@ -743,6 +755,7 @@ class RunReport:
     name: str
     slide: str = ""  # absolute path of the slide or image
     mpp: float = 0.0  # µm/px of its base level, as used
+    read_mpp: float = 0.0  # µm/px the tiles were read at (the slide's own when the model serves it)
     outputs: dict = field(default_factory=dict)
     nuclei: int = 0  # score >= score_cut: what the model counts as nuclei (GeoJSON, DSA file)
     candidates: int = 0  # boxes in the CSV: score >= min_score
@@ -781,7 +794,8 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
     # same command) use this very instance instead of loading the file again
     loaded = _detector(model_path, "cpu" if (opts.scheduler or opts.workers or opts.cluster) else opts.device).loaded
-    plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path)
+    plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
+                      mpp_range=loaded.config.mpp_range)
     # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is
     # decoded once); it is closed when the slide is done
     _STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
@@ -800,14 +814,16 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         executor = f"slurm, {opts.jobs} jobs x {opts.slurm_cores} cores" if opts.cluster == "slurm" else \
             f"dask scheduler {opts.scheduler}" if opts.scheduler else (
             f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
-        log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px; "
+        log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px, read at "
+            f"{plan.ctx.model_mpp:g}; "
             f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile} px; {resumed} done before); "
             f"{executor}")
         run_s = _execute(plan, todo, opts, results, parts, on_progress)
         report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
                            tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
                            workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
-                           slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, score_cut=opts.score_cut,
+                           slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, read_mpp=plan.ctx.model_mpp,
+                           score_cut=opts.score_cut,
                            min_score=opts.min_score, model={"file": str(loaded.path), "sha1": model_id})
         report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
         _write_results(plan, opts, results, out_dir, report, t_start)

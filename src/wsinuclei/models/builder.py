@@ -85,6 +85,13 @@ class DetectorConfig:
     def has_masks(self) -> bool:
         return self.mask_head is not None
 
+    @property
+    def mpp_range(self) -> tuple[float, float]:
+        """The µm/px the model was trained to serve (scale augmentation): slides inside it run at their own
+        resolution. Models without the entry serve only ``mpp``."""
+        lo, hi = self.raw.get("mpp_range", (self.mpp, self.mpp))
+        return float(lo), float(hi)
+
 
 def list_presets() -> list[str]:
     folder = resources.files(__package__) / "presets"
