@@ -19,9 +19,9 @@ SRC = ROOT / "src" / "wsinuclei"
 
 # name: (file, original text, mutated text, tests that must fail)
 MUTATIONS = {
-    "box-scaling": ("pipeline.py", "    scale = ctx.model_mpp / ctx.mpp\n    b = boxes * scale",
+    "box-scaling": ("pipeline/worker.py", "    scale = ctx.model_mpp / ctx.mpp\n    b = boxes * scale",
                     "    scale = 1.0\n    b = boxes * scale", ["tests/test_coordinates.py"]),
-    "core-ownership": ("pipeline.py",
+    "core-ownership": ("pipeline/worker.py",
                        "keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= ctx.min_score)",
                        "keep = scores >= ctx.min_score", ["tests/test_coordinates.py"]),
     "centroid-radius-inverted": ("report.py", "radius_px = radius_um / mpp", "radius_px = mpp / radius_um",
@@ -48,6 +48,16 @@ MUTATIONS = {
     "unannotated-predictions-dropped": ("report.py", "for stem in sorted(common + only_truth):",
                                         "for stem in sorted(common):",
                                         ["tests/test_cli.py::test_evaluate_reports_unpaired_stems"]),
+    "off-tissue-detections-kept": (
+        "pipeline/run.py", "keep = on_tissue(boxes, plan.mask, plan.thumb_downsample, plan.ctx.mpp)",
+        "keep = np.ones(len(boxes), bool)",
+        ["tests/test_pipeline.py::test_thin_tissue_strip_is_covered_and_glass_detections_dropped"]),
+    "cytoplasm-ring-7px": ("features/nuclei.py", "families=DEFAULT_FAMILIES, cyto_width: float = 8)",
+                           "families=DEFAULT_FAMILIES, cyto_width: float = 7)",
+                           ["tests/test_features.py::test_every_feature_matches_histomicstk"]),
+    "geojson-ignores-score-cut": ("outputs.py", "keep = np.flatnonzero(scores >= score_cut)",
+                                  "keep = np.arange(len(scores))",
+                                  ["tests/test_pipeline.py::test_in_process_outputs"]),
 }
 
 

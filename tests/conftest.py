@@ -106,8 +106,8 @@ class StubDetector:
 
 @pytest.fixture
 def stub_detector(monkeypatch, random_model):
-    from wsinuclei import pipeline
+    from wsinuclei.pipeline import worker
 
     stub = StubDetector(random_model)
-    monkeypatch.setattr(pipeline, "_detector", lambda path, device: stub)
+    monkeypatch.setattr(worker, "_detector", lambda path, device: stub)  # every caller looks it up there
     return stub

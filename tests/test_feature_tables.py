@@ -109,3 +109,22 @@ def test_qupath_sees_the_main_measurements(featured_run):
     # the same values as the table (rows in the same order), to the GeoJSON's 4 significant digits
     np.testing.assert_allclose([x["Circularity"] for x in m], nuclei["Shape.Circularity"].to_numpy(), rtol=1e-3)
     np.testing.assert_allclose([x["Hematoxylin mean"] for x in m], nuclei["Nucleus.Intensity.Mean"].to_numpy(), rtol=1e-3)
+
+
+def test_viewer_matches_the_measurements_to_the_nuclei(featured_run):
+    from wsinuclei.viewer import ViewerServer, resolve_source
+
+    out, report = featured_run
+    det = resolve_source(out).detections
+    area = det.measurements["Size.Area_um2"]
+    have = np.isfinite(area)
+    assert have.sum() == report.nuclei and (det.scores[have] >= 0.5).all()
+    table = pq.read_table(out / "synthetic.nuclei.parquet", columns=["Size.Area_um2"])
+    np.testing.assert_allclose(area[have], table["Size.Area_um2"].to_numpy(), rtol=1e-6)
+    srv = ViewerServer(resolve_source(out))
+    try:
+        info = json.loads(srv.info)
+        assert ["area", "µm²"] in info["measurements"]
+        assert len(srv.measurements) == 4 * len(det.scores) * len(info["measurements"])
+    finally:
+        srv.server_close()

@@ -61,9 +61,9 @@ def test_in_process_outputs(reference_run, pyramid_slide):
     assert len(prof) == report.tiles_processed
     assert {"read_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "nuclei"} <= set(prof[0])
     assert sum(int(p["nuclei"]) for p in prof) >= report.candidates
-    # the tissue check is the plan's, made on the clipped core: every run tile clears --min-tissue (0.25),
-    # edge tiles included (their cores reach to infinity before clipping)
-    assert all(float(p["tissue_fraction"]) >= 0.25 for p in prof)
+    # the tissue check is the plan's, made on the clipped core: every run tile holds tissue (--min-tissue 0:
+    # any at all), edge tiles included (their cores reach to infinity before clipping)
+    assert all(float(p["tissue_fraction"]) > 0 for p in prof)
     assert (out / f"{name}.thumbnail.png").is_file()
     run = json.loads((out / f"{name}.run.json").read_text())
     assert run["tiles_failed"] == 0 and run["candidates"] == report.candidates
@@ -283,8 +283,8 @@ def test_contour_model_writes_polygons_end_to_end(pyramid_slide, tmp_path):
     save_model(build_detector(cfg), cfg, model_path, target_mu=stain.DEFAULT_TARGET_MU,
                target_sigma=stain.DEFAULT_TARGET_SIGMA)
     out = tmp_path / "out"
-    run_slide(pyramid_slide[0], out, RunOptions(model=str(model_path), tile_size=512, progress=False, min_score=0.0),
-              log=lambda *_: None)
+    run_slide(pyramid_slide[0], out, RunOptions(model=str(model_path), tile_size=512, progress=False, min_score=0.0,
+                                                score_cut=0.0), log=lambda *_: None)  # random weights: keep all
     feats = json.loads((out / "synthetic.geojson").read_text())["features"]
     elements = json.loads((out / "synthetic.anot.json").read_text())["elements"]
     rows = list(csv.DictReader(open(out / "synthetic.csv")))

@@ -42,6 +42,14 @@ class Detections:
     # contours, for the nuclei that have one: vertices of nucleus i are outline_xy[offsets[i]:offsets[i+1]]
     outline_offsets: np.ndarray | None = None
     outline_xy: np.ndarray | None = None
+    # per-nucleus measurements from NAME.nuclei.parquet (runs with --features): name -> (N,), NaN where none
+    measurements: dict = field(default_factory=dict)
+
+    def measurements_bytes(self) -> bytes:
+        """Little-endian float32, nucleus-major: row i holds nucleus i's measurements in ``measurements`` order."""
+        if not self.measurements:
+            return b""
+        return np.stack(list(self.measurements.values()), axis=1).astype("<f4").tobytes()
 
     def outlines_bytes(self) -> bytes:
         """Little-endian int32 offsets (N + 1), then float32 x, y vertices; empty without contours."""
@@ -117,6 +125,9 @@ def resolve_source(target: str | Path, results: str | Path | None = None, mpp: f
                     if p.is_file()), None)
     if det is not None and geojson is not None and det.areas_um2 is not None:  # area_um2: a contour model's run
         attach_outlines(det, geojson)
+    table = run_json.with_name(f"{name}.nuclei.parquet")
+    if det is not None and table.is_file():
+        attach_measurements(det, table)
     return ViewerSource(slide=Path(run["slide"]), name=name, mpp=mpp or run.get("mpp"), detections=det, run=run)
 
 
@@ -149,6 +160,40 @@ def attach_outlines(det: Detections, geojson: Path) -> None:
         else np.zeros((0, 2), np.float32)
 
 
+#: what a click shows from the features table (column, label, unit), when the run measured them
+SHOWN_MEASUREMENTS = (("Size.Area_um2", "area", "µm²"), ("Shape.Circularity", "circularity", ""),
+                      ("Shape.Solidity", "solidity", ""), ("Size.MajorAxisLength_um", "major axis", "µm"),
+                      ("Nucleus.Intensity.Mean", "hematoxylin mean", ""), ("Cytoplasm.Intensity.Mean", "eosin ring mean", ""))
+
+
+def attach_measurements(det: Detections, table: Path) -> None:
+    """A few columns of NAME.nuclei.parquet, matched to the CSV's rows. The table holds the CSV's nuclei at
+    the cut in the CSV's order; each row is the next CSV row with the same score and box (to rounding)."""
+    try:
+        import pyarrow.parquet as pq
+
+        names = [c for c, _, _ in SHOWN_MEASUREMENTS]
+        t = pq.read_table(table, columns=[c for c in ("x0", "y0", "x1", "y1", "score") + tuple(names)
+                                          if c in pq.read_schema(table).names])
+    except Exception:  # an unreadable table: the viewer still shows the nuclei
+        return
+    cols = t.to_pydict()
+    n = len(det.scores)
+    found = {c: np.full(n, np.nan) for c in names if c in cols}
+    row = 0
+    for k in range(t.num_rows):
+        box = np.array([cols["x0"][k], cols["y0"][k], cols["x1"][k], cols["y1"][k]])
+        while row < n and not (abs(det.scores[row] - cols["score"][k]) < 6e-5
+                               and np.abs(det.boxes[row] - box).max() < 0.2):
+            row += 1
+        if row == n:
+            return  # not this run's table
+        for c in found:
+            found[c][row] = cols[c][k]
+        row += 1
+    det.measurements = found
+
+
 def _with_results(src: ViewerSource, slide: Path) -> ViewerSource:
     src.slide = slide
     return src
@@ -172,12 +217,15 @@ class ViewerServer(ThreadingHTTPServer):
         det = source.detections
         self.detections = det.to_bytes() if det is not None else b""
         self.outlines = det.outlines_bytes() if det is not None else b""
+        self.measurements = det.measurements_bytes() if det is not None else b""
+        shown = {c: (label, unit) for c, label, unit in SHOWN_MEASUREMENTS}
         self.info = json.dumps({
             "name": source.name, "width": self.slide.dimensions[0], "height": self.slide.dimensions[1],
             "mpp": self.slide.mpp, "nuclei": 0 if det is None else int((det.scores >= det.score_cut).sum()),
             "candidates": 0 if det is None else len(det.scores),
             "score_cut": None if det is None else det.score_cut, "min_score": None if det is None else det.min_score,
             "outlines": bool(self.outlines),
+            "measurements": [] if det is None else [[*shown[c]] for c in det.measurements],
             "columns": ["x0", "y0", "x1", "y1", "score"] + (["area_um2"] if det is not None and
                                                              det.areas_um2 is not None else []),
         }).encode()
@@ -254,6 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, srv.detections, "application/octet-stream")
         if path == "/api/outlines":
             return self._send(200, srv.outlines, "application/octet-stream")
+        if path == "/api/measurements":
+            return self._send(200, srv.measurements, "application/octet-stream")
         if path == "/dzi/slide.dzi":
             return self._send(200, srv.dzi, "application/xml")
         m = _TILE.match(path)

@@ -24,6 +24,9 @@
   const hasArea = info.columns.indexOf("area_um2") >= 0;
   // contours (contour models): vertices of nucleus i are xy[2 * offs[i]] .. xy[2 * offs[i + 1]]
   let offs = null, xy = null;
+  // measurements (runs with --features): info.measurements[k] = [label, unit]; nucleus i's at meas[i * m + k]
+  const m = info.measurements.length;
+  const meas = m ? new Float32Array(await (await fetch("/api/measurements")).arrayBuffer()) : null;
   if (info.outlines) {
     const ob = await (await fetch("/api/outlines")).arrayBuffer();
     offs = new Int32Array(ob, 0, n + 1);
@@ -214,7 +217,11 @@
     let html = `<b>nucleus</b><br>score ${data[o + 4].toFixed(3)}<br>` +
       `box ${um(data[o + 2] - data[o])} × ${um(data[o + 3] - data[o + 1])}<br>` +
       `centre ${((data[o] + data[o + 2]) / 2).toFixed(0)}, ${((data[o + 1] + data[o + 3]) / 2).toFixed(0)} px`;
-    if (hasArea) html += `<br>area ${data[o + ncol - 1].toFixed(1)} µm²`;
+    if (hasArea) html += `<br>area ${data[o + ncol - 1].toFixed(1)} µm² (contour)`;
+    for (let k = 0; k < m; k++) {
+      const v = meas[i * m + k];
+      if (Number.isFinite(v)) html += `<br>${info.measurements[k][0]} ${v.toFixed(Math.abs(v) < 10 ? 3 : 1)} ${info.measurements[k][1]}`;
+    }
     box.innerHTML = html;
     box.hidden = false;
   }

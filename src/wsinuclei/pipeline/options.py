@@ -1,0 +1,167 @@
+"""The run's settings and records: what the user asked for (``RunOptions``), what each worker needs
+(``SlideContext``), what a tile gives back (``TileResult``) and what a run reports (``RunReport``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import WsinucleiError
+
+
+#: The score cut the shipped models' figures are quoted at (their scores are calibrated so that 0.5 is the
+#: best validation cut); lower-scoring boxes are written for precision-recall curves, not as nuclei.
+OPERATING_POINT = 0.5
+
+
+PROFILE_FIELDS = ["tile", "x", "y", "tissue_fraction", "read_s", "tissue_s", "reinhard_s", "deconvolution_s",
+                  "inference_s", "postprocess_s", "features_s", "nuclei", "worker", "attempts"]
+
+
+@dataclass
+class RunOptions:
+    mpp: float | None = None  # override the slide's µm/px
+    roi: tuple[int, int, int, int] | None = None  # x, y, w, h in base pixels
+    tile_size: int = 1024
+    overlap: int = 64
+    min_tissue: float = 0.0  # a tile runs when its core holds more tissue than this (0: any tissue at all)
+    tissue_mask: bool = True  # False: run every tile and keep every detection (images that are all tissue)
+    native_resolution: bool = True  # slides inside the model's µm/px range run at their own resolution
+    model: str | None = None  # path; None = the shipped default
+    min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
+    score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
+    device: str = "cpu"
+    batch_size: int = 1
+    readers: int = 2
+    workers: int = 0  # 0 = in-process; N = local Dask cluster with N worker processes
+    scheduler: str | None = None  # address of an existing Dask scheduler
+    force: bool = False
+    gzip: bool = False
+    retries: int = 2
+    progress: bool = True
+    keep_parts: bool = False
+    # Reinhard source statistics (lab mean, lab std) to use instead of the slide's own: for a region cut
+    # out of a larger slide, pass the whole slide's so the region is normalised as the slide would be.
+    lab_stats: tuple | None = None
+    # recorded in the annotation's attributes beside the options (the DSA CLI puts its own arguments here)
+    extra_params: dict | None = None
+    # a Slurm cluster (dask-jobqueue): each job is one Dask worker running the same tile tasks
+    cluster: str | None = None  # None or "slurm"
+    jobs: int = 2
+    slurm_queue: str | None = None
+    slurm_account: str | None = None
+    slurm_cores: int = 4
+    slurm_memory: str = "16GB"
+    slurm_walltime: str = "02:00:00"
+    slurm_wait_s: float = 600.0  # how long to wait for the first job to start
+    features: bool = False  # measure every nucleus at the score cut: NAME.nuclei.parquet and NAME.bag.parquet
+    feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
+
+    def validate(self) -> "RunOptions":
+        """Every option in its range, and only executor/device combinations that work; one clear error each."""
+        def integer(name, value, low, high):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise WsinucleiError(f"--{name} must be a whole number from {low} to {high}, got {value}")
+
+        integer("tile-size", self.tile_size, 64, 16384)
+        integer("overlap", self.overlap, 0, self.tile_size - 1)
+        integer("batch-size", self.batch_size, 1, 256)
+        integer("readers", self.readers, 1, 64)
+        integer("workers", self.workers, 0, 1024)
+        integer("retries", self.retries, 0, 10)
+        for name, value in (("min-tissue", self.min_tissue), ("min-score", self.min_score),
+                            ("score-cut", self.score_cut)):
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise WsinucleiError(f"--{name} must be a number from 0 to 1, got {value}")
+        if self.features:
+            from ..features import FAMILIES
+
+            unknown = [f for f in self.feature_families if f not in FAMILIES]
+            if unknown or not self.feature_families:
+                raise WsinucleiError(f"--feature-families: unknown {', '.join(unknown) or '(none given)'}; "
+                                     f"known: {', '.join(FAMILIES)}")
+        if self.score_cut < self.min_score:
+            raise WsinucleiError(f"--score-cut {self.score_cut:g} is below --min-score {self.min_score:g}: boxes "
+                                 "under --min-score are never kept; lower --min-score too")
+        if self.mpp is not None and not (self.mpp > 0 and np.isfinite(self.mpp)):
+            raise WsinucleiError(f"--mpp must be a positive number, got {self.mpp}")
+        if self.scheduler and self.workers:
+            raise WsinucleiError("--workers starts a local Dask cluster and --scheduler uses a running one: give one of them")
+        if self.cluster is not None:
+            if self.cluster != "slurm":
+                raise WsinucleiError(f"--cluster {self.cluster}: only slurm is supported")
+            if self.scheduler or self.workers:
+                raise WsinucleiError("--cluster slurm starts its own Dask workers as Slurm jobs: leave out --workers "
+                                     "and --scheduler")
+            integer("jobs", self.jobs, 1, 10000)
+            integer("slurm-cores", self.slurm_cores, 1, 1024)
+            if self.device.startswith("cuda:"):
+                raise WsinucleiError("with --cluster slurm each job takes its own GPU: give --device cuda")
+        if self.batch_size > 1 and (self.scheduler or self.workers or self.cluster):
+            raise WsinucleiError("--batch-size batches tiles in-process; with --workers or --scheduler each Dask task "
+                                 "is one tile (leave --batch-size at 1)")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise WsinucleiError(f"--device {self.device}: expected cpu, cuda or cuda:N")
+        if self.device.startswith("cuda:") and (self.workers or self.scheduler):
+            raise WsinucleiError("with Dask each worker takes its own GPU: give --device cuda, not a numbered device")
+        return self
+
+
+@dataclass
+class SlideContext:
+    """Everything a worker needs to process any tile of one slide (small; sent with each task)."""
+
+    path: str
+    mpp: float
+    model: str | None
+    model_mpp: float
+    input_channels: str
+    src_mu: list[float]
+    src_sigma: list[float]
+    target_mu: list[float]
+    target_sigma: list[float]
+    tile_size: int
+    device: str = "cpu"
+    min_score: float = 0.1
+    retries: int = 2
+    score_cut: float = OPERATING_POINT
+    features: tuple | None = None  # feature families to measure, None for none
+
+
+@dataclass
+class TileResult:
+    key: str
+    boxes: np.ndarray
+    scores: np.ndarray
+    profile: dict
+    failed: str | None = None
+    outlines: np.ndarray | None = None  # (N, rays, 2) nuclear contours in base pixels, for contour models
+    features: dict | None = None  # column -> (N,) values, for runs with --features (NaN under the score cut)
+
+
+@dataclass
+class RunReport:
+    name: str
+    slide: str = ""  # absolute path of the slide or image
+    mpp: float = 0.0  # µm/px of its base level, as used
+    read_mpp: float = 0.0  # µm/px the tiles were read at (the slide's own when the model serves it)
+    outputs: dict = field(default_factory=dict)
+    nuclei: int = 0  # score >= score_cut: what the model counts as nuclei (GeoJSON, DSA file)
+    candidates: int = 0  # boxes in the CSV: score >= min_score
+    score_cut: float = OPERATING_POINT
+    min_score: float = 0.1
+    model: dict = field(default_factory=dict)  # file, sha1 prefix
+    tiles_total: int = 0
+    tiles_processed: int = 0
+    tiles_skipped_tissue: int = 0
+    tiles_resumed: int = 0
+    tiles_failed: int = 0
+    dropped_off_tissue: int = 0  # detections whose centre lay off the (grown) tissue mask
+    wall_s: float = 0.0
+    tiles_per_s: float = 0.0
+    executor: str = ""
+    workers: int = 1
+    stage_totals_s: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)
+    reinhard_source: dict = field(default_factory=dict)

@@ -1,0 +1,128 @@
+"""Planning a slide: its µm/px and the resolution tiles are read at, the tissue mask, the Reinhard source
+statistics, and the tile grid with the tiles that run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..colour_stats import tissue_lab_stats
+from ..errors import WsinucleiError
+from ..slide import Slide
+from ..tiles import Tile, TileGrid
+from ..tissue import region_fraction, tissue_mask
+from .options import RunOptions, SlideContext, TileResult
+
+
+@dataclass
+class SlidePlan:
+    slide: Slide
+    ctx: SlideContext
+    grid: TileGrid
+    tiles: list[Tile]
+    skipped: list[Tile]
+    thumb: np.ndarray
+    thumb_downsample: float
+    mask: np.ndarray
+    roi: tuple[int, int, int, int]
+    # per tile key: (tissue fraction of its core, seconds the check took); computed once here, on the
+    # thumbnail's mask, so workers need neither the mask nor a second pass
+    tissue: dict = field(default_factory=dict)
+    lab_stats: dict = field(default_factory=dict)  # the Reinhard source statistics and how they were taken
+
+    def add_tissue(self, r: "TileResult") -> None:
+        frac, secs = self.tissue.get(r.key, (None, 0.0))
+        r.profile.update(tissue_fraction=None if frac is None else round(frac, 4), tissue_s=secs)
+
+
+def run_mpp(slide_mpp: float, model_mpp: float, mpp_range: tuple[float, float] | None) -> float:
+    """The µm/px tiles are read at: the slide's own when the model serves it (no resampling: a 20x slide is
+    not upsampled to 40x, a quarter of the pixels), else the nearest end of the model's range."""
+    if not mpp_range:
+        return model_mpp
+    lo, hi = mpp_range
+    return float(min(max(slide_mpp, lo), hi))
+
+
+def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
+               model_path: str | None, mpp_range: tuple[float, float] | None = None) -> SlidePlan:
+    slide = Slide(path, mpp=opts.mpp)
+    try:
+        if mpp_range and opts.native_resolution:
+            model_mpp = run_mpp(slide.require_mpp(), model_mpp, mpp_range)
+        return _plan(slide, path, opts, model_mpp, input_channels, target_mu, target_sigma, model_path)
+    except BaseException:
+        slide.close()
+        raise
+
+
+def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
+          model_path: str | None) -> SlidePlan:
+    mpp = slide.require_mpp()
+    W, H = slide.dimensions
+    if opts.roi is not None:
+        x, y, w, h = opts.roi
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > W or y + h > H:
+            raise WsinucleiError(f"--roi {x},{y},{w},{h} is not inside the slide ({W}x{H})")
+        roi = (x, y, w, h)
+    else:
+        roi = (0, 0, W, H)
+    thumb, ds = slide.thumbnail()
+    mask = tissue_mask(thumb)
+    if not mask.any():
+        raise WsinucleiError(f"{path}: no tissue found")
+    if opts.lab_stats is not None:
+        mu, sigma = opts.lab_stats
+        lab_info = {"mean": [float(v) for v in mu], "std": [float(v) for v in sigma], "definition": "given"}
+    else:  # sampled at the model's µm/px: a thumbnail's averaged pixels would halve σ on a big slide
+        stats = tissue_lab_stats(slide, mask, ds, model_mpp)
+        mu, sigma, lab_info = stats.mean, stats.std, stats.as_dict()
+    scale = model_mpp / mpp
+    tile_size = fitted_tile_size(opts.tile_size, opts.overlap, roi[2] / scale, roi[3] / scale)
+    grid = TileGrid(roi[2], roi[3], scale, tile_size, opts.overlap, origin=(roi[0], roi[1]))
+    tiles, skipped, tissue = [], [], {}
+    for t in grid:
+        t0 = time.perf_counter()
+        frac = region_fraction(mask, ds, *grid.clipped_core(t))
+        tissue[t.key] = (frac, time.perf_counter() - t0)
+        runs = not opts.tissue_mask or (frac > 0 and frac >= opts.min_tissue)
+        (tiles if runs else skipped).append(t)
+    if not tiles:
+        raise WsinucleiError(f"{path}: no tile holds {'tissue' if not opts.min_tissue else f'at least {opts.min_tissue:.0%} tissue'} "
+                             "(see --min-tissue, --no-tissue-mask)")
+    ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
+                       [float(v) for v in mu], [float(v) for v in sigma],
+                       [float(v) for v in target_mu], [float(v) for v in target_sigma], tile_size,
+                       opts.device, opts.min_score, opts.retries, opts.score_cut,
+                       tuple(opts.feature_families) if opts.features else None)
+    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)
+
+
+TISSUE_MARGIN_UM = 20.0  # the tissue mask is grown by this before detections are checked against it
+
+
+def on_tissue(boxes: np.ndarray, mask: np.ndarray, ds: float, mpp: float, margin_um: float = TISSUE_MARGIN_UM) -> np.ndarray:
+    """Which boxes have their centre on the tissue mask (``ds`` base pixels per mask pixel) grown by
+    ``margin_um``: the mask is drawn at thumbnail scale, so a nucleus at the very edge of tissue is kept."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not mask.any():
+        return np.zeros(len(boxes), bool)
+    grow = max(1.0, margin_um / (ds * mpp))
+    grown = distance_transform_edt(~mask) <= grow  # a disc-shaped growth in one linear-time pass
+    h, w = grown.shape
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
+    return grown[cy, cx]
+
+
+def fitted_tile_size(tile: int, overlap: int, width: float, height: float) -> int:
+    """The tile size for an area of ``width`` x ``height`` model pixels: ``tile``, or less when the area is
+    narrower, so a small image or a thin ROI is not padded with white. Padding is not neutral: the detector's
+    GroupNorm statistics cover the whole tile, and a 512-px image in a 1024-px tile (three quarters glass)
+    gave three times as many boxes as the same image read in a 512-px tile."""
+    narrow = int(np.ceil(min(width, height) / 32.0)) * 32
+    return int(max(min(tile, narrow), overlap + 32, 64))

@@ -1,0 +1,321 @@
+"""A whole-slide run: plan, resume finished tiles, execute the rest, merge, write every output."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import stain
+from ..errors import WsinucleiError
+from ..outputs import atomic_write_bytes, write_outputs
+from ..tiles import Tile
+from . import worker
+from .executors import _run_dask, _run_in_process
+from .options import PROFILE_FIELDS, RunOptions, RunReport, TileResult
+from .plan import SlidePlan, on_tissue, plan_slide
+from .seams import merge_seams
+from .thumbnail import draw_thumbnail
+from .worker import _close_slide, read_and_preprocess
+
+
+def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
+    key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "run_mpp": plan.ctx.model_mpp, "roi": plan.roi, "tile": opts.tile_size,
+           "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
+           "lab": [plan.ctx.src_mu, plan.ctx.src_sigma],
+           "features": list(plan.ctx.features or []), "score_cut": opts.score_cut if opts.features else None}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _save_part(folder: Path, r: TileResult) -> None:
+    tmp = folder / f".{r.key}.tmp.npz"
+    extra = {} if r.outlines is None else {"outlines": r.outlines.astype(np.float32)}
+    if r.features is not None:
+        extra["feature_names"] = np.array(list(r.features), dtype=str)
+        extra["feature_values"] = np.stack([r.features[k] for k in r.features], axis=1) if r.features else np.zeros((0, 0))
+    np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "", **extra)
+    os.replace(tmp, folder / f"{r.key}.npz")
+
+
+def _load_part(path: Path) -> TileResult | None:
+    import zipfile
+
+    try:
+        with np.load(path) as z:
+            failed = str(z["failed"]) or None
+            features = None
+            if "feature_names" in z:
+                values = z["feature_values"].reshape(len(z["scores"]), len(z["feature_names"]))
+                features = {str(k): values[:, i] for i, k in enumerate(z["feature_names"])}
+            return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed,
+                              z["outlines"].astype(np.float64) if "outlines" in z else None, features)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # a part damaged by a crash mid-write (parts are renamed into place, so this is rare): recompute it
+        logging.getLogger(__name__).warning("resume: %s is unreadable (%s); its tile is run again", path.name, exc)
+        return None
+
+
+def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print, on_progress=None) -> RunReport:
+    """Detect every nucleus in one slide; write NAME.csv/.geojson/.anot.json, NAME.thumbnail.png,
+    NAME.profile.csv and NAME.run.json into ``out_dir``. ``on_progress(done, total)`` is called as tiles
+    finish (resumed ones count as done from the start)."""
+    from ..checkpoint import check_device
+
+    t_start = time.time()
+    opts.validate()
+    if not (opts.scheduler or opts.cluster):  # a cluster's GPUs are on its workers, not here
+        check_device(opts.device)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WsinucleiError(f"{out_dir}: exists and is not a folder")
+    model_path = str(Path(opts.model).resolve()) if opts.model else None
+    # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
+    # same command) use this very instance instead of loading the file again
+    loaded = worker._detector(model_path, "cpu" if (opts.scheduler or opts.workers or opts.cluster) else opts.device).loaded
+    plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
+                      mpp_range=loaded.config.mpp_range)
+    # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is
+    # decoded once); it is closed when the slide is done
+    worker._STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
+    try:
+        name = plan.slide.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+        model_id = hashlib.sha1(loaded.path.read_bytes()).hexdigest()[:12]
+        parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
+        if opts.force and parts.parent.exists():
+            shutil.rmtree(parts.parent)
+        parts.mkdir(parents=True, exist_ok=True)
+        results = _load_resumed(plan, parts)
+        resumed = len(results)
+        todo = [t for t in plan.tiles if t.key not in results]
+        executor = f"slurm, {opts.jobs} jobs x {opts.slurm_cores} cores" if opts.cluster == "slurm" else \
+            f"dask scheduler {opts.scheduler}" if opts.scheduler else (
+            f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
+        log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px, read at "
+            f"{plan.ctx.model_mpp:g}; "
+            f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile} px; {resumed} done before); "
+            f"{executor}")
+        run_s = _execute(plan, todo, opts, results, parts, on_progress)
+        report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
+                           tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
+                           workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
+                           slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, read_mpp=plan.ctx.model_mpp,
+                           score_cut=opts.score_cut,
+                           min_score=opts.min_score, model={"file": str(loaded.path), "sha1": model_id})
+        report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
+        _write_results(plan, opts, results, out_dir, report, t_start)
+    finally:
+        _close_slide(plan.ctx.path, plan.ctx.mpp)
+    if not report.tiles_failed and not opts.keep_parts:
+        shutil.rmtree(parts.parent, ignore_errors=True)
+    return report
+
+
+def _load_resumed(plan: SlidePlan, parts: Path) -> dict[str, "TileResult"]:
+    """Tiles finished by an earlier, interrupted run of the same command (failed tiles are run again)."""
+    results = {}
+    for t in plan.tiles:
+        f = parts / f"{t.key}.npz"
+        if f.exists():
+            r = _load_part(f)
+            if r is not None and r.failed is None:
+                results[t.key] = r
+    return results
+
+
+def _execute(plan: SlidePlan, todo: list[Tile], opts: RunOptions, results: dict, parts: Path,
+             on_progress=None) -> float:
+    """Run the tiles still to do on the chosen executor, saving each result as it arrives; returns seconds."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(plan.tiles), initial=len(results), desc=plan.slide.name, unit="tile",
+               disable=not opts.progress)
+    found = {"nuclei": sum(len(r.boxes) for r in results.values())}
+
+    def on_result(r: TileResult):
+        plan.add_tissue(r)
+        results[r.key] = r
+        _save_part(parts, r)
+        found["nuclei"] += len(r.boxes)
+        bar.update(1)
+        bar.set_postfix(nuclei=found["nuclei"])
+        if on_progress is not None:
+            on_progress(len(results), len(plan.tiles))
+
+    t_run = time.time()
+    if on_progress is not None:
+        on_progress(len(results), len(plan.tiles))
+    try:
+        if todo:
+            if opts.scheduler or opts.workers > 0 or opts.cluster:
+                _run_dask(plan, todo, opts, on_result)
+            else:
+                _run_in_process(plan, todo, opts, on_result)
+    finally:
+        bar.close()
+    return time.time() - t_run
+
+
+def _profile_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=PROFILE_FIELDS, extrasaction="ignore", lineterminator="\n")
+    wr.writeheader()
+    for p in rows:
+        wr.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in p.items()})
+    return buf.getvalue().encode()
+
+
+def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Path, report: RunReport,
+                   t_start: float) -> None:
+    """Merge seams, cut to the ROI, and write the result files, the profile and run.json."""
+    name = report.name
+    t_merge = time.perf_counter()
+    boxes, scores, outlines, tile_of, row_of = merge_seams(plan.grid, results, with_tiles=True)
+    merge_s = time.perf_counter() - t_merge
+    x, y, w, h = plan.roi
+    if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
+        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
+        outlines = None if outlines is None else outlines[keep]
+    if opts.tissue_mask:  # every tile with tissue runs, so glass beside a strip is seen: drop what lies on it
+        keep = on_tissue(boxes, plan.mask, plan.thumb_downsample, plan.ctx.mpp)
+        report.dropped_off_tissue = int((~keep).sum())
+        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
+        outlines = None if outlines is None else outlines[keep]
+    areas = None
+    if outlines is not None:
+        from ..contours import polygon_areas
+
+        areas = polygon_areas(outlines) * plan.ctx.mpp ** 2
+    failed = sorted(k for k, r in results.items() if r.failed)
+    report.candidates, report.tiles_failed = len(boxes), len(failed)
+    report.nuclei = int((scores >= opts.score_cut).sum())
+    report.failed = [{"tile": k, "error": results[k].failed} for k in failed]
+    profile_rows = [results[k].profile for k in sorted(results)]
+    for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "features_s"):
+        if stage == "features_s" and not opts.features:
+            continue
+        report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
+    report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
+    attributes = annotation_attributes(report, opts)
+    measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
+    report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip, polygons=outlines,
+                                                          areas_um2=areas, score_cut=opts.score_cut,
+                                                          attributes=attributes, measurements=measurements).items()}
+    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png", boxes[scores >= opts.score_cut])
+    if opts.features and not failed:  # a partial table is never written as if it were the slide's
+        report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
+                                                    tile_of, row_of))
+    atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
+    report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
+    report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
+    report.wall_s = round(time.time() - t_start, 3)
+    atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
+
+
+#: feature columns QuPath shows for each detection (measurement table, histograms), by QuPath-style name
+QUPATH_MEASUREMENTS = {"Circularity": "Shape.Circularity", "Hematoxylin mean": "Nucleus.Intensity.Mean",
+                       "Eosin ring mean": "Cytoplasm.Intensity.Mean", "Solidity": "Shape.Solidity"}
+
+
+def _qupath_measurements(results, tile_of, row_of) -> dict:
+    from ..features.tables import result_feature_columns, gather_features
+
+    have = set(result_feature_columns(results))
+    wanted = {k: v for k, v in QUPATH_MEASUREMENTS.items() if v in have}
+    if not wanted or not len(tile_of):
+        return {}
+    cols = gather_features(results, tile_of, row_of, np.arange(len(tile_of)), list(wanted.values()))
+    return {k: cols[v] for k, v in wanted.items()}
+
+
+def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas, tile_of, row_of) -> dict:
+    from .. import __version__
+    from ..features import FEATURES_VERSION
+    from ..features.tables import write_bag_table, write_nuclei_table
+    from ..features.tiles import SHAPE_FAMILIES
+
+    contours = areas is not None
+    families = [f for f in opts.feature_families if contours or f not in SHAPE_FAMILIES]
+    meta = {"slide": report.slide, "name": report.name, "mpp": report.mpp, "model_mpp": plan.ctx.model_mpp,
+            "model": report.model, "wsinuclei": __version__, "features_version": FEATURES_VERSION,
+            "families": families, "score_cut": opts.score_cut,
+            "masks": "model contours" if contours else "ellipses inscribed in the boxes (box-only model: no shape "
+                     "features)",
+            "units": "Identifier.* in base-level pixels of the slide; other px-based values in pixels at model_mpp; "
+                     "*_um and *_um2 columns in µm and µm²; intensities on HistomicsTK's 0-255 stain scale"}
+    keep = np.flatnonzero(scores >= opts.score_cut)
+    model_name = Path(report.model.get("file", "")).name
+    t0 = time.perf_counter()
+    paths = {"nuclei_table": out_dir / f"{report.name}.nuclei.parquet", "bag_table": out_dir / f"{report.name}.bag.parquet"}
+    write_nuclei_table(paths["nuclei_table"], results, boxes, scores, tile_of, row_of, keep, meta, model_name, areas)
+    write_bag_table(paths["bag_table"], plan, results, scores, tile_of, row_of, keep, meta)
+    report.stage_totals_s["feature_tables_s"] = round(time.perf_counter() - t0, 3)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def annotation_attributes(report: RunReport, opts: RunOptions) -> dict:
+    """What the DSA annotation records about how it was made (HistomicsTK's CLIs record the same kind):
+    the parameters, the model, wsinuclei's version and the Reinhard source statistics."""
+    from .. import __version__
+
+    params = {k: v for k, v in asdict(opts).items() if k not in ("progress", "keep_parts", "lab_stats")}
+    params.update(opts.extra_params or {})
+    src = report.reinhard_source or {}
+    return {"cli": "wsinuclei", "version": __version__, "params": params, "model": report.model,
+            "mpp": report.mpp, "score_cut": opts.score_cut, "min_score": opts.min_score,
+            "src_mu_lab": src.get("mean"), "src_sigma_lab": src.get("std"), "reinhard_source": src}
+
+
+def survey_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print) -> dict:
+    """Everything but inference (used when no model is installed): tissue mask, slide-wide Reinhard
+    statistics, the tile grid and thumbnail, and the stain steps on every tissue tile, timed."""
+    from tqdm import tqdm
+
+    from ..models import load_preset
+
+    preset = load_preset("fast")
+    plan = plan_slide(path, opts, preset.mpp, preset.input_channels, stain.DEFAULT_TARGET_MU,
+                      stain.DEFAULT_TARGET_SIGMA, None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = plan.slide.name
+    worker._STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
+    try:
+        draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+        rows = []
+        for t in tqdm(plan.tiles, desc=f"{name} (stain steps)", unit="tile", disable=not opts.progress):
+            _, prof, _ = read_and_preprocess(plan.ctx, t)
+            r = TileResult(t.key, np.zeros((0, 4)), np.zeros(0), prof)
+            plan.add_tissue(r)
+            rows.append(r.profile)
+    finally:
+        _close_slide(plan.ctx.path, plan.ctx.mpp)
+    atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(rows))
+    return {"name": name, "tiles": len(plan.tiles), "skipped": len(plan.skipped),
+            "thumbnail": str(out_dir / f"{name}.thumbnail.png"), "lab_mean": plan.ctx.src_mu}
+
+
+def format_report(r: RunReport) -> str:
+    st = r.stage_totals_s
+    lines = [
+        f"{r.name}: {r.nuclei} nuclei at score >= {r.score_cut:g} ({r.candidates} candidates >= {r.min_score:g}); "
+        f"{r.tiles_processed} tissue tiles of {r.tiles_total} "
+        f"({r.tiles_skipped_tissue} skipped as background, {r.tiles_resumed} resumed, {r.tiles_failed} failed)",
+        f"  wall {r.wall_s:.1f} s, {r.tiles_per_s:.3f} tiles/s, executor: {r.executor}",
+        "  stage totals (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in st.items()),
+    ]
+    if r.tiles_failed:
+        lines.append(f"  {r.tiles_failed} tiles failed to read (listed in {r.name}.run.json); their nuclei are missing")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""``NAME.thumbnail.png``: the slide with its tissue outline, the tiles, and the nuclei found."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..outputs import atomic_write_bytes
+from .plan import SlidePlan
+
+
+def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None) -> None:
+    """The slide thumbnail with the tissue outline (green) and the tile grid: processed tiles' cores in
+    blue, skipped ones in grey. With ``nuclei`` (boxes in base pixels, those at the score cut) it shows what
+    was found too: a red dot per nucleus while dots stay apart, else a density map (nuclei per mm²)."""
+    from PIL import Image, ImageDraw
+    from skimage.segmentation import find_boundaries
+
+    img = plan.thumb.copy()
+    ds = plan.thumb_downsample
+    legend = None
+    if nuclei is not None and len(nuclei):
+        img, legend = overlay_nuclei(img, nuclei, ds, plan.ctx.mpp)
+    img[find_boundaries(plan.mask, mode="outer")] = (0, 200, 0)
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    for tiles, colour in ((plan.skipped, (170, 170, 170)), (plan.tiles, (0, 0, 255))):
+        for t in tiles:
+            x0, y0, x1, y1 = plan.grid.clipped_core(t)
+            d.rectangle([x0 / ds, y0 / ds, max(x0 / ds, x1 / ds - 1), max(y0 / ds, y1 / ds - 1)], outline=colour)
+    if legend:
+        font = _legend_font()
+        w = d.textlength(legend, font=font) + 8
+        d.rectangle([2, 2, 2 + w, 20], fill=(255, 255, 255))
+        d.text((6, 4), legend, fill=(0, 0, 0), font=font)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+#: a density map replaces dots once this share of the dots would touch another (thumbnail pixels)
+DOTS_MAX_CROWDING = 0.05
+
+
+DENSITY_CELL_UM = 50.0  # density-map cell edge (at least 4 thumbnail pixels)
+
+
+OUTLINE_MAX_UM_PER_PX = 2.0  # thumbnail pixels this fine show each nucleus's box, not a dot
+
+
+def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) -> tuple[np.ndarray, str]:
+    """Draw nuclei (boxes in base pixels) on a thumbnail of ``ds`` base pixels per pixel: their boxes where a
+    thumbnail pixel is at most 2 µm (a nucleus spans several pixels), red dots while dots stay apart, else a
+    density map (nuclei per mm² in 50-µm cells). Returns the image and a legend line."""
+    h, w = img.shape[:2]
+    if ds * mpp <= OUTLINE_MAX_UM_PER_PX:
+        from PIL import Image, ImageDraw
+
+        im = Image.fromarray(img)
+        d = ImageDraw.Draw(im)
+        for x0, y0, x1, y1 in boxes / ds:
+            d.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 200, 90))
+        return np.asarray(im).copy(), f"{len(boxes)} nuclei (green boxes)"
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
+    from scipy.ndimage import convolve
+
+    per_pixel = np.bincount(cy * w + cx, minlength=h * w).reshape(h, w)
+    # a dot is crowded when another shares its pixel or touches it: then dots merge into blobs
+    near = convolve(per_pixel, np.ones((3, 3), per_pixel.dtype), mode="constant")
+    occupied = per_pixel > 0
+    crowded = (near[occupied] > 1).sum() / max(1, occupied.sum())
+    if crowded <= DOTS_MAX_CROWDING:
+        img[cy, cx] = (220, 0, 0)
+        return img, f"{len(boxes)} nuclei (red dots)"
+    from matplotlib import colormaps
+
+    c = max(4, int(round(DENSITY_CELL_UM / (ds * mpp))))
+    gh, gw = -(-h // c), -(-w // c)
+    counts = np.bincount((cy // c) * gw + cx // c, minlength=gh * gw).reshape(gh, gw).astype(float)
+    cell_mm2 = (c * ds * mpp / 1000.0) ** 2
+    density = counts / cell_mm2
+    top = float(np.percentile(density[density > 0], 99)) or 1.0
+    rgba = colormaps["inferno"](np.clip(density / top, 0, 1))
+    rgba = np.repeat(np.repeat(rgba, c, axis=0), c, axis=1)[:h, :w]
+    alpha = np.where(np.repeat(np.repeat(counts, c, axis=0), c, axis=1)[:h, :w] > 0, 0.6, 0.0)[..., None]
+    img = (img * (1 - alpha) + rgba[..., :3] * 255 * alpha).astype(np.uint8)
+    return img, f"{len(boxes)} nuclei; density up to {top:,.0f}/mm² (inferno)"
+
+
+def _legend_font():
+    """DejaVu Sans from matplotlib (a dependency): PIL's built-in font has no µ or ²."""
+    from pathlib import Path as _Path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(str(_Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), 13)
+    except OSError:
+        return ImageFont.load_default()

@@ -1,0 +1,149 @@
+"""What runs where the tiles run (this process, a Dask worker, a Slurm job): one model and one open slide
+per process, reading and normalising a tile, inference, keeping what the tile's core owns, and measuring it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+from .. import stain
+from ..errors import WsinucleiError
+from ..slide import Slide
+from ..tiles import Tile
+from .options import SlideContext, TileResult
+
+
+_STATE: dict = {}
+
+
+_STATE_LOCK = threading.Lock()
+
+
+def _detector(model_path: str | None, device: str):
+    from ..inference import NucleusDetector
+
+    key = ("model", model_path, device)
+    with _STATE_LOCK:
+        if key not in _STATE:
+            _STATE[key] = NucleusDetector.from_file(model_path, device=device)
+        return _STATE[key]
+
+
+def _slide(path: str, mpp: float) -> Slide:
+    """This process's handle on a slide: OpenSlide handles are thread-safe, so reader threads share one."""
+    key = ("slide", path, mpp)
+    with _STATE_LOCK:
+        if key not in _STATE:
+            _STATE[key] = Slide(path, mpp=mpp)
+        return _STATE[key]
+
+
+def _worker_name() -> str:
+    """The Dask worker's name, or ``pidN`` outside Dask; looked up once per process."""
+    name = _STATE.get("worker_name")
+    if name is None:
+        try:
+            from distributed import get_worker
+
+            name = str(get_worker().name)
+        except (ImportError, ValueError):  # ValueError: not running inside a Dask worker
+            name = f"pid{os.getpid()}"
+        _STATE["worker_name"] = name
+    return name
+
+
+def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Read a tile at the model's µm/px and turn it into network input; times each stage. Returns the input,
+    the timings and the Reinhard-normalised RGB (what features are measured on)."""
+    prof = {"tile": tile.key, "x": round(tile.x, 1), "y": round(tile.y, 1)}
+    attempts, last_exc = 0, None
+    t0 = time.perf_counter()
+    while attempts <= ctx.retries:
+        attempts += 1
+        try:
+            rgb = _slide(ctx.path, ctx.mpp).read_region(tile.x, tile.y, tile.size, tile.size, ctx.model_mpp)
+            break
+        except WsinucleiError as exc:  # a corrupt region: retry, then report the tile as failed
+            last_exc = exc
+    else:
+        raise TileReadError(str(last_exc), attempts)
+    prof["attempts"] = attempts
+    prof["read_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    normalised = stain.reinhard(rgb, ctx.target_mu, ctx.target_sigma, src_mu=ctx.src_mu, src_sigma=ctx.src_sigma)
+    prof["reinhard_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x = stain.model_input(normalised, ctx.input_channels)
+    prof["deconvolution_s"] = time.perf_counter() - t0
+    return x, prof, normalised
+
+
+class TileReadError(Exception):
+    def __init__(self, msg, attempts):
+        super().__init__(msg)
+        self.attempts = attempts
+
+
+def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict,
+                outlines: np.ndarray | None = None, rgb: np.ndarray | None = None) -> TileResult:
+    """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor. A kept
+    nucleus keeps its whole contour, as this tile (which sees all of it) drew it, and is measured here, on
+    this tile's pixels (``rgb``, when the run asks for features)."""
+    t0 = time.perf_counter()
+    scale = ctx.model_mpp / ctx.mpp
+    b = boxes * scale + np.array([tile.x, tile.y, tile.x, tile.y])
+    base_outlines = None if outlines is None else outlines * scale + np.array([tile.x, tile.y])
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    x0, y0, x1, y1 = tile.core
+    keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (scores >= ctx.min_score)
+    prof["postprocess_s"] = time.perf_counter() - t0
+    features = None
+    if ctx.features and rgb is not None:
+        from ..features.tiles import tile_features
+
+        t0 = time.perf_counter()
+        features = tile_features(rgb, boxes, scores, outlines, np.flatnonzero(keep), ctx.score_cut, ctx.model_mpp,
+                                 lambda x, y: (x * scale + tile.x, y * scale + tile.y), ctx.features)
+        prof["features_s"] = time.perf_counter() - t0
+    prof["nuclei"] = int(keep.sum())
+    prof["worker"] = _worker_name()
+    return TileResult(tile.key, b[keep], scores[keep], prof,
+                      outlines=None if base_outlines is None else base_outlines[keep], features=features)
+
+
+def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
+    """The unit of work every executor runs (Dask tasks call this)."""
+    try:
+        x, prof, rgb = read_and_preprocess(ctx, tile)
+    except TileReadError as exc:
+        return _failed(tile, str(exc), exc.attempts)
+    t0 = time.perf_counter()
+    (boxes, scores, outlines), = _detector(ctx.model, ctx.device).predict_instances([x])
+    prof["inference_s"] = time.perf_counter() - t0
+    return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb)
+
+
+def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
+    prof = {"tile": tile.key, "x": round(tile.x, 1), "y": round(tile.y, 1), "attempts": attempts,
+            "worker": _worker_name(), "nuclei": 0}
+    return TileResult(tile.key, np.zeros((0, 4)), np.zeros(0), prof, failed=msg)
+
+
+def _dask_worker_init(threads: int, device: str):
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    _STATE.pop("worker_name", None)
+    if device.startswith("cuda"):  # local cluster: worker i takes GPU i (one worker per GPU, see below)
+        from distributed import get_worker
+
+        torch.cuda.set_device(int(get_worker().name))
+
+
+def _close_slide(path: str, mpp: float) -> None:
+    slide = _STATE.pop(("slide", path, mpp), None)
+    if slide is not None:
+        slide.close()
