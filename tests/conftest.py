@@ -109,5 +109,5 @@ def stub_detector(monkeypatch, random_model):
     from wsinuclei.pipeline import worker
 
     stub = StubDetector(random_model)
-    monkeypatch.setattr(worker, "_detector", lambda path, device: stub)  # every caller looks it up there
+    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto": stub)  # every caller looks it up there
     return stub

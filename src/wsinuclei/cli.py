@@ -26,7 +26,7 @@ def _run_options(args):
     return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
                       min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
                       native_resolution=not args.model_resolution, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
-                      device=args.device,
+                      device=args.device, backend=args.backend,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
                       feature_families=tuple(f.strip() for f in args.feature_families.split(",") if f.strip()),
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "GeoJSON, the DSA file, the thumbnail and the count hold these (default 0.5, the model's "
                     "operating point)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    sp.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto", help="what runs the model's "
+                    "trunk on the CPU: auto takes OpenVINO when it is installed (pip install openvino) and its feature "
+                    "maps equal torch's, else torch (default auto)")
     sp.add_argument("--batch-size", type=int, default=1, help="tiles per inference batch (GPU: 4-16)")
     sp.add_argument("--readers", type=int, default=2, help="tile reader threads for in-process runs (default 2)")
     sp.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster with N worker processes "

@@ -13,18 +13,24 @@ class NucleusDetector:
     and deconvolved for hematoxylin models: see ``pipeline.read_and_preprocess``); boxes come back in tile pixels
     with calibrated scores."""
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu"):
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto"):
+        import hashlib
+
         from .filters import DetectionFilter
+        from .models.backends import use_backend
 
         self.loaded = loaded
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
+        # the trunk on OpenVINO when it is installed and agrees with torch (models/backends.py)
+        key = hashlib.sha1(loaded.path.read_bytes()).hexdigest() if loaded.path and loaded.path.is_file() else "unsaved"
+        self.backend = use_backend(self.model, backend, str(self.device), key)
         # the model's own rules for nested boxes and specks (preset [postprocess], kept in the model file)
         self.filter = DetectionFilter.from_dict(loaded.config.raw.get("postprocess"))
 
     @classmethod
-    def from_file(cls, path=None, device: str = "cpu") -> "NucleusDetector":
-        return cls(load_model(path, device="cpu"), device)
+    def from_file(cls, path=None, device: str = "cpu", backend: str = "auto") -> "NucleusDetector":
+        return cls(load_model(path, device="cpu"), device, backend)
 
     @property
     def draws_contours(self) -> bool:

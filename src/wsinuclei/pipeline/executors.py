@@ -21,7 +21,7 @@ from .worker import (TileReadError, _close_slide, _dask_worker_init, _failed, po
 def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
     """Reader threads read and normalise tiles ahead; inference runs in batches on this thread."""
     ctx = plan.ctx
-    det = worker._detector(ctx.model, ctx.device)
+    det = worker._detector(ctx.model, ctx.device, ctx.backend)
 
     def prepare(t):
         try:

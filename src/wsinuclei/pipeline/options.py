@@ -32,6 +32,7 @@ class RunOptions:
     min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
     score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
     device: str = "cpu"
+    backend: str = "auto"  # the trunk on OpenVINO when installed and equal to torch's (models/backends.py)
     batch_size: int = 1
     readers: int = 2
     workers: int = 0  # 0 = in-process; N = local Dask cluster with N worker processes
@@ -101,6 +102,8 @@ class RunOptions:
         if self.batch_size > 1 and (self.scheduler or self.workers or self.cluster):
             raise WsinucleiError("--batch-size batches tiles in-process; with --workers or --scheduler each Dask task "
                                  "is one tile (leave --batch-size at 1)")
+        if self.backend not in ("auto", "torch", "openvino"):
+            raise WsinucleiError(f"--backend {self.backend}: expected auto, torch or openvino")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise WsinucleiError(f"--device {self.device}: expected cpu, cuda or cuda:N")
         if self.device.startswith("cuda:") and (self.workers or self.scheduler):
@@ -127,6 +130,7 @@ class SlideContext:
     retries: int = 2
     score_cut: float = OPERATING_POINT
     features: tuple | None = None  # feature families to measure, None for none
+    backend: str = "auto"
 
 
 @dataclass

@@ -97,7 +97,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma], tile_size,
                        opts.device, opts.min_score, opts.retries, opts.score_cut,
-                       tuple(opts.feature_families) if opts.features else None)
+                       tuple(opts.feature_families) if opts.features else None, backend=opts.backend)
     return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)
 
 

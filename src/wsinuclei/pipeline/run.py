@@ -80,7 +80,9 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     model_path = str(Path(opts.model).resolve()) if opts.model else None
     # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
     # same command) use this very instance instead of loading the file again
-    loaded = worker._detector(model_path, "cpu" if (opts.scheduler or opts.workers or opts.cluster) else opts.device).loaded
+    distributed = bool(opts.scheduler or opts.workers or opts.cluster)  # then only the metadata is used here
+    loaded = worker._detector(model_path, "cpu" if distributed else opts.device,
+                              "torch" if distributed else opts.backend).loaded
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
                       mpp_range=loaded.config.mpp_range)
     # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is

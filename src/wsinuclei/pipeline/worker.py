@@ -22,13 +22,13 @@ _STATE: dict = {}
 _STATE_LOCK = threading.Lock()
 
 
-def _detector(model_path: str | None, device: str):
+def _detector(model_path: str | None, device: str, backend: str = "auto"):
     from ..inference import NucleusDetector
 
-    key = ("model", model_path, device)
+    key = ("model", model_path, device, backend)
     with _STATE_LOCK:
         if key not in _STATE:
-            _STATE[key] = NucleusDetector.from_file(model_path, device=device)
+            _STATE[key] = NucleusDetector.from_file(model_path, device=device, backend=backend)
         return _STATE[key]
 
 
@@ -121,7 +121,7 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    (boxes, scores, outlines), = _detector(ctx.model, ctx.device).predict_instances([x])
+    (boxes, scores, outlines), = _detector(ctx.model, ctx.device, ctx.backend).predict_instances([x])
     prof["inference_s"] = time.perf_counter() - t0
     return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb)
 

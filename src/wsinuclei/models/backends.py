@@ -1,0 +1,115 @@
+"""Inference backends for the detector's trunk (backbone + FPN): torch, or OpenVINO on the CPU when it is
+installed and gives the same feature maps. The detection heads (RPN, RoI heads, mask head) stay in torch.
+
+``auto`` (the default) takes OpenVINO when ``import openvino`` works, the device is the CPU and the compiled
+trunk reproduces torch's feature maps on a check input; otherwise torch, silently. ``openvino`` insists (a
+clear error when it cannot), ``torch`` never tries. The converted model is cached on disk per model file, so a
+process (a Dask worker, a Slurm job) pays the conversion once per machine, not per start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WsinucleiError
+
+BACKENDS = ("auto", "torch", "openvino")
+#: feature maps must agree with torch's to this, relative to their largest value, on the check input
+AGREEMENT = 1e-4
+_log = logging.getLogger(__name__)
+
+
+class OpenVinoTrunk(torch.nn.Module):
+    """Stands in for ``model.backbone``: same input, same OrderedDict of feature maps, computed by OpenVINO."""
+
+    def __init__(self, compiled, names: list[str], out_channels: int):
+        super().__init__()
+        self.compiled = compiled
+        self.names = names
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        out = self.compiled(x.detach().to("cpu", torch.float32).contiguous().numpy())
+        return OrderedDict((n, torch.from_numpy(np.asarray(out[i]))) for i, n in enumerate(self.names))
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("WSINUCLEI_CACHE", Path.home() / ".cache" / "wsinuclei")) / "openvino"
+
+
+def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = None) -> OpenVinoTrunk:
+    """Convert (or load the cached conversion of) a trunk and compile it for the CPU."""
+    import openvino as ov
+
+    backbone = backbone.eval().float()
+    example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        names = list(backbone(example).keys())
+    xml = _cache_dir() / f"{key}.xml"
+    core = ov.Core()
+    if xml.is_file():
+        model = core.read_model(str(xml))
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # torch's tracer, which OpenVINO uses, warns about itself
+            warnings.simplefilter("ignore")
+            model = ov.convert_model(backbone, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+    config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
+    return OpenVinoTrunk(core.compile_model(model, "CPU", config), names, backbone.out_channels)
+
+
+def trunk_agrees(backbone: torch.nn.Module, trunk: OpenVinoTrunk, size: int = 320) -> float:
+    """Largest difference between the two trunks' feature maps on a seeded input, relative to the largest
+    value (0 = identical)."""
+    x = torch.rand(1, 3, size, size + 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = backbone(x)
+    got = trunk(x)
+    return max(float((ref[k] - got[k]).abs().max() / max(1e-12, float(ref[k].abs().max()))) for k in ref)
+
+
+def use_backend(model: torch.nn.Module, backend: str, device: str, model_key: str) -> str:
+    """Put the chosen backend in place (``model.backbone`` replaced for OpenVINO); returns its name."""
+    if backend not in BACKENDS:
+        raise WsinucleiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    if not str(device).startswith("cpu"):
+        if backend == "openvino":
+            raise WsinucleiError("--backend openvino runs on the CPU; with --device cuda leave the backend at auto or torch")
+        return "torch"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        if backend == "openvino":
+            raise WsinucleiError("--backend openvino: OpenVINO is not installed (pip install openvino)") from None
+        return "torch"
+    key = hashlib.sha1((model_key + openvino.__version__).encode()).hexdigest()[:16]
+    try:
+        trunk = compile_trunk(model.backbone, key)
+        diff = trunk_agrees(model.backbone, trunk)
+    except Exception as exc:  # a conversion OpenVINO cannot do: torch it is
+        if backend == "openvino":
+            raise WsinucleiError(f"--backend openvino: the model could not be converted ({exc})") from None
+        _log.warning("OpenVINO could not convert the trunk (%s); using torch", exc)
+        return "torch"
+    if diff > AGREEMENT:
+        if backend == "openvino":
+            raise WsinucleiError(f"--backend openvino: feature maps differ from torch's by {diff:.1e} (limit {AGREEMENT:g})")
+        _log.warning("OpenVINO's feature maps differ from torch's by %.1e; using torch", diff)
+        return "torch"
+    model.backbone = trunk
+    return "openvino"
