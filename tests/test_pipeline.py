@@ -124,12 +124,20 @@ def test_resume_after_kill_gives_identical_output(pyramid_slide, random_model, t
 
 def test_local_dask_equals_in_process(pyramid_slide, random_model, tmp_path, reference_run):
     name = Path(pyramid_slide[0]).stem
-    report = run_slide(pyramid_slide[0], tmp_path, RunOptions(model=str(random_model), workers=2, **OPTS),
+    report = run_slide(pyramid_slide[0], tmp_path, RunOptions(model=str(random_model), workers=2, features=True, **OPTS),
                        log=lambda *_: None)
     assert report.executor.startswith("local dask")
     assert_same_detections(tmp_path / f"{name}.csv", reference_run[0] / f"{name}.csv")
-    workers = {p["worker"] for p in csv.DictReader(open(tmp_path / f"{name}.profile.csv"))}
-    assert len(workers) == 2  # both workers took tiles
+    profile = list(csv.DictReader(open(tmp_path / f"{name}.profile.csv")))
+    assert len({p["worker"] for p in profile}) == 2  # both workers took tiles
+    # features are measured on the workers, where the tiles are (box-only model: intensity and gradient)
+    import pyarrow.parquet as pq
+
+    assert all(float(p["features_s"]) > 0 for p in profile if int(p["nuclei"]))
+    table = pq.read_table(tmp_path / f"{name}.nuclei.parquet", columns=["score", "Nucleus.Intensity.Mean"])
+    assert table.num_rows == report.nuclei
+    # random weights overlap boxes heavily: a nucleus wholly covered by higher-scoring ones has no pixels (NaN)
+    assert np.isfinite(table["Nucleus.Intensity.Mean"].to_numpy()).mean() > 0.5
 
 
 def _free_port():
