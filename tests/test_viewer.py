@@ -165,3 +165,26 @@ def test_contours_are_matched_to_their_rows(pyramid_slide, stub_detector, tmp_pa
         assert len(srv.outlines) == 4 * (len(det.scores) + 1) + 8 * int(det.outline_offsets[-1])
     finally:
         srv.server_close()
+
+
+def test_view_command_serves_prints_its_address_and_stops_on_sigterm(detected):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "wsinuclei.cli", "view", str(detected[0]), "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", line)
+        assert m, line
+        status, body, _ = get(m[1] + "api/info")
+        assert status == 200 and json.loads(body)["nuclei"] == detected[1].nuclei
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

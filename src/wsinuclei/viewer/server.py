@@ -336,9 +336,17 @@ def serve(source: ViewerSource, port: int = 0, open_browser: bool = True, log=pr
             webbrowser.open(server.url)
         except Exception:  # no browser here: the printed address is enough
             pass
+    import signal
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    # Ctrl-C stops it, and so does a plain kill (SIGTERM); a shell may have started it with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
-        pass
+        log("wsinuclei view: stopped")
     finally:
         server.server_close()
