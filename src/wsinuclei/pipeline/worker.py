@@ -55,6 +55,15 @@ def _worker_name() -> str:
     return name
 
 
+def _reinhard_table(ctx: SlideContext) -> "stain.ReinhardTable":
+    """The slide's Reinhard as a per-colour table, shared by this process's reader threads (stain.py)."""
+    key = ("reinhard", ctx.path, tuple(ctx.target_mu), tuple(ctx.target_sigma), tuple(ctx.src_mu), tuple(ctx.src_sigma))
+    with _STATE_LOCK:
+        if key not in _STATE:
+            _STATE[key] = stain.ReinhardTable(ctx.target_mu, ctx.target_sigma, ctx.src_mu, ctx.src_sigma)
+        return _STATE[key]
+
+
 def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict, np.ndarray]:
     """Read a tile at the model's µm/px and turn it into network input; times each stage. Returns the input,
     the timings and the Reinhard-normalised RGB (what features are measured on)."""
@@ -73,7 +82,7 @@ def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict
     prof["attempts"] = attempts
     prof["read_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    normalised = stain.reinhard(rgb, ctx.target_mu, ctx.target_sigma, src_mu=ctx.src_mu, src_sigma=ctx.src_sigma)
+    normalised = _reinhard_table(ctx)(rgb)
     prof["reinhard_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     x = stain.model_input(normalised, ctx.input_channels)
@@ -147,3 +156,5 @@ def _close_slide(path: str, mpp: float) -> None:
     slide = _STATE.pop(("slide", path, mpp), None)
     if slide is not None:
         slide.close()
+    for key in [k for k in _STATE if k[0] == "reinhard" and k[1] == path]:  # 64 MiB each
+        del _STATE[key]
