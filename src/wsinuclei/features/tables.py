@@ -70,7 +70,7 @@ def result_feature_columns(results: dict) -> list[str]:
     return []
 
 
-def write_bag_table(path: Path, plan, results: dict, scores, tile_of, row_of, keep: np.ndarray, metadata: dict) -> int:
+def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.ndarray, metadata: dict) -> int:
     """One row per tissue tile: where it is, its tissue, its nuclei (count, per mm² of tissue) and, per
     feature, the mean, standard deviation and quartiles over its nuclei."""
     import pyarrow as pa

@@ -262,7 +262,7 @@ def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, a
     t0 = time.perf_counter()
     paths = {"nuclei_table": out_dir / f"{report.name}.nuclei.parquet", "bag_table": out_dir / f"{report.name}.bag.parquet"}
     write_nuclei_table(paths["nuclei_table"], results, boxes, scores, tile_of, row_of, keep, meta, model_name, areas)
-    write_bag_table(paths["bag_table"], plan, results, scores, tile_of, row_of, keep, meta)
+    write_bag_table(paths["bag_table"], plan, results, tile_of, row_of, keep, meta)
     report.stage_totals_s["feature_tables_s"] = round(time.perf_counter() - t0, 3)
     return {k: str(v) for k, v in paths.items()}
 
