@@ -21,7 +21,6 @@ HistomicsTK's own output on MoNuSeg nuclei).
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -82,68 +81,26 @@ def dilate_xor(labels: np.ndarray, width: float = 8) -> np.ndarray:
     return out
 
 
-def _fractal_dimension(image: np.ndarray) -> float:
-    z = image > 0
-    p = min(z.shape)
-    n = int(np.log(2 ** np.floor(np.log(p) / np.log(2))) / np.log(2))
-    sizes = 2 ** np.arange(n, 1, -1)
-    counts = []
-    for k in sizes:
-        s = np.add.reduceat(np.add.reduceat(z, np.arange(0, z.shape[0], k), axis=0), np.arange(0, z.shape[1], k), axis=1)
-        counts.append(len(np.where((s > 0) & (s < k * k))[0]))
-    if not len(counts):
-        return -0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(-np.polyfit(np.log(sizes), np.log(counts), 1)[0])
-        except (TypeError, ValueError, np.linalg.LinAlgError):
-            return -0.0
-
-
-def _morphometry(p) -> dict:
-    area, perim = float(p.area), float(p.perimeter)
-    major, minor = float(p.axis_major_length), float(p.axis_minor_length)
-    row = {
-        "Orientation.Orientation": float(p.orientation), "Size.Area": area, "Size.ConvexHullArea": float(p.area_convex),
-        "Size.MajorAxisLength": major, "Size.MinorAxisLength": minor, "Size.Perimeter": perim,
-        "Shape.Circularity": 4 * math.pi * area / (perim ** 2 if perim > 0 else 1),
-        "Shape.Eccentricity": float(p.eccentricity), "Shape.EquivalentDiameter": float(p.equivalent_diameter_area),
-        "Shape.Extent": float(p.extent), "Shape.FractalDimension": _fractal_dimension(p.image),
-        "Shape.MinorMajorAxisRatio": minor / major if major > 0 else 1.0, "Shape.Solidity": float(p.solidity),
-    }
-    for k, v in enumerate(p.moments_hu, 1):
-        row[f"Shape.HuMoments{k}"] = float(v)
-    for k, v in enumerate(p.moments_weighted_hu, 1):
-        row[f"Shape.WeightedHuMoments{k}"] = float(v)
-    return row
-
-
-def _fsd(labels: np.ndarray, p, n_points: int = 128, n_bins: int = 6, delta: int = 8) -> np.ndarray:
+def _boundary(labels: np.ndarray, label: int, bbox, delta: int = 8):
+    """HistomicsTK's traced boundary of one nucleus (rows, columns; the repeated last point dropped), or None
+    when it has fewer than two points."""
     from .boundary import trace_boundary
 
     rows, cols = labels.shape
-    r0, c0, r1, c1 = p.bbox
+    r0, c0, r1, c1 = bbox
     r0, r1 = max(0, r0 - delta), min(rows - 1, r1 + delta)
     c0, c1 = max(0, c0 - delta), min(cols - 1, c1 + delta)
-    m = labels[r0:r1, c0:c1] == p.label
+    m = labels[r0:r1, c0:c1] == label
     if not r0 or not c0 or r1 + 1 == rows or c1 + 1 == cols:  # as HistomicsTK: room for the tracer's window
         m = np.pad(m, ((1 if not r0 else 0, 1 if r1 + 1 == rows else 0), (1 if not c0 else 0, 1 if c1 + 1 == cols else 0)))
     by, bx = trace_boundary(m)
     if len(by) - 1 < 2:
-        return np.zeros(n_bins)
-    return _fsd_values(by[:-1].astype(float), bx[:-1].astype(float), n_points, n_bins)
+        return None
+    return by[:-1].astype(float), bx[:-1].astype(float)
 
 
-def _fsd_values(x: np.ndarray, y: np.ndarray, k: int, n_bins: int) -> np.ndarray:
-    intervals = np.round(np.power(2, np.linspace(0, np.log2(k) - 1, n_bins + 1, endpoint=True))).astype(np.uint8)
-    if intervals[0] != 1.0:
-        intervals = np.hstack((1.0, intervals))
-    if intervals[-1] != k / 2:
-        intervals = np.hstack((intervals, float(k)))
-    n = len(intervals)
-    out = np.zeros(n - 1)
-    # the boundary resampled to k + 1 points evenly spaced along its length
+def _resampled(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The boundary resampled to k + 1 points evenly spaced along its length (HistomicsTK's ``InterpolateArcLength``)."""
     t = np.linspace(0, 1, k + 1)
     seg = np.sqrt(np.diff(x) ** 2 + np.diff(y) ** 2)
     seg = seg / seg.sum()
@@ -152,23 +109,39 @@ def _fsd_values(x: np.ndarray, y: np.ndarray, k: int, n_bins: int) -> np.ndarray
     loc = np.digitize(t, cum)
     loc[loc > len(seg)] = len(seg)
     lie = (t - cum[loc - 1]) / seg[loc - 1]
-    ix = x[loc - 1] + (x[loc] - x[loc - 1]) * lie
-    iy = y[loc - 1] + (y[loc] - y[loc - 1]) * lie
-    if ix.size:
-        curv = np.arctan2(iy[1:] - iy[:-1], ix[1:] - ix[:-1])
-        curv = curv - curv[0]
-        f = np.fft.fft(np.cos(curv) + 1j * np.sin(curv))
-        f = f * f.conj()
-        f = f / f.sum() if f.sum() else f
-        for i in range(n - 1):
-            out[i] = np.round(f[int(intervals[i]) - 1:int(intervals[i + 1])].sum(), n).real
+    return x[loc - 1] + (x[loc] - x[loc - 1]) * lie, y[loc - 1] + (y[loc] - y[loc - 1]) * lie
+
+
+def fourier_shape_descriptors(boundaries: list, k: int = 128, n_bins: int = 6) -> np.ndarray:
+    """HistomicsTK's ``FSDs`` for many boundaries at once, (len(boundaries), n_bins); a missing boundary (None)
+    gives zeros. The turning-angle spectrum is one batched FFT."""
+    intervals = np.round(np.power(2, np.linspace(0, np.log2(k) - 1, n_bins + 1, endpoint=True))).astype(np.uint8)
+    if intervals[0] != 1.0:
+        intervals = np.hstack((1.0, intervals))
+    if intervals[-1] != k / 2:
+        intervals = np.hstack((intervals, float(k)))
+    n = len(intervals)
+    out = np.zeros((len(boundaries), n - 1))
+    have = [i for i, b in enumerate(boundaries) if b is not None]
+    if not have:
+        return out
+    pts = [_resampled(*boundaries[i], k) for i in have]
+    ix = np.stack([p[0] for p in pts])
+    iy = np.stack([p[1] for p in pts])
+    curv = np.arctan2(iy[:, 1:] - iy[:, :-1], ix[:, 1:] - ix[:, :-1])
+    curv = curv - curv[:, :1]
+    f = np.fft.fft(np.cos(curv) + 1j * np.sin(curv), axis=1)
+    f = f * f.conj()
+    total = f.sum(axis=1, keepdims=True)
+    f = np.where(total != 0, f / np.where(total != 0, total, 1), f)
+    for i in range(n - 1):
+        out[have, i] = np.round(f[:, int(intervals[i]) - 1:int(intervals[i + 1])].sum(axis=1), n).real
     return out
 
 
-def _put(rows: list[dict], prefix: str, stats: dict[str, np.ndarray]) -> None:
+def _put(out: dict, prefix: str, stats: dict[str, np.ndarray]) -> None:
     for name, values in stats.items():
-        for row, v in zip(rows, values):
-            row[prefix + name] = float(v)
+        out[prefix + name] = np.asarray(values, dtype=float)
 
 
 def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: np.ndarray | None = None,
@@ -182,32 +155,32 @@ def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: n
 
 def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.ndarray]:
     from skimage.feature import canny
-    from skimage.measure import regionprops
+
+    from .morphometry import find_regions, morphometry
 
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown feature families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
     labels = np.asarray(labels)
     nuclei = np.asarray(nuclei, dtype=float)
-    props = regionprops(labels, intensity_image=nuclei)
-    rows: list[dict] = []
-    for p in props:
-        r0, c0, r1, c1 = p.bbox
-        cy, cx = p.centroid
-        wy, wx = p.centroid_weighted
-        rows.append({"Identifier.Label": p.label, "Identifier.Xmin": c0, "Identifier.Ymin": r0, "Identifier.Xmax": c1,
-                     "Identifier.Ymax": r1, "Identifier.CentroidX": cx, "Identifier.CentroidY": cy,
-                     "Identifier.WeightedCentroidX": wx, "Identifier.WeightedCentroidY": wy})
+    reg = find_regions(labels)
+    n = reg.n
+    boxes = reg.box()
+    out: dict[str, np.ndarray] = {
+        "Identifier.Label": reg.labels.astype(float), "Identifier.Xmin": boxes[:, 1], "Identifier.Ymin": boxes[:, 0],
+        "Identifier.Xmax": boxes[:, 3], "Identifier.Ymax": boxes[:, 2]}
+    shape = morphometry(labels, reg, nuclei)
+    for k in ("CentroidX", "CentroidY", "WeightedCentroidX", "WeightedCentroidY"):
+        out[f"Identifier.{k}"] = shape.pop(f"Identifier.{k}")
     if "morphometry" in families:
-        for row, p in zip(rows, props):
-            row.update(_morphometry(p))
+        out.update(shape)
     if "fsd" in families:
-        for row, p in zip(rows, props):
-            row.update({f"Shape.FSD{k}": v for k, v in enumerate(_fsd(labels, p), 1)})
-    n = len(props)
-    index_of = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int64)  # label -> row
-    index_of[[p.label for p in props]] = np.arange(n)
+        fsd = fourier_shape_descriptors([_boundary(labels, v, b) for v, b in zip(reg.labels, boxes)])
+        for k in range(6):
+            out[f"Shape.FSD{k + 1}"] = fsd[:, k]
     inside = labels > 0
+    index_of = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int64)  # label -> row
+    index_of[reg.labels] = np.arange(n)
     seg_nucleus = index_of[labels[inside]]
     ring = None
     if cytoplasm is not None and ({"intensity", "gradient", "haralick"} & set(families)):
@@ -216,13 +189,13 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
         in_ring = ring > 0
         seg_ring = index_of[ring[in_ring]]
     if "intensity" in families:
-        _put(rows, "Nucleus.Intensity.", intensity_stats(nuclei[inside], seg_nucleus, n))
+        _put(out, "Nucleus.Intensity.", intensity_stats(nuclei[inside], seg_nucleus, n))
         if ring is not None:
             stats = intensity_stats(cytoplasm[in_ring], seg_ring, n)
             missing = np.bincount(seg_ring, minlength=n) == 0
             for v in stats.values():  # HistomicsTK leaves a nucleus without a ring at 0
                 v[missing] = 0.0
-            _put(rows, "Cytoplasm.Intensity.", stats)
+            _put(out, "Cytoplasm.Intensity.", stats)
     if "gradient" in families:
         for name, image, where, seg in (("Nucleus", nuclei, inside, seg_nucleus),
                                         ("Cytoplasm", cytoplasm, None if ring is None else in_ring,
@@ -232,15 +205,14 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
             gx, gy = np.gradient(image)
             mag = np.sqrt(gx ** 2 + gy ** 2)
             edges = canny(image)
-            _put(rows, f"{name}.Gradient.", gradient_stats(mag[where], edges[where], seg, n))
+            _put(out, f"{name}.Gradient.", gradient_stats(mag[where], edges[where], seg, n))
     if "haralick" in families:
         from .haralick import haralick_features
 
-        _put(rows, "Nucleus.", haralick_features(nuclei, [p.bbox for p in props]))
+        _put(out, "Nucleus.", haralick_features(nuclei, [tuple(b) for b in boxes]))
         if ring is not None:
-            from skimage.measure import regionprops as _rp
-
-            ring_box = {p.label: p.bbox for p in _rp(ring)}
-            _put(rows, "Cytoplasm.", haralick_features(cytoplasm, [ring_box.get(p.label) for p in props]))
+            ring_boxes = find_regions(ring)
+            ring_box = dict(zip(ring_boxes.labels.tolist(), map(tuple, ring_boxes.box())))
+            _put(out, "Cytoplasm.", haralick_features(cytoplasm, [ring_box.get(v) for v in reg.labels.tolist()]))
     columns = feature_columns(families, cytoplasm is not None)
-    return {k: np.array([r[k] for r in rows], dtype=float) for k in columns}
+    return {k: np.asarray(out[k], dtype=float) for k in columns}
