@@ -11,6 +11,7 @@ Sets (read from ../shared/data; see recipes/contours_data.toml for the training 
 
     .venv/bin/python scripts/evaluate_sets.py --out out/sets/fast                        # the shipped model
     .venv/bin/python scripts/evaluate_sets.py --model runs/contours/best.safetensors --out out/sets/contours
+    .venv/bin/python scripts/evaluate_sets.py ... --read-mpp 0.5        # every set read at 20x resolution
 
 Writes OUT/<set>/report/metrics.json per set and OUT/sets.json, and prints a Markdown table.
 """
@@ -59,9 +60,11 @@ def _stage(samples, folder: Path, kind: str) -> Path:
     return folder
 
 
-def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None) -> dict:
+def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None,
+            read_mpp: float | None = None, model_resolution: bool = False) -> dict:
     pred = out / name / "pred"
-    opts = RunOptions(mpp=mpp, tissue_mask=False, model=model, progress=False)
+    opts = RunOptions(mpp=mpp, tissue_mask=False, model=model, progress=False, read_mpp=read_mpp,
+                      native_resolution=not model_resolution)
     t0 = time.perf_counter()
     for img in images:
         run_slide(img, pred, opts, log=lambda *_: None)
@@ -85,6 +88,10 @@ def main() -> int:
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "contours_data.toml"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--sets", nargs="*", default=None, help="only these sets")
+    ap.add_argument("--read-mpp", type=float, default=None,
+                    help="read every image at this µm/px (e.g. 0.5: the 40x sets at a 20x slide's resolution)")
+    ap.add_argument("--model-resolution", action="store_true",
+                    help="read every image at the model's own µm/px (CRCHisto upsampled to 0.25)")
     args = ap.parse_args()
     data, out, recipe = Path(args.shared) / "data", Path(args.out), Path(args.recipe)
     staged = out / "staged"
@@ -103,7 +110,8 @@ def main() -> int:
     for name, (images, truth, mpp) in plan.items():
         if args.sets and name not in args.sets:
             continue
-        row = run_set(name, images, truth, out, mpp, args.model)
+        row = run_set(name, images, truth, out, mpp, args.model, args.read_mpp, args.model_resolution)
+        row["read_mpp"] = args.read_mpp or ("model" if args.model_resolution else "native")
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("set", "images", "s_per_image")}), flush=True)
     (out / "sets.json").write_text(json.dumps(rows, indent=1))

@@ -106,3 +106,26 @@ def test_20x_slide_runs_at_its_own_resolution_when_the_model_serves_it(tmp_path,
         pi, ti, q = match(pred, truth, 0.6)
         assert len(ti) == len(truth)
         np.testing.assert_allclose(pred[pi], truth[ti], atol=1.0)
+
+
+def test_read_mpp_reads_a_40x_slide_at_20x_inside_the_models_range(tmp_path, stub_detector):
+    """--read-mpp 0.5 on a 0.25 µm/px slide: a quarter of the pixels, the same nuclei in base pixels; a value
+    outside the model's range is a clear error."""
+    from wsinuclei.errors import WsinucleiError
+
+    path, truth = _slide(tmp_path, mpp=0.25, h=1400, w=1600, n=150, seed=17)
+    stub_detector.loaded.config.raw["mpp_range"] = [0.25, 0.5]
+    fast = run_slide(path, tmp_path / "half", RunOptions(tile_size=256, overlap=32, read_mpp=0.5, **QUIET),
+                     log=lambda *_: None)
+    full = run_slide(path, tmp_path / "full", RunOptions(tile_size=256, overlap=32, **QUIET), log=lambda *_: None)
+    assert fast.read_mpp == 0.5 and full.read_mpp == 0.25
+    assert full.tiles_processed >= 3.5 * fast.tiles_processed
+    pred = read_boxes(tmp_path / "half" / f"{path.stem}.csv").boxes
+    truth = _separate(truth)
+    pi, ti, _ = match(pred, truth, 0.6)
+    assert len(ti) == len(truth)
+    np.testing.assert_allclose(pred[pi], truth[ti], atol=2.0)  # half-resolution boxes: within 1 read pixel each side
+    with pytest.raises(WsinucleiError, match="this model reads 0.25 to 0.5"):
+        run_slide(path, tmp_path / "bad", RunOptions(tile_size=256, read_mpp=1.0, **QUIET), log=lambda *_: None)
+    with pytest.raises(WsinucleiError, match="give one"):
+        RunOptions(read_mpp=0.5, native_resolution=False).validate()

@@ -191,3 +191,67 @@ def test_calibration_is_applied_at_inference(tmp_path):
     np.testing.assert_allclose(b1, b2)
     expected = 1 / (1 + np.exp(-(np.log(s1 / (1 - s1)) + 1.0)))
     np.testing.assert_allclose(s2, expected, rtol=1e-5)
+
+
+def test_calibration_by_sets_does_not_let_the_largest_set_choose():
+    from wsinuclei.checkpoint import fit_score_calibration
+
+    def boxes(n, row):
+        return np.array([[i * 30.0, row * 30.0, i * 30.0 + 20, row * 30.0 + 20] for i in range(n)])
+
+    # set A (large) is best cut low, set B (small) high
+    a_truth = np.concatenate([boxes(100, 0), boxes(100, 1)])
+    a_pred = (np.concatenate([a_truth, boxes(20, 5)]), np.r_[np.full(100, 0.30), np.full(100, 0.15), np.full(20, 0.10)])
+    b_truth = boxes(5, 0)
+    b_pred = (np.concatenate([b_truth, boxes(50, 5)]), np.r_[np.full(5, 0.30), np.full(50, 0.15)])
+    pooled = fit_score_calibration([a_pred, b_pred], [a_truth, b_truth])
+    by_set = fit_score_calibration([a_pred, b_pred], [a_truth, b_truth], groups=["a", "b"])
+    assert pooled["raw_threshold"] == 0.11 and "per_set" not in pooled
+    assert by_set["raw_threshold"] == 0.16
+    assert by_set["per_set"]["b"] == {"f1": 1.0, "precision": 1.0, "recall": 1.0}
+    assert by_set["per_set"]["a"]["recall"] == 0.5 and by_set["validation_f1"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_export_stores_the_filter_and_calibrates_after_it(tmp_path):
+    from wsinuclei.checkpoint import load_model
+    from wsinuclei.cli import main
+
+    torch.manual_seed(0)
+    cfg = load_preset("fast")
+    cfg.raw["mpp_range"] = [0.25, 0.5]
+    model = build_detector(cfg).eval()
+    src = save_model(model, cfg, tmp_path / "m.safetensors", target_mu=stain.DEFAULT_TARGET_MU,
+                     target_sigma=stain.DEFAULT_TARGET_SIGMA, half=False)
+    val = tmp_path / "prep" / "val_full"
+    val.mkdir(parents=True)
+    (tmp_path / "prep" / "manifest.json").write_text("{}")
+    rng = np.random.default_rng(0)
+    for name in ("setA__1", "setB__1"):
+        np.savez(val / f"{name}.npz", image=(rng.random((96, 96, 3)) * 255).astype(np.uint8),
+                 boxes=np.array([[10.0, 10, 30, 30]]), mpp=np.float64(0.25))
+    out = tmp_path / "out.safetensors"
+    assert main(["export", str(src), "--out", str(out), "--nested", "0.8", "--min-area-um2", "6",
+                 "--calibrate", str(tmp_path / "prep")]) == 0
+    assert load_model(out).config.mpp_range == (0.25, 0.5)
+    assert main(["export", str(src), "--out", str(out), "--nested", "0.8", "--min-area-um2", "6", "--single-resolution",
+                 "--calibrate", str(tmp_path / "prep")]) == 0
+    m = load_model(out)
+    assert "mpp_range" not in m.config.raw and m.config.mpp_range == (0.25, 0.25)
+    assert m.config.raw["postprocess"] == {"nested": 0.8, "min_area_um2": 6.0}
+    cal = m.extra["score_calibration"]
+    assert set(cal["per_set"]) == {"setA", "setB"} and len(cal["images"]) == 2
+    assert main(["export", str(src), "--out", str(out), "--nested", "1.5"]) != 0
+
+
+def test_a_recipe_file_changes_only_what_it_sets_on_its_base(tmp_path):
+    base = load_preset("resnet50")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('base = "resnet50"\n[train]\nlr = 0.02\nsteps = 123\n[backbone]\nfine_tune_from = "block2"\n')
+    cfg = load_preset(recipe)
+    assert cfg.train["lr"] == 0.02 and cfg.train["steps"] == 123
+    assert cfg.train["momentum"] == base.train["momentum"] and cfg.train["crop_size"] == base.train["crop_size"]
+    assert cfg.raw["backbone"]["fine_tune_from"] == "block2" and cfg.raw["backbone"]["num_units"] == 6
+    assert "base" not in cfg.raw
+    recipe.write_text('base = "resnet5"\n')
+    with pytest.raises(WsinucleiError, match="base preset 'resnet5' unknown"):
+        load_preset(recipe)

@@ -19,7 +19,10 @@ from safetensors.torch import load_file, save_file
 from .errors import WsinucleiError
 from .models import DetectorConfig, build_detector
 
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "fast_default.safetensors"
+#: the shipped default: nuclear contours (preset `contours`, "Model 2"); the box-only model stays shipped as
+#: FAST_MODEL (`--model` with its path), the baseline BENCHMARKS.md compares against
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "contours_default.safetensors"
+FAST_MODEL = Path(__file__).parent / "weights" / "fast_default.safetensors"
 
 
 def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, target_sigma,
@@ -117,22 +120,31 @@ def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + logit_shift)))
 
 
-def fit_score_calibration(preds, truths, target: float = 0.5) -> dict:
-    """Choose the operating point on held-out images: the score threshold that maximises pooled F1@0.5, and
-    the logit shift that moves it to ``target`` (0.5), so a user's "score >= 0.5" is the model's best cut.
+def fit_score_calibration(preds, truths, target: float = 0.5, groups=None) -> dict:
+    """Choose the operating point on held-out images: the score threshold that maximises F1@0.5, and the logit
+    shift that moves it to ``target`` (0.5), so a user's "score >= 0.5" is the model's best cut.
 
-    ``preds``: [(boxes, raw_scores)], ``truths``: [boxes], for the validation images only.
+    ``preds``: [(boxes, raw_scores)], ``truths``: [boxes], for the validation images only. With ``groups`` (a set
+    name per image) the threshold maximises the mean over sets of each set's pooled F1, so one large set does
+    not choose the cut for the others; ``per_set`` then gives each set's F1, precision and recall there.
     """
     from .evaluate import count
 
-    best = (-1.0, 0.5)
+    groups = list(groups) if groups is not None else [""] * len(preds)
+    names = sorted(set(groups))
+    best = (-1.0, 0.5, {})
     for t in np.round(np.arange(0.05, 0.951, 0.01), 2):
-        c = None
-        for (b, s), tb in zip(preds, truths):
+        per = {}
+        for (b, s), tb, g in zip(preds, truths, groups):
             ci = count(b, s, tb, score_threshold=float(t))
-            c = ci if c is None else c + ci
-        if c.f1 > best[0]:
-            best = (c.f1, float(t))
-    f1, t = best
+            per[g] = ci if g not in per else per[g] + ci
+        score = float(np.mean([per[g].f1 for g in names]))
+        if score > best[0]:
+            best = (score, float(t), per)
+    f1, t, per = best
     shift = float(np.log(target / (1 - target)) - np.log(t / (1 - t)))
-    return {"logit_shift": shift, "raw_threshold": t, "validation_f1": f1}
+    out = {"logit_shift": shift, "raw_threshold": t, "validation_f1": f1}
+    if len(names) > 1 or names != [""]:
+        out["per_set"] = {g: {"f1": round(per[g].f1, 4), "precision": round(per[g].precision, 4),
+                              "recall": round(per[g].recall, 4)} for g in names}
+    return out

@@ -25,7 +25,7 @@ def _run_options(args):
 
     return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
                       min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
-                      native_resolution=not args.model_resolution, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
+                      native_resolution=not args.model_resolution, read_mpp=args.read_mpp, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device, backend=args.backend,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
@@ -155,22 +155,41 @@ def _cmd_export(args) -> int:
 
     m = load_model(args.model)
     extra = {**m.extra, "exported_from": str(args.model)}
+    if args.nested is not None or args.min_area_um2 is not None:
+        post = dict(m.config.raw.get("postprocess") or {})
+        if args.nested is not None:
+            if not 0 <= args.nested < 1:
+                raise WsinucleiError(f"--nested must be in [0, 1), got {args.nested}")
+            post["nested"] = args.nested
+        if args.min_area_um2 is not None:
+            if args.min_area_um2 < 0:
+                raise WsinucleiError(f"--min-area-um2 must be >= 0, got {args.min_area_um2}")
+            post["min_area_um2"] = args.min_area_um2
+        m.config.raw["postprocess"] = post
+    if args.single_resolution:
+        m.config.raw.pop("mpp_range", None)
     if args.calibrate:
-        from .checkpoint import fit_score_calibration
-        from .data import load_split
+        from .checkpoint import fit_score_calibration, shift_scores
+        from .data import load_tiles
+        from .filters import DetectionFilter
+        from .stain import model_input
         from .train import predict_images
 
-        from .stain import model_input
-
-        val = [(n, model_input(im, m.input_channels), b) for n, im, b in load_split(args.calibrate, "val_full")]
-        preds = predict_images(m.model, [im for _, im, _ in val])
-        cal = fit_score_calibration(preds, [b for _, _, b in val])
-        extra["score_calibration"] = {**cal, "images": [n for n, _, _ in val]}
-        print(f"operating point from {len(val)} validation images: raw score {cal['raw_threshold']:.2f} "
-              f"(F1@0.5 {cal['validation_f1']:.3f}) becomes 0.5 (logit shift {cal['logit_shift']:+.3f})")
+        tiles = [t for t in load_tiles(args.calibrate, "val_full") if t.points is None]  # boxed sets only
+        if not tiles:
+            raise WsinucleiError(f"{args.calibrate}: no validation images with boxes to calibrate on")
+        preds = predict_images(m.model, [model_input(t.image, m.input_channels) for t in tiles])
+        # the model's own filter applies before the cut, as it does at inference
+        filt = DetectionFilter.from_dict(m.config.raw.get("postprocess"))
+        preds = [(b[k], s[k]) for (b, s), t in zip(preds, tiles) for k in [filt.keep(b, s, t.mpp or m.mpp)]]
+        cal = fit_score_calibration(preds, [t.boxes for t in tiles], groups=[t.set for t in tiles])
+        extra["score_calibration"] = {**cal, "images": [t.name for t in tiles]}
+        sets = ", ".join(f"{g} F1 {v['f1']:.3f} (P {v['precision']:.3f}, R {v['recall']:.3f})"
+                         for g, v in cal.get("per_set", {}).items())
+        print(f"operating point from {len(tiles)} validation images: raw score {cal['raw_threshold']:.2f} "
+              f"(mean F1@0.5 over sets {cal['validation_f1']:.3f}: {sets}) becomes 0.5 "
+              f"(logit shift {cal['logit_shift']:+.3f})")
         # keep raw scores down to where calibrated ones reach the study's 0.1 floor
-        from .checkpoint import shift_scores
-
         raw_floor = float(shift_scores([0.1], -cal["logit_shift"])[0])
         m.config.roi_heads["score_thresh"] = round(min(0.1, raw_floor), 4)
     save_model(m.model, m.config, args.out, target_mu=m.target_mu, target_sigma=m.target_sigma, half=not args.fp32,
@@ -226,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
     sp.add_argument("--model-resolution", action="store_true", help="read every slide at the model's own µm/px "
                     "(default: a slide inside the range the model serves, e.g. 0.25-0.5 µm/px, runs at its own)")
+    sp.add_argument("--read-mpp", type=float, default=None, metavar="MPP",
+                    help="read tiles at this µm/px, inside the range the model serves (e.g. 0.5: a 40x slide read "
+                    "at 20x, a quarter of the pixels; BENCHMARKS.md gives the accuracy it costs)")
     sp.add_argument("--min-score", type=float, default=0.1, help="lowest score written to the CSV (default 0.1, "
                     "the study's minimum probability): candidates for precision-recall work")
     sp.add_argument("--score-cut", type=float, default=0.5, help="score from which a box counts as a nucleus: the "
@@ -338,9 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", help="model file, e.g. RUN_DIR/best.safetensors")
     sp.add_argument("--out", required=True)
     sp.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    sp.add_argument("--nested", type=float, default=None,
+                    help="store the filter rule: drop a box with more than this share inside a better one (0 off)")
+    sp.add_argument("--min-area-um2", type=float, default=None,
+                    help="store the filter rule: drop boxes smaller than this many µm² (0 off)")
+    sp.add_argument("--single-resolution", action="store_true",
+                    help="drop the preset's µm/px range: every slide is read at the model's own µm/px (when the "
+                    "model falls short at the range's other end)")
     sp.add_argument("--calibrate", metavar="PREPARED", default=None,
                     help="set the operating point on the validation images of a prepared folder: scores are "
-                    "shifted so that 0.5 is the threshold with the best validation F1")
+                    "shifted so that 0.5 is the threshold with the best mean F1 over the validation sets (after the model's filter)")
     sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("build-slide", help="write a pyramidal tiled TIFF test slide from annotated images, "

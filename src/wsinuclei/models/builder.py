@@ -99,15 +99,35 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> DetectorConfig:
-    """A preset by name (``fast``, ``resnet50``, ``resnet101``) or by the path of a TOML file."""
+    """A preset by name (``fast``, ``resnet50``, ``resnet101``) or by the path of a TOML file. A file with
+    ``base = "NAME"`` starts from that packaged preset and changes only what it sets (a training recipe that
+    keeps the architecture, e.g. ``recipes/study/resnet50_scratch.toml``)."""
+    return DetectorConfig.from_dict(_preset_dict(name_or_path))
+
+
+def _preset_dict(name_or_path: str | Path) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
-        text = path.read_text()
-    else:
-        if str(name_or_path) not in list_presets():
-            raise WsinucleiError(f"unknown preset '{name_or_path}' (known: {', '.join(list_presets())})")
-        text = (resources.files(__package__) / "presets" / f"{name_or_path}.toml").read_text()
-    return DetectorConfig.from_dict(tomllib.loads(text))
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise WsinucleiError(f"{path}: not valid TOML ({e})") from None
+        base = d.pop("base", None)
+        if base is None:
+            return d
+        if str(base) not in list_presets():
+            raise WsinucleiError(f"{path}: base preset '{base}' unknown (known: {', '.join(list_presets())})")
+        return _merged(_preset_dict(base), d)
+    if str(name_or_path) not in list_presets():
+        raise WsinucleiError(f"unknown preset '{name_or_path}' (known: {', '.join(list_presets())})")
+    return tomllib.loads((resources.files(__package__) / "presets" / f"{name_or_path}.toml").read_text())
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def _norm_layer(kind: str):

@@ -28,6 +28,7 @@ class RunOptions:
     min_tissue: float = 0.0  # a tile runs when its core holds more tissue than this (0: any tissue at all)
     tissue_mask: bool = True  # False: run every tile and keep every detection (images that are all tissue)
     native_resolution: bool = True  # slides inside the model's µm/px range run at their own resolution
+    read_mpp: float | None = None  # read tiles at this µm/px (inside the model's range), e.g. 0.5 for a 40x slide
     model: str | None = None  # path; None = the shipped default
     min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
     score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
@@ -87,6 +88,11 @@ class RunOptions:
                                  "under --min-score are never kept; lower --min-score too")
         if self.mpp is not None and not (self.mpp > 0 and np.isfinite(self.mpp)):
             raise WsinucleiError(f"--mpp must be a positive number, got {self.mpp}")
+        if self.read_mpp is not None:
+            if not (isinstance(self.read_mpp, (int, float)) and self.read_mpp > 0 and np.isfinite(self.read_mpp)):
+                raise WsinucleiError(f"--read-mpp must be a positive number, got {self.read_mpp}")
+            if not self.native_resolution:
+                raise WsinucleiError("--read-mpp and --model-resolution both set the reading resolution: give one")
         if self.scheduler and self.workers:
             raise WsinucleiError("--workers starts a local Dask cluster and --scheduler uses a running one: give one of them")
         if self.cluster is not None:

@@ -51,7 +51,13 @@ def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_chann
                model_path: str | None, mpp_range: tuple[float, float] | None = None) -> SlidePlan:
     slide = Slide(path, mpp=opts.mpp)
     try:
-        if mpp_range and opts.native_resolution:
+        if opts.read_mpp is not None:
+            lo, hi = mpp_range or (model_mpp, model_mpp)
+            if not lo - 1e-9 <= opts.read_mpp <= hi + 1e-9:
+                raise WsinucleiError(f"--read-mpp {opts.read_mpp:g}: this model reads {lo:g}"
+                                     + (f" to {hi:g}" if hi != lo else "") + " µm/px")
+            model_mpp = float(opts.read_mpp)
+        elif mpp_range and opts.native_resolution:
             model_mpp = run_mpp(slide.require_mpp(), model_mpp, mpp_range)
         return _plan(slide, path, opts, model_mpp, input_channels, target_mu, target_sigma, model_path)
     except BaseException:
