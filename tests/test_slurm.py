@@ -120,6 +120,8 @@ def test_slurm_run_equals_in_process(slurm, pyramid_slide, random_model, tmp_pat
 
     workers = {row["worker"] for row in csv.DictReader(open(tmp_path / "slurm" / f"{name}.profile.csv"))}
     assert workers and not any(w.startswith("pid") for w in workers), workers
+    # the jobs' logs go beside the results, not into the directory the command ran from
+    assert len(list((tmp_path / "slurm" / "slurm-logs").glob("dask-worker-*.out"))) == 2 and not Path("slurm-1.out").exists()
 
 
 def test_slurm_options_are_checked():

@@ -75,6 +75,8 @@ def slurm_cluster_kwargs(opts: RunOptions) -> dict:
     kwargs = dict(cores=opts.slurm_cores, processes=1, memory=opts.slurm_memory, walltime=opts.slurm_walltime,
                   queue=opts.slurm_queue, account=opts.slurm_account, python=sys.executable,
                   scheduler_options={"dashboard_address": None}, silence_logs="error")
+    if opts.slurm_log_dir:
+        kwargs["log_directory"] = opts.slurm_log_dir
     if opts.device.startswith("cuda"):
         kwargs["job_extra_directives"] = ["--gres=gpu:1"]
         kwargs["worker_extra_args"] = ["--resources", "GPU=1"]

@@ -57,6 +57,7 @@ class RunOptions:
     slurm_memory: str = "16GB"
     slurm_walltime: str = "02:00:00"
     slurm_wait_s: float = 600.0  # how long to wait for the first job to start
+    slurm_log_dir: str | None = None  # the jobs' dask-worker-JOBID.out/.err (run_slide: OUT_DIR/slurm-logs)
     features: bool = False  # measure every nucleus at the score cut: NAME.nuclei.parquet and NAME.bag.parquet
     feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
 

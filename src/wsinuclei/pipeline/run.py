@@ -77,6 +77,10 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise WsinucleiError(f"{out_dir}: exists and is not a folder")
+    if opts.cluster == "slurm" and opts.slurm_log_dir is None:  # job logs beside the results, not in the cwd
+        import dataclasses
+
+        opts = dataclasses.replace(opts, slurm_log_dir=str(out_dir.resolve() / "slurm-logs"))
     model_path = str(Path(opts.model).resolve()) if opts.model else None
     # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
     # same command) use this very instance instead of loading the file again
