@@ -131,33 +131,45 @@ def resolve_source(target: str | Path, results: str | Path | None = None, mpp: f
     return ViewerSource(slide=Path(run["slide"]), name=name, mpp=mpp or run.get("mpp"), detections=det, run=run)
 
 
+def _match_rows(det: Detections, scores, fits) -> np.ndarray | None:
+    """For each of a file's ``scores`` (a subsequence of the CSV's rows, in the CSV's order), the CSV row it is:
+    the next row with the same score (to the CSV's rounding) for which ``fits(row, k)`` holds. None when a
+    file's entry has no such row (not this run's file, or edited by hand)."""
+    n = len(det.scores)
+    rows = np.empty(len(scores), np.int64)
+    row = 0
+    for k, score in enumerate(scores):
+        while row < n and not (abs(det.scores[row] - score) < 6e-5 and fits(row, k)):
+            row += 1
+        if row == n:
+            return None
+        rows[k] = row
+        row += 1
+    return rows
+
+
 def attach_outlines(det: Detections, geojson: Path) -> None:
-    """The contours in the run's GeoJSON, matched to the CSV's rows. The GeoJSON holds the CSV's nuclei at
-    the cut, in the CSV's order, so each feature is the next row with the same (rounded) score whose box
-    holds the contour's centre; nuclei under the cut keep their box."""
+    """The contours in the run's GeoJSON, matched to the CSV's rows (each feature is the next row with the same
+    score whose box holds the contour's centre); nuclei under the cut keep their box."""
     from ..annotations import read_geojson
 
     feats = read_geojson(geojson)
     if not feats.polygons or feats.scores is None:
         return
-    n = len(det.scores)
-    offsets = np.zeros(n + 1, np.int64)
-    counts = np.zeros(n, np.int64)
-    chosen: list[np.ndarray | None] = [None] * n
-    row = 0
-    for poly, score in zip(feats.polygons, feats.scores):
-        cx, cy = poly.mean(axis=0)
-        while row < n and not (abs(det.scores[row] - score) < 6e-5 and det.boxes[row, 0] - 1 <= cx <= det.boxes[row, 2] + 1
-                               and det.boxes[row, 1] - 1 <= cy <= det.boxes[row, 3] + 1):
-            row += 1
-        if row == n:
-            return  # not this CSV's GeoJSON (edited by hand?): boxes only
-        chosen[row], counts[row] = poly, len(poly)
-        row += 1
-    offsets[1:] = np.cumsum(counts)
-    det.outline_offsets = offsets
-    det.outline_xy = np.concatenate([p for p in chosen if p is not None]).astype(np.float32) if counts.any() \
-        else np.zeros((0, 2), np.float32)
+    centres = [p.mean(axis=0) for p in feats.polygons]
+    b = det.boxes
+
+    def holds(row, k):
+        cx, cy = centres[k]
+        return b[row, 0] - 1 <= cx <= b[row, 2] + 1 and b[row, 1] - 1 <= cy <= b[row, 3] + 1
+
+    rows = _match_rows(det, feats.scores, holds)
+    if rows is None:
+        return  # boxes only
+    counts = np.zeros(len(det.scores), np.int64)
+    counts[rows] = [len(p) for p in feats.polygons]
+    det.outline_offsets = np.r_[0, np.cumsum(counts)]
+    det.outline_xy = np.concatenate(feats.polygons).astype(np.float32) if len(rows) else np.zeros((0, 2), np.float32)
 
 
 #: what a click shows from the features table (column, label, unit), when the run measured them
@@ -167,8 +179,8 @@ SHOWN_MEASUREMENTS = (("Size.Area_um2", "area", "µm²"), ("Shape.Circularity", 
 
 
 def attach_measurements(det: Detections, table: Path) -> None:
-    """A few columns of NAME.nuclei.parquet, matched to the CSV's rows. The table holds the CSV's nuclei at
-    the cut in the CSV's order; each row is the next CSV row with the same score and box (to rounding)."""
+    """A few columns of NAME.nuclei.parquet, matched to the CSV's rows (each table row is the next CSV row with
+    the same score and box, to rounding)."""
     try:
         import pyarrow.parquet as pq
 
@@ -178,19 +190,15 @@ def attach_measurements(det: Detections, table: Path) -> None:
     except Exception:  # an unreadable table: the viewer still shows the nuclei
         return
     cols = t.to_pydict()
-    n = len(det.scores)
-    found = {c: np.full(n, np.nan) for c in names if c in cols}
-    row = 0
-    for k in range(t.num_rows):
-        box = np.array([cols["x0"][k], cols["y0"][k], cols["x1"][k], cols["y1"][k]])
-        while row < n and not (abs(det.scores[row] - cols["score"][k]) < 6e-5
-                               and np.abs(det.boxes[row] - box).max() < 0.2):
-            row += 1
-        if row == n:
-            return  # not this run's table
-        for c in found:
-            found[c][row] = cols[c][k]
-        row += 1
+    boxes = np.column_stack([cols["x0"], cols["y0"], cols["x1"], cols["y1"]]).astype(np.float64).reshape(-1, 4)
+    rows = _match_rows(det, cols["score"], lambda row, k: np.abs(det.boxes[row] - boxes[k]).max() < 0.2)
+    if rows is None:
+        return  # not this run's table
+    found = {}
+    for c in names:
+        if c in cols:
+            found[c] = np.full(len(det.scores), np.nan)
+            found[c][rows] = np.asarray(cols[c], dtype=np.float64)
     det.measurements = found
 
 
