@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--grid", default="20x20", help="cells of 1000x1000 px (default 20x20: 20,400 px square)")
     ap.add_argument("--fill", type=int, default=120, help="cells holding tissue (default 120 of 400)")
     ap.add_argument("--configs", default="inprocess,dask1,dask2")
+    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,9 +92,10 @@ def main() -> None:
         subprocess.run([wsi, "build-slide", args.data, "--out", str(slide), "--grid", args.grid, "--fill",
                         str(args.fill), "--margin", "200"], check=True)
     configs = {"inprocess": [], "dask1": ["--workers", "1"], "dask2": ["--workers", "2"]}
-    results = {"machine": machine(), "slide": str(slide), "runs": {}}
+    results = {"machine": machine(), "slide": str(slide), "model": args.model or "shipped default", "runs": {}}
     for name in args.configs.split(","):
-        res = run([wsi, "detect", str(slide), "--out", str(out / name), "--force", "--quiet", *configs[name]])
+        model = ["--model", args.model] if args.model else []
+        res = run([wsi, "detect", str(slide), "--out", str(out / name), "--force", "--quiet", *configs[name], *model])
         report = json.loads((out / name / "bench_slide.run.json").read_text())
         tiles = report["tiles_processed"]
         results["runs"][name] = {
