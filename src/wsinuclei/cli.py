@@ -152,46 +152,20 @@ def _cmd_train(args) -> int:
 
 def _cmd_export(args) -> int:
     from .checkpoint import load_model, save_model
+    from .export import calibrate, set_filter, single_resolution
 
     m = load_model(args.model)
     extra = {**m.extra, "exported_from": str(args.model)}
-    if args.nested is not None or args.min_area_um2 is not None:
-        post = dict(m.config.raw.get("postprocess") or {})
-        if args.nested is not None:
-            if not 0 <= args.nested < 1:
-                raise WsinucleiError(f"--nested must be in [0, 1), got {args.nested}")
-            post["nested"] = args.nested
-        if args.min_area_um2 is not None:
-            if args.min_area_um2 < 0:
-                raise WsinucleiError(f"--min-area-um2 must be >= 0, got {args.min_area_um2}")
-            post["min_area_um2"] = args.min_area_um2
-        m.config.raw["postprocess"] = post
+    set_filter(m, args.nested, args.min_area_um2)
     if args.single_resolution:
-        m.config.raw.pop("mpp_range", None)
+        single_resolution(m)
     if args.calibrate:
-        from .checkpoint import fit_score_calibration, shift_scores
-        from .data import load_tiles
-        from .filters import DetectionFilter
-        from .stain import model_input
-        from .train import predict_images
-
-        tiles = [t for t in load_tiles(args.calibrate, "val_full") if t.points is None]  # boxed sets only
-        if not tiles:
-            raise WsinucleiError(f"{args.calibrate}: no validation images with boxes to calibrate on")
-        preds = predict_images(m.model, [model_input(t.image, m.input_channels) for t in tiles])
-        # the model's own filter applies before the cut, as it does at inference
-        filt = DetectionFilter.from_dict(m.config.raw.get("postprocess"))
-        preds = [(b[k], s[k]) for (b, s), t in zip(preds, tiles) for k in [filt.keep(b, s, t.mpp or m.mpp)]]
-        cal = fit_score_calibration(preds, [t.boxes for t in tiles], groups=[t.set for t in tiles])
-        extra["score_calibration"] = {**cal, "images": [t.name for t in tiles]}
+        cal = extra["score_calibration"] = calibrate(m, args.calibrate)
         sets = ", ".join(f"{g} F1 {v['f1']:.3f} (P {v['precision']:.3f}, R {v['recall']:.3f})"
                          for g, v in cal.get("per_set", {}).items())
-        print(f"operating point from {len(tiles)} validation images: raw score {cal['raw_threshold']:.2f} "
+        print(f"operating point from {len(cal['images'])} validation images: raw score {cal['raw_threshold']:.2f} "
               f"(mean F1@0.5 over sets {cal['validation_f1']:.3f}: {sets}) becomes 0.5 "
               f"(logit shift {cal['logit_shift']:+.3f})")
-        # keep raw scores down to where calibrated ones reach the study's 0.1 floor
-        raw_floor = float(shift_scores([0.1], -cal["logit_shift"])[0])
-        m.config.roi_heads["score_thresh"] = round(min(0.1, raw_floor), 4)
     save_model(m.model, m.config, args.out, target_mu=m.target_mu, target_sigma=m.target_sigma, half=not args.fp32,
                extra=extra)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
