@@ -52,8 +52,8 @@ def find_regions(labels: np.ndarray) -> Regions:
     return Regions(present, slices, rows, cols, index_of[values])
 
 
-def _moments(reg: Regions, col_group, lr, lc, w, cr, cc) -> np.ndarray:
-    """Moments about (cr, cc) per region, (n, 4, 4), summed as ``skimage.measure.moments_central`` sums them:
+def _moments(reg: Regions, col_group, lr, lc, w, cr, cc, order: int = 3) -> np.ndarray:
+    """Moments about (cr, cc) per region up to ``order`` (p + q), (n, 4, 4), summed as ``skimage.measure.moments_central`` sums them:
     over the rows of each column first, then over the columns. The order matters where a moment is zero by
     symmetry: summed this way it comes out exactly zero (as skimage's does), which decides the sign of
     ``Orientation.Orientation`` for symmetric shapes."""
@@ -62,10 +62,10 @@ def _moments(reg: Regions, col_group, lr, lc, w, cr, cc) -> np.ndarray:
     mu = np.zeros((reg.n, 4, 4))
     dc = g_col - cc[g_region]
     dr_p = np.ones_like(dr)
-    for p in range(4):
+    for p in range(order + 1):
         col_sums = np.bincount(inverse, weights=w * dr_p, minlength=groups)
         dc_q = np.ones_like(dc)
-        for q in range(4):
+        for q in range(order + 1 - p):
             mu[:, p, q] = np.bincount(g_region, weights=col_sums * dc_q, minlength=reg.n)
             dc_q = dc_q * dc
         dr_p = dr_p * dr
@@ -85,7 +85,7 @@ def _central_moments(reg: Regions, weights: np.ndarray | None) -> tuple[np.ndarr
     g_region = uniq // (int(lc.max(initial=0)) + 1)
     col_group = (len(uniq), inverse.ravel(), g_region, (uniq % (int(lc.max(initial=0)) + 1)).astype(np.float64))
     zero = np.zeros(reg.n)
-    raw = _moments(reg, col_group, lr, lc, w, zero, zero)
+    raw = _moments(reg, col_group, lr, lc, w, zero, zero, order=1)  # mass and first moments: the centroid
     cr, cc = raw[:, 1, 0] / raw[:, 0, 0], raw[:, 0, 1] / raw[:, 0, 0]
     if weights is None:  # regionprops' unweighted centroid is a mean of integer coordinates: exact
         cr = reg.sum(lr) / raw[:, 0, 0]
