@@ -145,8 +145,12 @@ def _cmd_train(args) -> int:
     best = train(config, args.data, args.run_dir, steps=args.steps, resume=args.resume, seed=args.seed,
                  device=args.device, threads=args.threads, color_jitter=args.color_jitter, init=args.init,
                  command=command, progress=not args.quiet)
-    print(f"best validation score {best.get('val_f1', float('nan')):.3f} at step {best.get('step')}; "
-          f"model: {args.run_dir}/best.safetensors")
+    if best.get("step") is None:  # stopped before the first validation: no best model yet
+        print(f"no validation yet (stopped before the first); the state is in {args.run_dir}/last.pt: continue "
+              "with --resume")
+    else:
+        print(f"best validation score {best.get('val_f1', float('nan')):.3f} at step {best.get('step')}; "
+              f"model: {args.run_dir}/best.safetensors")
     return 0
 
 
