@@ -230,12 +230,20 @@ def fractal_dimension(image: np.ndarray) -> float:
             return -0.0
 
 
-def morphometry(labels: np.ndarray, reg: Regions, intensity: np.ndarray) -> dict[str, np.ndarray]:
+def centroids(reg: Regions, intensity: np.ndarray) -> tuple:
+    """Central moments and centroids, plain and intensity-weighted: (mu, cy, cx, mu_w, wy, wx)."""
+    mu, cy, cx = _central_moments(reg, None)
+    mu_w, wy, wx = _central_moments(reg, np.asarray(intensity, dtype=np.float64)[reg.rows, reg.cols])
+    return mu, cy, cx, mu_w, wy, wx
+
+
+def morphometry(labels: np.ndarray, reg: Regions, intensity: np.ndarray, shape: bool = True) -> dict[str, np.ndarray]:
     """HistomicsTK's morphometry columns for every region (``Orientation.Orientation``, ``Size.*``, ``Shape.*``
     but the Fourier descriptors), plus the centroids, one array per column in region order."""
-    mu, cy, cx = _central_moments(reg, None)
-    weights = np.asarray(intensity, dtype=np.float64)[reg.rows, reg.cols]
-    mu_w, wy, wx = _central_moments(reg, weights)
+    mu, cy, cx, mu_w, wy, wx = centroids(reg, intensity)
+    if not shape:  # identifiers only: no hulls, perimeters or box counting for families that do not use them
+        return {"Identifier.CentroidX": cx, "Identifier.CentroidY": cy,
+                "Identifier.WeightedCentroidX": wx, "Identifier.WeightedCentroidY": wy}
     m0 = mu[:, 0, 0]
     area = m0
     # inertia tensor as skimage builds it: [[mu02, -mu11], [-mu11, mu20]] / mu00

@@ -169,7 +169,7 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
     out: dict[str, np.ndarray] = {
         "Identifier.Label": reg.labels.astype(float), "Identifier.Xmin": boxes[:, 1], "Identifier.Ymin": boxes[:, 0],
         "Identifier.Xmax": boxes[:, 3], "Identifier.Ymax": boxes[:, 2]}
-    shape = morphometry(labels, reg, nuclei)
+    shape = morphometry(labels, reg, nuclei, shape="morphometry" in families)
     for k in ("CentroidX", "CentroidY", "WeightedCentroidX", "WeightedCentroidY"):
         out[f"Identifier.{k}"] = shape.pop(f"Identifier.{k}")
     if "morphometry" in families:
