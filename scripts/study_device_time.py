@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -32,15 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchmark_slide import machine
+
+    return f"{machine()}, {torch.get_num_threads()} threads"
 
 
 def time_detector(det, tile: np.ndarray, repeats: int) -> dict:

@@ -43,12 +43,15 @@ def gpu_seconds(gpu: dict, preset: str, units: int | None) -> float | None:
 
 
 def cluster_match(runs: dict, gpu_s: float) -> dict:
-    """How many CPU workers of this machine's kind deliver one GPU's tiles per second.
+    """How many machines like this one (one Dask worker each, torch on all its cores) deliver one GPU's tiles
+    per second.
 
-    A CPU worker's rate is the 1-worker Dask run's (tiles/s); the 2-worker run says how well rates add up on one
-    machine (efficiency = rate(2) / (2 x rate(1))). The GPU's rate is bounded twice: by its model time per tile
-    and by the host work every tile also needs (reading, normalising, writing: the CPU run's whole-slide seconds
-    per tile minus its inference seconds), which a GPU machine's own cores must still do.
+    A machine's rate is the 1-worker Dask run's (tiles/s); machines are assumed to add up linearly over a
+    network (each tile is seconds of work against milliseconds of scheduling: see the scheduler overhead). The
+    2-worker run on the same cores is reported as what splitting one machine's cores between two workers gives
+    (efficiency = rate(2) / (2 x rate(1))): it is not the cluster's scaling. The GPU's rate is bounded twice: by
+    its model time per tile and by the host work every tile also needs (reading, normalising, writing: the CPU
+    run's whole-slide seconds per tile minus its inference seconds), which the GPU machine's own cores must do.
     """
     one, two = runs["dask1"], runs["dask2"]
     worker_rate = one["tiles_per_s"]
@@ -72,6 +75,8 @@ def main() -> None:
     ap.add_argument("--grid", default="10x10", help="benchmark_slide.py --grid (cells of 1000 px)")
     ap.add_argument("--fill", type=int, default=30, help="benchmark_slide.py --fill (cells with tissue)")
     ap.add_argument("--work", default="out/study_slide")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take a model's results from an earlier run in --work (WORK/NAME/bench_slide.json) when there")
     ap.add_argument("--out", default="docs/study")
     args = ap.parse_args()
     work = Path(args.work)
@@ -84,8 +89,9 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         if slide is not None and not (folder / "bench_slide.tiff").exists():
             os.link(slide, folder / "bench_slide.tiff")  # the same slide for every model
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_slide.py"), "--out", str(folder),
-                        "--grid", args.grid, "--fill", str(args.fill), "--model", path], check=True)
+        if not (args.reuse and (folder / "bench_slide.json").is_file()):
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_slide.py"), "--out", str(folder),
+                            "--grid", args.grid, "--fill", str(args.fill), "--model", path], check=True)
         slide = slide or folder / "bench_slide.tiff"
         bench = json.loads((folder / "bench_slide.json").read_text())
         results["machine"] = bench["machine"]
@@ -106,7 +112,7 @@ def main() -> None:
     tiles = first[next(iter(first))]["tiles"]
     lines = [f"CPU: {results['machine']}, quiet. Slide: generated {args.grid} cells of 1000 px, {args.fill} with "
              f"tissue ({tiles} tissue tiles of 1024² at 0.25 µm/px). Command: `{results['command']}`", "",
-             "| model | executor | whole-slide s | s per tile | inference s per tile (per worker) | peak memory GiB | nuclei |",
+             "| model | executor | whole command s | s per tile | inference s per tile (summed over workers) | peak memory GiB (all processes) | nuclei |",
              "|---|---|---|---|---|---|---|"]
     for name, m in results["models"].items():
         for r in m["runs"].values():
@@ -115,8 +121,9 @@ def main() -> None:
     if gpu:
         lines += ["", f"GPU: {gpu['device_name']} (torch {gpu['torch']}), the model alone per 1024² tile "
                   "(`scripts/study_device_time.py`; reading, normalising and writing not included).", "",
-                  "| model | GPU model s per tile | CPU worker tiles/s (Dask, 1 worker) | 2-worker efficiency | "
-                  "CPU workers = one GPU (model only) | host s per tile (CPU) | GPU tiles/s if 16 host cores feed it |",
+                  "| model | GPU model s per tile | tiles/s of this machine (Dask, 1 worker) | 2 workers on its 2 cores "
+                  "(efficiency) | machines like this = one GPU (model only) | host s per tile (CPU) | GPU tiles/s if "
+                  "16 host cores feed it |",
                   "|---|---|---|---|---|---|---|"]
         for name, m in results["models"].items():
             c = m.get("cluster_match")

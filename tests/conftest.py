@@ -61,6 +61,22 @@ def synthetic_he(h: int, w: int, seed: int = 0, n_nuclei: int = 40, tissue: tupl
     return img, np.array(boxes, dtype=np.float64)
 
 
+def write_labelled_images(folder: Path, n: int, size: int, seed: int, n_nuclei: int) -> Path:
+    """``n`` synthetic images ``im{i}.png`` with instance label images ``im{i}_labels.png`` (each nucleus's
+    box filled with its label): a tiny annotated set in the layout ``wsinuclei prepare`` reads."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img, boxes = synthetic_he(size, size, seed=seed + i, n_nuclei=n_nuclei)
+        Image.fromarray(img).save(folder / f"im{i}.png")
+        lab = np.zeros((size, size), np.uint16)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+            lab[y0:y1, x0:x1] = k + 1
+        Image.fromarray(lab).save(folder / f"im{i}_labels.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def pyramid_slide(tmp_path_factory):
     """A generated pyramidal tiled TIFF at 0.25 µm/px with tissue on the left two thirds and glass elsewhere."""

@@ -3,14 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from wsinuclei.checkpoint import load_model, save_model
 from wsinuclei import stain
 from wsinuclei.data import prepare
 from wsinuclei.errors import WsinucleiError
 from wsinuclei.models import build_detector, count_parameters, list_presets, load_preset, set_num_units
-from conftest import synthetic_he
+from conftest import write_labelled_images
 
 
 def test_presets_listed():
@@ -114,15 +113,7 @@ def test_model_file_errors(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    src = root / "src"
-    src.mkdir()
-    for i in range(3):
-        img, boxes = synthetic_he(256, 256, seed=10 + i, n_nuclei=25)
-        Image.fromarray(img).save(src / f"im{i}.png")
-        lab = np.zeros((256, 256), np.uint16)
-        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
-            lab[y0:y1, x0:x1] = k + 1
-        Image.fromarray(lab).save(src / f"im{i}_labels.png")
+    src = write_labelled_images(root / "src", 3, 256, seed=10, n_nuclei=25)
     prepare(src, root / "prep", tile=256, val_fraction=0.34, progress=False)
     return root / "prep"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_he
+from conftest import synthetic_he, write_labelled_images
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -25,15 +25,7 @@ def overlapping_prepared(tmp_path_factory):
     from wsinuclei.data import prepare
 
     root = tmp_path_factory.mktemp("packdata")
-    src = root / "src"
-    src.mkdir()
-    for i in range(3):
-        img, boxes = synthetic_he(300, 300, seed=20 + i, n_nuclei=30)
-        Image.fromarray(img).save(src / f"im{i}.png")
-        lab = np.zeros((300, 300), np.uint16)
-        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
-            lab[y0:y1, x0:x1] = k + 1
-        Image.fromarray(lab).save(src / f"im{i}_labels.png")
+    src = write_labelled_images(root / "src", 3, 300, seed=20, n_nuclei=30)
     prepare(src, root / "prep", tile=256, val_fraction=0.34, progress=False)
     return root / "prep"
 
@@ -104,3 +96,51 @@ def test_device_time_cuts_resnet_units_and_leaves_other_presets_whole(random_mod
     params = {r["units"]: r["params"] for r in result["rows"] if r["model"] == "r50"}
     assert params[2] < params[3] < params[6]
     assert result["tile"] == [192, 192, 3] and all(r["s_per_tile_median"] > 0 for r in result["rows"])
+
+
+def test_num_units_experiment_runs_end_to_end_on_tiny_data(tmp_path):
+    """Cutting block 3 keeps the model runnable and changes it: fewer parameters, rows for each setting, the
+    table, the plot and the overlay written."""
+    import torch
+
+    from wsinuclei import stain
+    from wsinuclei.checkpoint import save_model
+    from wsinuclei.models import build_detector, load_preset
+
+    src = write_labelled_images(tmp_path / "images", 2, 160, seed=30, n_nuclei=12)
+    torch.manual_seed(0)
+    cfg = load_preset("resnet50")
+    model = tmp_path / "r50.safetensors"
+    save_model(build_detector(cfg), cfg, model, target_mu=stain.DEFAULT_TARGET_MU,
+               target_sigma=stain.DEFAULT_TARGET_SIGMA)
+    out = tmp_path / "study"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "study_num_units.py"), "--model", str(model),
+                    "--data", str(src), "--units", "2,6", "--threads", "1", "--region", "im0:0:0:64",
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    result = json.loads((out / "num_units.json").read_text())
+    assert [r["units"] for r in result["rows"]] == [2, 6]
+    assert result["rows"][0]["params"] < result["rows"][1]["params"]
+    assert all(0 <= r["f1"] <= 1 and r["s_per_image"] > 0 for r in result["rows"])
+    assert "| 2 |" in (out / "num_units.md").read_text()
+    overlay = Image.open(out / "num_units_overlay.png")
+    assert overlay.size == (2 * 64, 64)  # one panel per setting
+    assert (out / "num_units.png").stat().st_size > 0
+
+
+def test_cpu_machines_to_match_one_gpu_follow_the_measured_rates(random_model):
+    import study_slide_times as sst
+
+    runs = {"dask1": {"tiles_per_s": 0.5, "s_per_tile": 2.0, "inference_s_per_tile": 1.5},
+            "dask2": {"tiles_per_s": 0.8}}
+    c = sst.cluster_match(runs, gpu_s=0.05)
+    assert c["workers_to_match_gpu_model_only"] == pytest.approx(40.0)  # 20 tiles/s against 0.5 per machine
+    assert c["dask_2_worker_efficiency"] == pytest.approx(0.8)
+    assert c["gpu_tiles_per_s_16_host_cores"] == pytest.approx(20.0)  # host work (0.5 s) is not the bound
+    runs["dask1"]["inference_s_per_tile"] = 0.0  # all 2 s are host work: 16 cores feed only 8 tiles/s
+    assert sst.cluster_match(runs, gpu_s=0.05)["gpu_tiles_per_s_16_host_cores"] == pytest.approx(8.0)
+    # GPU rows are found by architecture: a cut ResNet-101 times the 18-unit model too
+    gpu = {"rows": [{"preset": "fast", "units": None, "s_per_tile_median": 0.03},
+                    {"preset": "resnet101", "units": 23, "s_per_tile_median": 0.037},
+                    {"preset": "resnet101", "units": 18, "s_per_tile_median": 0.036}]}
+    assert sst.architecture(str(random_model)) == ("fast", None)
+    assert sst.gpu_seconds(gpu, "resnet101", 18) == 0.036 and sst.gpu_seconds(gpu, "resnet50", 6) is None

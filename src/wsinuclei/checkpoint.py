@@ -6,6 +6,7 @@ command that trained it and its validation figures. ``load_model`` rebuilds the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from .errors import WsinucleiError
 from .models import DetectorConfig, build_detector
@@ -51,10 +53,13 @@ def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, ta
 class LoadedModel:
     """A detector with the settings it was trained with."""
 
-    def __init__(self, model, config: DetectorConfig, target_mu, target_sigma, extra: dict, path: Path):
+    def __init__(self, model, config: DetectorConfig, target_mu, target_sigma, extra: dict, path: Path,
+                 digest: str = "unsaved"):
         self.model, self.config = model, config
         self.target_mu, self.target_sigma = target_mu, target_sigma
         self.extra, self.path = extra, path
+        #: SHA-1 of the file's bytes, taken from the one read that loaded it (names compiled backends' caches)
+        self.digest = digest
 
     @property
     def logit_shift(self) -> float:
@@ -94,7 +99,8 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
 
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-        state = load_file(str(path))
+        data = path.read_bytes()
+        state = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise WsinucleiError(f"{path}: not a readable model file ({exc})") from None
     if meta.get("format") != "wsinuclei-model-1":
@@ -108,7 +114,7 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
         raise WsinucleiError(f"{path}: weights do not fit preset '{config.name}' ({str(exc)[:200]})") from None
     model.eval().to(device)
     return LoadedModel(model, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
-                       json.loads(meta.get("extra", "{}")), path)
+                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest())
 
 
 def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:

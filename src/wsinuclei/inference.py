@@ -14,8 +14,6 @@ class NucleusDetector:
     with calibrated scores."""
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto"):
-        import hashlib
-
         from .filters import DetectionFilter
         from .models.backends import use_backend
 
@@ -23,8 +21,7 @@ class NucleusDetector:
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
         # the trunk on OpenVINO when it is installed and agrees with torch (models/backends.py)
-        key = hashlib.sha1(loaded.path.read_bytes()).hexdigest() if loaded.path and loaded.path.is_file() else "unsaved"
-        self.backend = use_backend(self.model, backend, str(self.device), key)
+        self.backend = use_backend(self.model, backend, str(self.device), loaded.digest)
         # the model's own rules for nested boxes and specks (preset [postprocess], kept in the model file)
         self.filter = DetectionFilter.from_dict(loaded.config.raw.get("postprocess"))
 

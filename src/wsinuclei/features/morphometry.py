@@ -25,6 +25,7 @@ class Regions:
     rows: np.ndarray  # (P,) row of every labelled pixel, raster order
     cols: np.ndarray  # (P,) column of every labelled pixel
     index: np.ndarray  # (P,) region index (0..n-1) of every labelled pixel
+    index_of: np.ndarray  # label value -> region index (0 for values not present)
 
     @property
     def n(self) -> int:
@@ -49,7 +50,7 @@ def find_regions(labels: np.ndarray) -> Regions:
     index_of[present] = np.arange(len(present))
     objects = find_objects(labels.astype(np.int64, copy=False))
     slices = [objects[v - 1] for v in present]
-    return Regions(present, slices, rows, cols, index_of[values])
+    return Regions(present, slices, rows, cols, index_of[values], index_of)
 
 
 def _moments(reg: Regions, col_group, lr, lc, w, cr, cc, order: int = 3) -> np.ndarray:
@@ -159,9 +160,7 @@ def perimeters(labels: np.ndarray, reg: Regions) -> np.ndarray:
     for dr, dc in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
         code += 10 * border_same(dr, dc)
     br, bc = np.nonzero(border)
-    index_of = np.zeros(int(reg.labels[-1]) + 1 if reg.n else 1, np.int64)
-    index_of[reg.labels] = np.arange(reg.n)
-    return np.bincount(index_of[labels[br, bc]], weights=_PERIMETER_WEIGHTS[code[br, bc]], minlength=reg.n)
+    return np.bincount(reg.index_of[labels[br, bc]], weights=_PERIMETER_WEIGHTS[code[br, bc]], minlength=reg.n)
 
 
 def convex_areas(labels: np.ndarray, reg: Regions) -> np.ndarray:

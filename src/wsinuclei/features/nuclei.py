@@ -179,8 +179,7 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
         for k in range(6):
             out[f"Shape.FSD{k + 1}"] = fsd[:, k]
     inside = labels > 0
-    index_of = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int64)  # label -> row
-    index_of[reg.labels] = np.arange(n)
+    index_of = reg.index_of  # label -> row
     seg_nucleus = index_of[labels[inside]]
     ring = None
     if cytoplasm is not None and ({"intensity", "gradient", "haralick"} & set(families)):
