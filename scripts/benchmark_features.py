@@ -2,6 +2,7 @@
 families and with Haralick, and the share of whole-slide time ``--features`` adds.
 
     python scripts/benchmark_features.py --model MODEL.safetensors [--slide SLIDE] [--tiles 6] [--json OUT]
+                                         [--baseline-src /tmp/old/src]
 
 Part 1 reads ``--tiles`` tissue tiles of the slide (1024 px at the model's µm/px), detects with the model and
 times ``tile_features`` on each (single thread; best of 3 per tile). Part 2 runs ``wsinuclei detect`` on the
@@ -70,19 +71,33 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def whole_slide(model: str, slide_path: str, repeats: int) -> dict:
-    exe = str(Path(sys.executable).with_name("wsinuclei"))
-    times = {"without": [], "with": []}
+def whole_slide(model: str, slide_path: str, repeats: int, baseline_src: str | None = None) -> dict:
+    """``wsinuclei detect`` with and without ``--features``, best of ``repeats``, alternating; with
+    ``baseline_src`` (another checkout's ``src``, e.g. ``git worktree add /tmp/old COMMIT``) that code's pair
+    runs in the same rounds, so the two shares are measured side by side."""
+    codes = {"this": None} if baseline_src is None else {"baseline": baseline_src, "this": None}
+    times = {(c, label): [] for c in codes for label in ("without", "with")}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(repeats):
-            for label, extra in (("without", []), ("with", ["--features"])):
-                out = Path(tmp) / f"{label}{k}"
-                t0 = time.perf_counter()
-                subprocess.run([exe, "detect", slide_path, "--out", str(out), "--model", model, "--quiet", *extra],
-                               check=True, capture_output=True)
-                times[label].append(time.perf_counter() - t0)
-    best = {k: min(v) for k, v in times.items()}
-    return {"detect_s_best": {k: round(v, 2) for k, v in best.items()}, "extra_share": round(best["with"] / best["without"] - 1, 3)}
+            for code, src in codes.items():
+                env = dict(os.environ)
+                if src is not None:
+                    env["PYTHONPATH"] = os.path.abspath(src)
+                for label, extra in (("without", []), ("with", ["--features"])):
+                    out = Path(tmp) / f"{code}-{label}{k}"
+                    t0 = time.perf_counter()
+                    subprocess.run([sys.executable, "-c", "import sys; from wsinuclei.cli import main; sys.exit(main())",
+                                    "detect", slide_path, "--out", str(out), "--model", model, "--quiet", *extra],
+                                   check=True, capture_output=True, env=env)
+                    times[(code, label)].append(time.perf_counter() - t0)
+    res = {}
+    for code in codes:
+        best = {label: min(times[(code, label)]) for label in ("without", "with")}
+        res[code] = {"detect_s_best": {k: round(v, 2) for k, v in best.items()},
+                     "extra_share": round(best["with"] / best["without"] - 1, 3)}
+    if baseline_src is not None:
+        res["baseline"]["src"] = baseline_src
+    return res if baseline_src is not None else res["this"]
 
 
 def main() -> None:
@@ -92,9 +107,11 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline-src", default=None,
+                    help="another checkout's src folder: its whole-slide pair is timed in the same rounds")
     a = ap.parse_args()
     res = {"slide": a.slide, "model": a.model, "per_tile": per_tile(a.model, a.slide, a.tiles),
-           "whole_slide": whole_slide(a.model, a.slide, a.repeats)}
+           "whole_slide": whole_slide(a.model, a.slide, a.repeats, a.baseline_src)}
     print(json.dumps(res, indent=1))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -359,3 +359,37 @@ def test_thin_tissue_strip_is_covered_and_glass_detections_dropped(stub_detector
     with pytest.raises(Exception, match="no tile holds at least 25% tissue"):
         run_slide(path, tmp_path / "old", RunOptions(tile_size=1024, overlap=64, min_tissue=0.25, progress=False),
                   log=lambda *_: None)
+
+
+def test_post_processing_runs_beside_inference_in_tile_order(pyramid_slide, random_model, tmp_path, monkeypatch):
+    """In-process, each batch's post-processing (features) runs on one more thread, at the lowest priority
+    where the OS gives threads their own, while the next batch is inferred; results still arrive in tile order
+    and a failure there stops the run as before."""
+    import threading
+
+    from wsinuclei.pipeline import executors
+
+    seen = []
+    real = executors.postprocess
+
+    def recording(ctx, tile, *a, **k):
+        seen.append((tile.key, threading.get_ident(),
+                     os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform == "linux" else 19))
+        return real(ctx, tile, *a, **k)
+
+    monkeypatch.setattr(executors, "postprocess", recording)
+    roi = (0, 0, 900, 700)
+    report = run_slide(pyramid_slide[0], tmp_path / "a", RunOptions(model=str(random_model), roi=roi, **OPTS),
+                       log=lambda *_: None)
+    assert len(seen) == report.tiles_processed >= 4
+    assert all(ident != threading.get_ident() for _, ident, _ in seen)
+    assert {nice for _, _, nice in seen} == {19}
+    assert [k for k, _, _ in seen] == sorted(k for k, _, _ in seen)  # tile order (row-major keys)
+
+    def failing(ctx, tile, *a, **k):
+        raise RuntimeError("features failed on " + tile.key)
+
+    monkeypatch.setattr(executors, "postprocess", failing)
+    with pytest.raises(RuntimeError, match="features failed"):
+        run_slide(pyramid_slide[0], tmp_path / "b", RunOptions(model=str(random_model), roi=roi, **OPTS),
+                  log=lambda *_: None)

@@ -231,6 +231,26 @@ def color_deconvolution(im_rgb: np.ndarray, stain_matrix: np.ndarray, I_0=None) 
     return Unmixed(stains_float.clip(0, 255).astype(np.uint8), stains_float, wc)
 
 
+_SDA_OF_UINT8 = None  # rgb_to_sda of 0..255, filled on first use
+
+
+def stain_images(im_rgb: np.ndarray, stain_matrix: np.ndarray, channels=(0, 1)) -> np.ndarray:
+    """``color_deconvolution(im_rgb, stain_matrix).Stains[..., channels]`` for a uint8 image, bit for bit, at
+    about half the cost: the optical density of each 0-255 value comes from a table, and only the wanted
+    stains are converted back (the power is the dear step)."""
+    global _SDA_OF_UINT8
+    im = np.asarray(im_rgb)[..., :3]
+    if im.dtype != np.uint8:
+        return color_deconvolution(im, stain_matrix).Stains[..., list(channels)]
+    if _SDA_OF_UINT8 is None:
+        _SDA_OF_UINT8 = rgb_to_sda(np.arange(256))
+    w = np.asarray(stain_matrix, dtype=np.float64)
+    wc = normalize_columns(complement_stain_matrix(w) if np.linalg.norm(w[:, 2]) <= 1e-16 else w)
+    q = np.linalg.pinv(wc)[list(channels)]
+    deconv = np.einsum("nj,ij->ni", _SDA_OF_UINT8[im.reshape(-1, 3)], q)
+    return sda_to_rgb(deconv).clip(0, 255).astype(np.uint8).reshape(im.shape[:-1] + (len(channels),))
+
+
 def hed_jitter(im_rgb: np.ndarray, scale, shift, stain_matrix: np.ndarray = STAIN_MATRIX_HE) -> np.ndarray:
     """Stain augmentation in H&E optical-density space (Tellez et al. 2018): deconvolve (Ruifrok), multiply
     each stain's density by ``scale[i]`` and add ``shift[i]`` (in 0-1 optical-density units), recompose.

@@ -145,17 +145,18 @@ def _put(out: dict, prefix: str, stats: dict[str, np.ndarray]) -> None:
 
 
 def compute_nuclei_features(labels: np.ndarray, nuclei: np.ndarray, cytoplasm: np.ndarray | None = None,
-                            families=DEFAULT_FAMILIES, cyto_width: float = 8) -> dict[str, np.ndarray]:
+                            families=DEFAULT_FAMILIES, cyto_width: float = 8, edges=None) -> dict[str, np.ndarray]:
     """Features of every labelled nucleus, one array per column (rows in label order). A degenerate mask (a
-    line of pixels) gives NaN where a definition divides by zero, as HistomicsTK does, without warnings."""
+    line of pixels) gives NaN where a definition divides by zero, as HistomicsTK does, without warnings.
+    ``edges``: the Canny edges of ``nuclei`` and ``cytoplasm`` when the caller has them (``tile_features``
+    computes them for a window of a larger image, see ``edges.py``); by default they are computed here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _compute(labels, nuclei, cytoplasm, families, cyto_width)
+        return _compute(labels, nuclei, cytoplasm, families, cyto_width, edges)
 
 
-def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.ndarray]:
-    from skimage.feature import canny
-
+def _compute(labels, nuclei, cytoplasm, families, cyto_width, edges=None) -> dict[str, np.ndarray]:
+    from .edges import canny
     from .morphometry import find_regions, morphometry
 
     unknown = set(families) - set(FAMILIES)
@@ -196,15 +197,15 @@ def _compute(labels, nuclei, cytoplasm, families, cyto_width) -> dict[str, np.nd
                 v[missing] = 0.0
             _put(out, "Cytoplasm.Intensity.", stats)
     if "gradient" in families:
-        for name, image, where, seg in (("Nucleus", nuclei, inside, seg_nucleus),
-                                        ("Cytoplasm", cytoplasm, None if ring is None else in_ring,
-                                         None if ring is None else seg_ring)):
+        for k, (name, image, where, seg) in enumerate((("Nucleus", nuclei, inside, seg_nucleus),
+                                                       ("Cytoplasm", cytoplasm, None if ring is None else in_ring,
+                                                        None if ring is None else seg_ring))):
             if image is None or where is None:
                 continue
             gx, gy = np.gradient(image)
             mag = np.sqrt(gx ** 2 + gy ** 2)
-            edges = canny(image)
-            _put(out, f"{name}.Gradient.", gradient_stats(mag[where], edges[where], seg, n))
+            found = canny(image) if edges is None else edges[k]
+            _put(out, f"{name}.Gradient.", gradient_stats(mag[where], found[where], seg, n))
     if "haralick" in families:
         from .haralick import haralick_features
 

@@ -18,6 +18,19 @@ AREA_COLUMNS = ("Size.Area", "Size.ConvexHullArea")
 IDENTIFIER_X = ("Identifier.Xmin", "Identifier.Xmax", "Identifier.CentroidX", "Identifier.WeightedCentroidX")
 IDENTIFIER_Y = ("Identifier.Ymin", "Identifier.Ymax", "Identifier.CentroidY", "Identifier.WeightedCentroidY")
 SHAPE_FAMILIES = ("morphometry", "fsd")
+RING_WIDTH = 8  # HistomicsTK's cytoplasm ring (dilate_xor), px
+
+
+def _window(labels: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The box around every labelled pixel, grown by ``margin`` and clipped to the image (a corner when none:
+    still big enough for a gradient)."""
+    h, w = labels.shape
+    rows = np.flatnonzero(labels.any(axis=1))
+    if not len(rows):
+        return slice(0, min(h, 3)), slice(0, min(w, 3))
+    cols = np.flatnonzero(labels.any(axis=0))
+    return (slice(max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)),
+            slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)))
 
 
 def label_image(shape: tuple[int, int], boxes: np.ndarray, outlines: np.ndarray | None, order: np.ndarray) -> np.ndarray:
@@ -44,13 +57,32 @@ def tile_features(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, outlin
     owned nucleus stops at its neighbours from the next tile as it does at its own. ``to_base(x, y)`` maps tile
     pixels to base pixels for the ``Identifier`` columns."""
     from .. import stain
+    from .edges import canny_window, reach_box
 
     fams = tuple(f for f in families if outlines is not None or f not in SHAPE_FAMILIES)
     at_cut = np.flatnonzero(scores >= score_cut)
     order = at_cut[np.argsort(scores[at_cut], kind="stable")]  # the higher score paints last and wins overlaps
     labels = label_image(rgb.shape[:2], boxes, outlines, order)
-    stains = stain.color_deconvolution(rgb, stain.STAIN_MATRIX_HE).Stains
-    f = compute_nuclei_features(labels, stains[..., 0].astype(float), stains[..., 1].astype(float), families=fams)
+    # Everything is measured on the window that holds the nuclei, their rings and a margin (the gradient's one
+    # pixel and one spare), not on the whole tile: the same values, as the window is cut where no measured pixel
+    # can see the cut. Canny can see further; edges.canny_window computes it exactly for the window from the
+    # window's reach, and asks for the whole tile's stains in the rare case that is not enough.
+    rows, cols = _window(labels, RING_WIDTH + 2)
+    reach = reach_box(rows, cols, labels.shape)
+    inner = (slice(rows.start - reach[0].start, rows.stop - reach[0].start),
+             slice(cols.start - reach[1].start, cols.stop - reach[1].start))
+    stains = stain.stain_images(rgb[reach], stain.STAIN_MATRIX_HE, (0, 1)).astype(float)
+    edges = None
+    if "gradient" in fams:
+        def whole(channel):
+            return lambda: stain.stain_images(rgb, stain.STAIN_MATRIX_HE, (channel,))[..., 0].astype(float)
+
+        edges = tuple(canny_window(stains[..., c], rows, cols, labels.shape, whole(c)) for c in (0, 1))
+    f = compute_nuclei_features(labels[rows, cols], stains[inner + (0,)], stains[inner + (1,)], families=fams,
+                                cyto_width=RING_WIDTH, edges=edges)
+    for xs, ys in zip(IDENTIFIER_X, IDENTIFIER_Y):  # window -> tile pixels
+        f[xs] = f[xs] + cols.start
+        f[ys] = f[ys] + rows.start
     row_of = np.full(len(boxes), -1)
     if len(f.get("Identifier.Label", [])):
         row_of[order[f["Identifier.Label"].astype(int) - 1]] = np.arange(len(f["Identifier.Label"]))
