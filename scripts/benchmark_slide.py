@@ -34,6 +34,21 @@ def machine() -> str:
     return f"{psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.system()}"
 
 
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table's lines: the header, the rule, a line per row (cells as given, str() of each)."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def write_results(out: Path, stem: str, result: dict, lines: list[str]) -> None:
+    """A study's outputs: OUT/STEM.json (everything measured) and OUT/STEM.md (the tables), the tables printed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def peak_tree_rss(proc: subprocess.Popen, stop: threading.Event, out: dict) -> None:
     """Sample the summed RSS of a process and all its children (Dask workers included)."""
     peak = 0

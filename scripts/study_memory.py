@@ -134,7 +134,7 @@ def main() -> None:
         print(json.dumps(one(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats, args.threads)))
         return
     sys.path.insert(0, str(ROOT / "scripts"))
-    from benchmark_slide import machine
+    from benchmark_slide import machine, markdown_table, write_results
 
     caps = [int(c) for c in args.caps.split(",")]
     sizes = [int(s) for s in args.tiles.split(",")]
@@ -154,24 +154,20 @@ def main() -> None:
                 print(row, flush=True)
     trunc = truncation(args.count_model, caps, sizes)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "threads": args.threads, "rows": rows, "truncation": trunc,
               "command": "python scripts/study_memory.py " + " ".join(sys.argv[1:])}
-    (out / "memory.json").write_text(json.dumps(result, indent=1))
-    lines = [f"Machine: {result['machine']}, {args.threads} threads. Command: `{result['command']}`", "",
-             "| model | tile | detection cap | peak memory per worker (GiB) | s per tile | s per megapixel | workers in 12 GB | in 24 GB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['tile']} | {r['cap']} | {r['peak_rss_gib']:.2f} | {r['s_median']:.2f} | "
-                     f"{r['s_per_megapixel']:.2f} | {r['workers_in_12gb']} | {r['workers_in_24gb']} |")
+    lines = [f"Machine: {result['machine']}, {args.threads} threads. Command: `{result['command']}`", ""]
+    lines += markdown_table(
+        ["model", "tile", "detection cap", "peak memory per worker (GiB)", "s per tile", "s per megapixel",
+         "workers in 12 GB", "in 24 GB"],
+        [[r["model"], r["tile"], r["cap"], f"{r['peak_rss_gib']:.2f}", f"{r['s_median']:.2f}",
+          f"{r['s_per_megapixel']:.2f}", r["workers_in_12gb"], r["workers_in_24gb"]] for r in rows])
     lines += ["", f"Nuclei at score >= 0.5 on the densest MoNuSeg test tiles ({Path(trunc['model']).name}, no cap), "
-              "and how many each cap drops:", "",
-              "| tile | nuclei at the cut | " + " | ".join(f"lost at cap {c}" for c in caps) + " |",
-              "|---|---|" + "---|" * len(caps)]
-    for size, t in trunc["densest_tiles"].items():
-        lines.append(f"| {size} | {t['nuclei_at_cut']} | " + " | ".join(str(t["lost"][c]) for c in caps) + " |")
-    (out / "memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+              "and how many each cap drops:", ""]
+    lines += markdown_table(["tile", "nuclei at the cut"] + [f"lost at cap {c}" for c in caps],
+                            [[size, t["nuclei_at_cut"]] + [t["lost"][c] for c in caps]
+                             for size, t in trunc["densest_tiles"].items()])
+    write_results(out, "memory", result, lines)
     _plot(rows, out / "memory.png")
 
 

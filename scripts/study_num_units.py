@@ -15,7 +15,6 @@ OUT/num_units_overlay.png. Run on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ def main() -> None:
                     help="IMAGE:ROW:COL:SIZE of the overlay region")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "scripts"))
-    from benchmark_slide import machine
+    from benchmark_slide import machine, markdown_table, write_results
 
     torch.set_num_threads(args.threads)
     det = NucleusDetector.from_file(args.model, backend="torch")
@@ -80,16 +79,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "model": args.model, "threads": args.threads, "rows": rows,
               "command": "python scripts/study_num_units.py " + " ".join(sys.argv[1:])}
-    (out / "num_units.json").write_text(json.dumps(result, indent=1))
     lines = [f"Machine: {result['machine']}, {args.threads} threads. Model: `{args.model}`. "
-             f"Command: `{result['command']}`", "",
-             "| block-3 units | AP@0.1 | AP@0.5 | mAP | F1@0.5 | centroid F1 | s per 1000² image | parameters |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['units']} | {r['AP@0.1']:.3f} | {r['AP@0.5']:.3f} | {r['mAP']:.3f} | {r['f1']:.3f} | "
-                     f"{r['centroid_f1']:.3f} | {r['s_per_image']:.2f} | {r['params'] / 1e6:.1f} M |")
-    (out / "num_units.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             f"Command: `{result['command']}`", ""] + markdown_table(
+        ["block-3 units", "AP@0.1", "AP@0.5", "mAP", "F1@0.5", "centroid F1", "s per 1000² image", "parameters"],
+        [[r["units"], f"{r['AP@0.1']:.3f}", f"{r['AP@0.5']:.3f}", f"{r['mAP']:.3f}", f"{r['f1']:.3f}",
+          f"{r['centroid_f1']:.3f}", f"{r['s_per_image']:.2f}", f"{r['params'] / 1e6:.1f} M"] for r in rows])
+    write_results(out, "num_units", result, lines)
     _plot(rows, out / "num_units.png")
     _overlay(images, region_preds, args.region, out / "num_units_overlay.png")
 

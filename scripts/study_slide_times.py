@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark_slide import markdown_table, write_results  # noqa: E402
 
 
 def architecture(path: str) -> tuple[str, int | None]:
@@ -105,34 +107,27 @@ def main() -> None:
                 m["gpu_model_s_per_tile"] = s
                 m["cluster_match"] = cluster_match(m["runs"], s)
     results["command"] = "python scripts/study_slide_times.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "slide_times.json").write_text(json.dumps(results, indent=1))
     first = next(iter(results["models"].values()))["runs"]
     tiles = first[next(iter(first))]["tiles"]
     lines = [f"CPU: {results['machine']}, quiet. Slide: generated {args.grid} cells of 1000 px, {args.fill} with "
-             f"tissue ({tiles} tissue tiles of 1024² at 0.25 µm/px). Command: `{results['command']}`", "",
-             "| model | executor | whole command s | s per tile | inference s per tile (summed over workers) | peak memory GiB (all processes) | nuclei |",
-             "|---|---|---|---|---|---|---|"]
-    for name, m in results["models"].items():
-        for r in m["runs"].values():
-            lines.append(f"| {name} | {r['executor']} | {r['wall_s']} | {r['s_per_tile']} | {r['inference_s_per_tile']} | "
-                         f"{r['peak_rss_gib']} | {r['nuclei']} |")
+             f"tissue ({tiles} tissue tiles of 1024² at 0.25 µm/px). Command: `{results['command']}`", ""]
+    lines += markdown_table(
+        ["model", "executor", "whole command s", "s per tile", "inference s per tile (summed over workers)",
+         "peak memory GiB (all processes)", "nuclei"],
+        [[name, r["executor"], r["wall_s"], r["s_per_tile"], r["inference_s_per_tile"], r["peak_rss_gib"], r["nuclei"]]
+         for name, m in results["models"].items() for r in m["runs"].values()])
     if gpu:
         lines += ["", f"GPU: {gpu['device_name']} (torch {gpu['torch']}), the model alone per 1024² tile "
-                  "(`scripts/study_device_time.py`; reading, normalising and writing not included).", "",
-                  "| model | GPU model s per tile | tiles/s of this machine (Dask, 1 worker) | 2 workers on its 2 cores "
-                  "(efficiency) | machines like this = one GPU (model only) | host s per tile (CPU) | GPU tiles/s if "
-                  "16 host cores feed it |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, m in results["models"].items():
-            c = m.get("cluster_match")
-            if c:
-                lines.append(f"| {name} | {c['gpu_model_s_per_tile']:.3f} | {c['cpu_worker_tiles_per_s']:.3f} | "
-                             f"{c['dask_2_worker_efficiency']:.2f} | {c['workers_to_match_gpu_model_only']:.0f} | "
-                             f"{c['host_s_per_tile']:.2f} | {c['gpu_tiles_per_s_16_host_cores']:.1f} |")
-    (out / "slide_times.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                  "(`scripts/study_device_time.py`; reading, normalising and writing not included).", ""]
+        lines += markdown_table(
+            ["model", "GPU model s per tile", "tiles/s of this machine (Dask, 1 worker)",
+             "2 workers on its 2 cores (efficiency)", "machines like this = one GPU (model only)",
+             "host s per tile (CPU)", "GPU tiles/s if 16 host cores feed it"],
+            [[name, f"{c['gpu_model_s_per_tile']:.3f}", f"{c['cpu_worker_tiles_per_s']:.3f}",
+              f"{c['dask_2_worker_efficiency']:.2f}", f"{c['workers_to_match_gpu_model_only']:.0f}",
+              f"{c['host_s_per_tile']:.2f}", f"{c['gpu_tiles_per_s_16_host_cores']:.1f}"]
+             for name, m in results["models"].items() if (c := m.get("cluster_match"))])
+    write_results(Path(args.out), "slide_times", results, lines)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--work", default="out/study_variants", help="detections and reports per model")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "scripts"))
-    from benchmark_slide import machine
+    from benchmark_slide import machine, markdown_table, write_results
 
     from wsinuclei.checkpoint import load_model
     from wsinuclei.models import count_parameters
@@ -56,19 +56,14 @@ def main() -> None:
                      "centroid_f1": m["pooled_centroid"]["f1"], "s_per_tile": t["s_median"],
                      "peak_rss_gib": t["peak_rss_gib"], "params": count_parameters(loaded.model)})
         print(rows[-1], flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "rows": rows, "command": "python scripts/study_variants.py " + " ".join(sys.argv[1:])}
-    (out / "variants.json").write_text(json.dumps(result, indent=1))
-    lines = [f"Machine: {result['machine']}, 2 threads. Command: `{result['command']}`", "",
-             "| model | AP@0.1 | AP@0.5 | mAP | F1@0.5 | centroid F1 | s per 1024² tile | peak memory per worker (GiB) | parameters |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['AP@0.1']:.3f} | {r['AP@0.5']:.3f} | {r['mAP']:.3f} | {r['f1']:.3f} | "
-                     f"{r['centroid_f1']:.3f} | {r['s_per_tile']:.2f} | {r['peak_rss_gib']:.2f} | {r['params'] / 1e6:.1f} M |")
-    (out / "variants.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    lines = [f"Machine: {result['machine']}, 2 threads. Command: `{result['command']}`", ""] + markdown_table(
+        ["model", "AP@0.1", "AP@0.5", "mAP", "F1@0.5", "centroid F1", "s per 1024² tile",
+         "peak memory per worker (GiB)", "parameters"],
+        [[r["model"], f"{r['AP@0.1']:.3f}", f"{r['AP@0.5']:.3f}", f"{r['mAP']:.3f}", f"{r['f1']:.3f}",
+          f"{r['centroid_f1']:.3f}", f"{r['s_per_tile']:.2f}", f"{r['peak_rss_gib']:.2f}",
+          f"{r['params'] / 1e6:.1f} M"] for r in rows])
+    write_results(Path(args.out), "variants", result, lines)
 
 if __name__ == "__main__":
     main()
