@@ -4,8 +4,8 @@ These follow HistomicsTK 1.4.0 (``histomicstk.preprocessing``) function by funct
 the same numerical results (tested against ``shared/reference/stain_reference.npz``), so figures and
 parameters from HistomicsTK-based work carry over. HistomicsTK itself is not installable from PyPI alone.
 
-Every function takes numpy arrays; ``reinhard_torch`` gives the same normalisation on a batch of torch
-tensors for the GPU path.
+Every function takes numpy arrays. The pipeline normalises tiles in its reader threads through ``ReinhardTable``
+(``reinhard``'s output bit for bit, from a per-colour table).
 """
 
 from __future__ import annotations
@@ -141,31 +141,6 @@ class ReinhardTable:
         result[..., 1] = (packed >> 8) & 255
         result[..., 2] = packed & 255
         return result
-
-
-def reinhard_torch(batch, target_mu, target_sigma, src_mu, src_sigma):
-    """:func:`reinhard` on a torch batch (N, 3, H, W), float 0-255 in and out, on the batch's device.
-
-    Same arithmetic as the numpy version in float32; results agree to within a grey level.
-    """
-    import torch
-
-    dev, dt = batch.device, torch.float32
-    rgb2lms = torch.as_tensor(_RGB2LMS, dtype=dt, device=dev)
-    lms2lab = torch.as_tensor(_LMS2LAB, dtype=dt, device=dev)
-    lab2lms = torch.as_tensor(_LAB2LMS, dtype=dt, device=dev)
-    lms2rgb = torch.as_tensor(_LMS2RGB, dtype=dt, device=dev)
-
-    def vec(v):
-        return torch.as_tensor(np.asarray(v, float), dtype=dt, device=dev).view(1, 3, 1, 1)
-
-    x = batch.to(dt)
-    lms = torch.einsum("ij,njhw->nihw", rgb2lms, x)
-    lms = torch.where(lms == 0, torch.full_like(lms, float(np.spacing(np.float32(1)))), lms)
-    lab = torch.einsum("ij,njhw->nihw", lms2lab, torch.log(lms))
-    lab = (lab - vec(src_mu)) / vec(src_sigma) * vec(target_sigma) + vec(target_mu)
-    rgb = torch.einsum("ij,njhw->nihw", lms2rgb, torch.exp(torch.einsum("ij,njhw->nihw", lab2lms, lab)))
-    return rgb.clamp(0, 255).floor()
 
 
 def normalize_columns(w: np.ndarray) -> np.ndarray:
