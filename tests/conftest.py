@@ -106,7 +106,7 @@ class StubDetector:
     def predict(self, tiles):
         return [(b, s) for b, s, _ in self.predict_instances(tiles)]
 
-    def predict_instances(self, tiles):
+    def predict_instances(self, tiles, read_mpp=None):
         from scipy import ndimage
 
         out = []

@@ -246,3 +246,24 @@ def test_a_recipe_file_changes_only_what_it_sets_on_its_base(tmp_path):
     recipe.write_text('base = "resnet5"\n')
     with pytest.raises(WsinucleiError, match="base preset 'resnet5' unknown"):
         load_preset(recipe)
+
+
+def test_budgets_grow_with_the_tissue_a_coarser_tile_holds(random_model):
+    """Read at 0.5 µm/px, a 0.25 µm/px model's tile holds 4x the tissue: its proposal and detection budgets grow
+    4x (no nucleus cut off at a budget meant for a quarter of the area), and come back at the model's own µm/px;
+    budgets a caller set itself stay while the resolution does not change."""
+    from conftest import synthetic_he
+    from wsinuclei.inference import NucleusDetector
+
+    det = NucleusDetector.from_file(random_model, backend="torch")
+    tile, _ = synthetic_he(256, 256, seed=2, n_nuclei=60)
+    native = det.predict([tile])[0][0]
+    assert len(native) == 100  # the random model fills its budget (detections_per_img = 100)
+    coarse = det.predict_instances([tile], read_mpp=0.5)[0][0]
+    assert det.model.roi_heads.detections_per_img == 400 and det.model.rpn._post_nms_top_n["testing"] == 800
+    assert 100 < len(coarse) <= 400
+    again = det.predict_instances([tile], read_mpp=0.25)[0][0]
+    assert det.model.roi_heads.detections_per_img == 100 and det.model.rpn._post_nms_top_n["testing"] == 200
+    np.testing.assert_array_equal(again, native)
+    det.model.roi_heads.detections_per_img = 7  # a script's own budget
+    assert len(det.predict([tile])[0][0]) == 7

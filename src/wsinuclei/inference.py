@@ -24,6 +24,7 @@ class NucleusDetector:
         self.backend = use_backend(self.model, backend, str(self.device), loaded.digest)
         # the model's own rules for nested boxes and specks (preset [postprocess], kept in the model file)
         self.filter = DetectionFilter.from_dict(loaded.config.raw.get("postprocess"))
+        self._density, self._budgets = 1.0, None  # see set_read_mpp
 
     @classmethod
     def from_file(cls, path=None, device: str = "cpu", backend: str = "auto") -> "NucleusDetector":
@@ -37,14 +38,35 @@ class NucleusDetector:
         """(boxes, scores) per tile."""
         return [(b, s) for b, s, _ in self.predict_instances(tiles)]
 
+    def set_read_mpp(self, read_mpp: float | None) -> None:
+        """Size the proposal and detection budgets for tiles read at ``read_mpp``. The preset's budgets are for
+        a tile at the model's own µm/px; read coarser (a 20x slide at its own 0.5 µm/px for a 0.25 model), a
+        tile of the same pixels holds (read_mpp / mpp)² times the tissue and as many more nuclei, which must
+        not be cut off at the budget."""
+        density = 1.0 if read_mpp is None else max(1.0, (float(read_mpp) / self.loaded.mpp) ** 2)
+        if density == self._density:
+            return  # budgets as they are (a script may have set its own)
+        rpn, heads = self.model.rpn, self.model.roi_heads
+        if self._budgets is None:  # the budgets at the model's own µm/px, kept to scale from and come back to
+            self._budgets = (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
+        pre, post, det = self._budgets
+        post, det = int(round(post * density)), int(round(det * density))
+        rpn._pre_nms_top_n["testing"] = max(pre, post)
+        rpn._post_nms_top_n["testing"] = post
+        heads.detections_per_img = det
+        self._density = density
+
     @torch.inference_mode()
-    def predict_instances(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    def predict_instances(self, tiles: list[np.ndarray], read_mpp: float | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """(boxes, scores, outlines) per tile; outlines (N, rays, 2) in tile pixels for a contour model,
-        None for a box model."""
+        None for a box model. ``read_mpp``: the µm/px the tiles were read at, when not the model's own
+        (sets the budgets, :meth:`set_read_mpp`)."""
         from .contours import polar_outlines
 
         if not tiles:
             return []
+        self.set_read_mpp(read_mpp)
         batch = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device).permute(2, 0, 1).float().div_(255.0)
                  for t in tiles]
         out = []

@@ -70,7 +70,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
             good = [(t, x, p, rgb) for t, x, p, rgb, e in batch if e is None]
             if good:
                 t0 = time.perf_counter()
-                preds = det.predict_instances([x for _, x, _, _ in good])
+                preds = det.predict_instances([x for _, x, _, _ in good], read_mpp=ctx.model_mpp)
                 dt = (time.perf_counter() - t0) / len(good)
                 for _, _, p, _ in good:
                     p["inference_s"] = dt

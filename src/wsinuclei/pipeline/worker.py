@@ -130,7 +130,8 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    (boxes, scores, outlines), = _detector(ctx.model, ctx.device, ctx.backend).predict_instances([x])
+    (boxes, scores, outlines), = _detector(ctx.model, ctx.device, ctx.backend).predict_instances(
+        [x], read_mpp=ctx.model_mpp)
     prof["inference_s"] = time.perf_counter() - t0
     return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb)
 
