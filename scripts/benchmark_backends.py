@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_slide import alternating  # noqa: E402
 
 
 def main() -> None:
@@ -35,21 +38,26 @@ def main() -> None:
     with Slide(a.slide) as s:
         tiles = [stain.model_input(stain.reinhard(s.read_region(x, y, 1024, 1024, lm.mpp), lm.target_mu, lm.target_sigma),
                                    lm.input_channels) for x, y in ((700, 900), (1000, 1800))]
+    x = torch.from_numpy(tiles[0]).permute(2, 0, 1).float().div(255)[None]
+
+    def trunk(det):
+        def run(_k):
+            with torch.inference_mode():
+                det.model.backbone(norm[id(det)])
+        return run
+
+    with torch.inference_mode():
+        norm = {id(det): det.model.transform.normalize(x[0])[None] for det in dets.values()}
+    runs = {}
+    for label, det in dets.items():
+        for i, t in enumerate(tiles):
+            runs[(label, "tile_s", i)] = lambda _k, det=det, t=t: det.predict_instances([t])
+        runs[(label, "trunk_s")] = trunk(det)
+    times = alternating(runs, a.repeats)
     res = {"model": a.model or "shipped", "threads": a.threads, "tiles": len(tiles)}
     for label in ("torch", "openvino"):
-        res[label] = {"tile_s": [], "trunk_s": []}
-    x = torch.from_numpy(tiles[0]).permute(2, 0, 1).float().div(255)[None]
-    for _ in range(a.repeats):
-        for label, det in dets.items():
-            for t in tiles:
-                t0 = time.perf_counter()
-                det.predict_instances([t])
-                res[label]["tile_s"].append(time.perf_counter() - t0)
-            with torch.inference_mode():
-                norm = det.model.transform.normalize(x[0])[None]
-                t0 = time.perf_counter()
-                det.model.backbone(norm)
-                res[label]["trunk_s"].append(time.perf_counter() - t0)
+        res[label] = {kind: [v for key, vs in times.items() if key[:2] == (label, kind) for v in vs]
+                      for kind in ("tile_s", "trunk_s")}
     out = {"model": res["model"], "threads": a.threads}
     for label in ("torch", "openvino"):
         out[label] = {k: round(float(np.min(v)), 3) for k, v in res[label].items()}

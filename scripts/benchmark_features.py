@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_slide import alternating  # noqa: E402
+
 
 def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
     import torch
@@ -76,20 +79,18 @@ def whole_slide(model: str, slide_path: str, repeats: int, baseline_src: str | N
     ``baseline_src`` (another checkout's ``src``, e.g. ``git worktree add /tmp/old COMMIT``) that code's pair
     runs in the same rounds, so the two shares are measured side by side."""
     codes = {"this": None} if baseline_src is None else {"baseline": baseline_src, "this": None}
-    times = {(c, label): [] for c in codes for label in ("without", "with")}
     with tempfile.TemporaryDirectory() as tmp:
-        for k in range(repeats):
-            for code, src in codes.items():
-                env = dict(os.environ)
-                if src is not None:
-                    env["PYTHONPATH"] = os.path.abspath(src)
-                for label, extra in (("without", []), ("with", ["--features"])):
-                    out = Path(tmp) / f"{code}-{label}{k}"
-                    t0 = time.perf_counter()
-                    subprocess.run([sys.executable, "-c", "import sys; from wsinuclei.cli import main; sys.exit(main())",
-                                    "detect", slide_path, "--out", str(out), "--model", model, "--quiet", *extra],
-                                   check=True, capture_output=True, env=env)
-                    times[(code, label)].append(time.perf_counter() - t0)
+        def detect(code, src, label, extra):
+            env = dict(os.environ)
+            if src is not None:
+                env["PYTHONPATH"] = os.path.abspath(src)
+            return lambda k: subprocess.run(
+                [sys.executable, "-c", "import sys; from wsinuclei.cli import main; sys.exit(main())", "detect",
+                 slide_path, "--out", str(Path(tmp) / f"{code}-{label}{k}"), "--model", model, "--quiet", *extra],
+                check=True, capture_output=True, env=env)
+
+        times = alternating({(code, label): detect(code, src, label, extra) for code, src in codes.items()
+                             for label, extra in (("without", []), ("with", ["--features"]))}, repeats)
     res = {}
     for code in codes:
         best = {label: min(times[(code, label)]) for label in ("without", "with")}

@@ -49,6 +49,18 @@ def write_results(out: Path, stem: str, result: dict, lines: list[str]) -> None:
     print("\n".join(lines))
 
 
+def alternating(runs: dict, repeats: int) -> dict[object, list[float]]:
+    """Seconds of each run, timed in rounds: every run once per round, in the dict's order, ``repeats`` rounds, so
+    drifts in the machine's speed hit every run alike. ``runs`` maps a key to a function of the round's index."""
+    times = {key: [] for key in runs}
+    for k in range(repeats):
+        for key, fn in runs.items():
+            t0 = time.perf_counter()
+            fn(k)
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
 def peak_tree_rss(proc: subprocess.Popen, stop: threading.Event, out: dict) -> None:
     """Sample the summed RSS of a process and all its children (Dask workers included)."""
     peak = 0

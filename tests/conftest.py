@@ -106,7 +106,7 @@ class StubDetector:
     def predict(self, tiles):
         return [(b, s) for b, s, _ in self.predict_instances(tiles)]
 
-    def predict_instances(self, tiles, read_mpp=None):
+    def predict_instances(self, tiles):
         from scipy import ndimage
 
         out = []
@@ -125,5 +125,5 @@ def stub_detector(monkeypatch, random_model):
     from wsinuclei.pipeline import worker
 
     stub = StubDetector(random_model)
-    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto": stub)  # every caller looks it up there
+    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None: stub)  # every caller looks it up there
     return stub

@@ -28,6 +28,11 @@ def whole_image_calls(monkeypatch):
     return calls
 
 
+def window_of_whole(image, rows, cols):
+    """canny_window as the features call it: the window's reach, and the whole image on request."""
+    return canny_window(image[reach_box(rows, cols, image.shape)], rows, cols, image.shape, lambda: image)
+
+
 def stain_channels(rgb):
     s = stain.color_deconvolution(rgb, stain.STAIN_MATRIX_HE).Stains
     return s[..., 0].astype(float), s[..., 1].astype(float)
@@ -51,11 +56,7 @@ def test_canny_window_equals_skimage_on_synthetic_stains(whole_image_calls):
         assert full.sum() > 500  # the nuclei's outlines are there to find
         for r0, r1, c0, c1 in random_windows(image.shape, rng, 25):
             rows, cols = slice(r0, r1), slice(c0, c1)
-            np.testing.assert_array_equal(canny_window(image, rows, cols), full[r0:r1, c0:c1])
-            # the same from the window's reach alone, the whole image on request
-            part = image[reach_box(rows, cols, image.shape)]
-            np.testing.assert_array_equal(canny_window(part, rows, cols, image.shape, lambda: image),
-                                          full[r0:r1, c0:c1])
+            np.testing.assert_array_equal(window_of_whole(image, rows, cols), full[r0:r1, c0:c1])
 
 
 @need(MONUSEG / "train")
@@ -71,7 +72,7 @@ def test_canny_window_equals_skimage_on_real_stains(whole_image_calls):
     for image in stain_channels(rgb):
         full = skimage_canny(image)
         for r0, r1, c0, c1 in random_windows(image.shape, rng, 20):
-            np.testing.assert_array_equal(canny_window(image, slice(r0, r1), slice(c0, c1)), full[r0:r1, c0:c1])
+            np.testing.assert_array_equal(window_of_whole(image, slice(r0, r1), slice(c0, c1)), full[r0:r1, c0:c1])
             windows += 1
     assert len(whole_image_calls) < windows / 4  # the window's reach nearly always decides
 
@@ -85,7 +86,7 @@ def test_a_weak_chain_decided_outside_the_window_asks_the_whole_image(whole_imag
     if strong_below is not None:
         image[45:, 30:] = strong_below
     full = skimage_canny(image)
-    got = canny_window(image, slice(5, 20), slice(20, 40))
+    got = window_of_whole(image, slice(5, 20), slice(20, 40))
     np.testing.assert_array_equal(got, full[5:20, 20:40])
     assert got.any() == expected
     assert len(whole_image_calls) == 1

@@ -259,11 +259,29 @@ def test_budgets_grow_with_the_tissue_a_coarser_tile_holds(random_model):
     tile, _ = synthetic_he(256, 256, seed=2, n_nuclei=60)
     native = det.predict([tile])[0][0]
     assert len(native) == 100  # the random model fills its budget (detections_per_img = 100)
-    coarse = det.predict_instances([tile], read_mpp=0.5)[0][0]
-    assert det.model.roi_heads.detections_per_img == 400 and det.model.rpn._post_nms_top_n["testing"] == 800
+    coarse_det = NucleusDetector.from_file(random_model, backend="torch", read_mpp=0.5)
+    assert coarse_det.model.roi_heads.detections_per_img == 400
+    assert coarse_det.model.rpn._post_nms_top_n["testing"] == 800
+    coarse = coarse_det.predict([tile])[0][0]
     assert 100 < len(coarse) <= 400
-    again = det.predict_instances([tile], read_mpp=0.25)[0][0]
-    assert det.model.roi_heads.detections_per_img == 100 and det.model.rpn._post_nms_top_n["testing"] == 200
-    np.testing.assert_array_equal(again, native)
+    coarse_det.set_read_mpp(0.25)
+    assert coarse_det.model.roi_heads.detections_per_img == 100 and coarse_det.model.rpn._post_nms_top_n["testing"] == 200
+    np.testing.assert_array_equal(coarse_det.predict([tile])[0][0], native)
     det.model.roi_heads.detections_per_img = 7  # a script's own budget
+    det.set_read_mpp(0.2)  # finer than the model: the same budgets
     assert len(det.predict([tile])[0][0]) == 7
+
+
+def test_a_worker_holds_one_detector_per_read_resolution(random_model, monkeypatch):
+    """A process running slides at two resolutions (Dask worker threads) gets a detector for each, whose budgets
+    never change under the other; at or below the model's µm/px it is the one detector."""
+    from wsinuclei.pipeline import worker
+
+    monkeypatch.setattr(worker, "_STATE", {})
+    native = worker._detector(random_model, "cpu", "torch")
+    assert worker._detector(random_model, "cpu", "torch", 0.25) is native
+    assert worker._detector(random_model, "cpu", "torch", 0.2) is native
+    coarse = worker._detector(random_model, "cpu", "torch", 0.5)
+    assert coarse is not native and coarse.model is not native.model
+    assert worker._detector(random_model, "cpu", "torch", 0.5) is coarse
+    assert coarse.model.roi_heads.detections_per_img == 400 and native.model.roi_heads.detections_per_img == 100

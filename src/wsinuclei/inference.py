@@ -11,9 +11,13 @@ from .checkpoint import LoadedModel, load_model
 class NucleusDetector:
     """A loaded model plus the device it runs on. Tiles go in as preprocessed uint8 HWC arrays (Reinhard-normalised,
     and deconvolved for hematoxylin models: see ``pipeline.read_and_preprocess``); boxes come back in tile pixels
-    with calibrated scores."""
+    with calibrated scores.
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto"):
+    ``read_mpp``: the µm/px its tiles are read at, when coarser than the model's own; it sizes the proposal and
+    detection budgets once (:meth:`set_read_mpp`). One detector serves one resolution: the budgets live in the
+    torch module, so a process running slides at two resolutions holds two detectors (``pipeline.worker``)."""
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None):
         from .filters import DetectionFilter
         from .models.backends import use_backend
 
@@ -25,10 +29,17 @@ class NucleusDetector:
         # the model's own rules for nested boxes and specks (preset [postprocess], kept in the model file)
         self.filter = DetectionFilter.from_dict(loaded.config.raw.get("postprocess"))
         self._density, self._budgets = 1.0, None  # see set_read_mpp
+        self.set_read_mpp(read_mpp)
 
     @classmethod
-    def from_file(cls, path=None, device: str = "cpu", backend: str = "auto") -> "NucleusDetector":
-        return cls(load_model(path, device="cpu"), device, backend)
+    def from_file(cls, path=None, device: str = "cpu", backend: str = "auto",
+                  read_mpp: float | None = None) -> "NucleusDetector":
+        return cls(load_model(path, device="cpu"), device, backend, read_mpp)
+
+    def density(self, read_mpp: float | None) -> float:
+        """How many times the model's tissue per pixel a tile read at ``read_mpp`` holds (1 at or below the
+        model's own µm/px)."""
+        return 1.0 if read_mpp is None else max(1.0, (float(read_mpp) / self.loaded.mpp) ** 2)
 
     @property
     def draws_contours(self) -> bool:
@@ -43,7 +54,7 @@ class NucleusDetector:
         a tile at the model's own µm/px; read coarser (a 20x slide at its own 0.5 µm/px for a 0.25 model), a
         tile of the same pixels holds (read_mpp / mpp)² times the tissue and as many more nuclei, which must
         not be cut off at the budget."""
-        density = 1.0 if read_mpp is None else max(1.0, (float(read_mpp) / self.loaded.mpp) ** 2)
+        density = self.density(read_mpp)
         if density == self._density:
             return  # budgets as they are (a script may have set its own)
         rpn, heads = self.model.rpn, self.model.roi_heads
@@ -57,16 +68,13 @@ class NucleusDetector:
         self._density = density
 
     @torch.inference_mode()
-    def predict_instances(self, tiles: list[np.ndarray], read_mpp: float | None = None
-                          ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    def predict_instances(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """(boxes, scores, outlines) per tile; outlines (N, rays, 2) in tile pixels for a contour model,
-        None for a box model. ``read_mpp``: the µm/px the tiles were read at, when not the model's own
-        (sets the budgets, :meth:`set_read_mpp`)."""
+        None for a box model."""
         from .contours import polar_outlines
 
         if not tiles:
             return []
-        self.set_read_mpp(read_mpp)
         batch = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device).permute(2, 0, 1).float().div_(255.0)
                  for t in tiles]
         out = []

@@ -80,18 +80,12 @@ def reach_box(rows: slice, cols: slice, shape: tuple[int, int]) -> tuple[slice, 
             slice(max(0, cols.start - REACH), min(shape[1], cols.stop + REACH)))
 
 
-def canny_window(image: np.ndarray, rows: slice, cols: slice, shape: tuple[int, int] | None = None,
-                 whole=None) -> np.ndarray:
-    """``skimage.feature.canny(whole_image)[rows, cols]`` for a 2-D float64 image, computed from the window
-    grown by ``REACH`` when that decides every pixel of it, and from the whole image otherwise.
-
-    ``image`` is the whole image; or, with ``shape`` (the whole image's) and ``whole`` (a function that returns
-    the whole image, called only when it is needed), just its part ``reach_box(rows, cols, shape)``. ``rows`` and
-    ``cols`` are slices with explicit bounds, in the whole image."""
-    if shape is None:
-        shape, whole_image = image.shape, image
-        image = image[reach_box(rows, cols, shape)]
-        whole = lambda: whole_image  # noqa: E731
+def canny_window(part: np.ndarray, rows: slice, cols: slice, shape: tuple[int, int], whole) -> np.ndarray:
+    """``skimage.feature.canny(whole_image)[rows, cols]`` for a 2-D float64 image of ``shape``, computed from
+    ``part`` = ``whole_image[reach_box(rows, cols, shape)]`` when that decides every pixel of the window, and from
+    ``whole()`` (a function that returns the whole image, called only then) otherwise. ``rows`` and ``cols`` are
+    slices with explicit bounds, in the whole image."""
+    image = part
     h, w = shape
     r0, r1, c0, c1 = rows.start, rows.stop, cols.start, cols.stop
     if _nonmaximum_suppression_bilinear is None:

@@ -8,6 +8,8 @@ inscribed in each box, and the shape families (morphometry, Fourier descriptors)
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .nuclei import compute_nuclei_features
@@ -74,10 +76,9 @@ def tile_features(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, outlin
     stains = stain.stain_images(rgb[reach], stain.STAIN_MATRIX_HE, (0, 1)).astype(float)
     edges = None
     if "gradient" in fams:
-        def whole(channel):
-            return lambda: stain.stain_images(rgb, stain.STAIN_MATRIX_HE, (channel,))[..., 0].astype(float)
-
-        edges = tuple(canny_window(stains[..., c], rows, cols, labels.shape, whole(c)) for c in (0, 1))
+        whole_stains = functools.cache(lambda: stain.stain_images(rgb, stain.STAIN_MATRIX_HE, (0, 1)).astype(float))
+        edges = tuple(canny_window(stains[..., c], rows, cols, labels.shape, lambda c=c: whole_stains()[..., c])
+                      for c in (0, 1))
     f = compute_nuclei_features(labels[rows, cols], stains[inner + (0,)], stains[inner + (1,)], families=fams,
                                 cyto_width=RING_WIDTH, edges=edges)
     for xs, ys in zip(IDENTIFIER_X, IDENTIFIER_Y):  # window -> tile pixels

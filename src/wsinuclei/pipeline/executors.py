@@ -22,9 +22,8 @@ from .worker import (TileReadError, _close_slide, _dask_worker_init, _failed, po
 
 def _yield_to_inference() -> None:
     """Run the calling thread at the lowest CPU priority (Linux, where a thread has its own nice value). The
-    post-processing thread then takes the cores only when inference leaves them idle: at equal priority it
-    preempted one of torch's threads, and torch's parallel steps wait for their slowest thread (measured on
-    CMU-1-Small-Region, 2 cores: whole run with features 33.3 s at equal priority, 29.5 s yielding)."""
+    post-processing thread then takes the cores only when inference leaves them idle: at equal priority it can
+    preempt one of torch's threads, and torch's parallel steps wait for their slowest thread."""
     if sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -38,7 +37,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
     is inferred: the detector leaves part of the cores idle (its serial steps), which the features use. Results
     still reach ``on_result`` on this thread, in tile order."""
     ctx = plan.ctx
-    det = worker._detector(ctx.model, ctx.device, ctx.backend)
+    det = worker._detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp)
 
     def prepare(t):
         try:
@@ -70,7 +69,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
             good = [(t, x, p, rgb) for t, x, p, rgb, e in batch if e is None]
             if good:
                 t0 = time.perf_counter()
-                preds = det.predict_instances([x for _, x, _, _ in good], read_mpp=ctx.model_mpp)
+                preds = det.predict_instances([x for _, x, _, _ in good])
                 dt = (time.perf_counter() - t0) / len(good)
                 for _, _, p, _ in good:
                     p["inference_s"] = dt

@@ -22,13 +22,23 @@ _STATE: dict = {}
 _STATE_LOCK = threading.Lock()
 
 
-def _detector(model_path: str | None, device: str, backend: str = "auto"):
+def _detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None):
+    """This process's detector for tiles read at ``read_mpp`` (None: the model's own µm/px). Its budgets are set
+    once, for that resolution: a worker that runs slides at two resolutions holds one detector for each, never
+    one whose budgets change under another thread."""
     from ..inference import NucleusDetector
 
     key = ("model", model_path, device, backend)
     with _STATE_LOCK:
         if key not in _STATE:
             _STATE[key] = NucleusDetector.from_file(model_path, device=device, backend=backend)
+        native = _STATE[key]
+        density = native.density(read_mpp)
+        if density == 1.0:
+            return native
+        key = (*key, density)
+        if key not in _STATE:
+            _STATE[key] = NucleusDetector.from_file(model_path, device=device, backend=backend, read_mpp=read_mpp)
         return _STATE[key]
 
 
@@ -130,8 +140,7 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    (boxes, scores, outlines), = _detector(ctx.model, ctx.device, ctx.backend).predict_instances(
-        [x], read_mpp=ctx.model_mpp)
+    (boxes, scores, outlines), = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp).predict_instances([x])
     prof["inference_s"] = time.perf_counter() - t0
     return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb)
 

@@ -1,0 +1,100 @@
+"""Where a model's inference time goes, stage by stage, on real 1024x1024 tiles of the demo slide: the trunk,
+the RPN's head, anchors and proposal filtering (top-k, decoding, NMS), the RoI box head and its
+post-processing, the mask head, and the detector's own filter and outline tracing. Run on a quiet machine.
+
+    .venv/bin/python scripts/profile_inference.py [--model M] [--backend auto] [--repeats 5] [--json out/profile.json]
+
+Each stage is timed by wrapping the torchvision part that does it; seconds are the median over repeats of the
+summed stage time per tile (nested stages are inside their parents: ``rpn`` includes ``rpn.head`` etc.).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+TILES = ((700, 900), (1000, 1800))  # the two real tiles benchmark_backends.py uses
+
+
+def wrap(obj, attr: str, name: str, sink: dict) -> None:
+    """Replace ``obj.attr`` (a method or a module's forward) by a timed call that adds to ``sink[name]``."""
+    fn = getattr(obj, attr)
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            sink[name] += time.perf_counter() - t0
+
+    setattr(obj, attr, timed)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino"))
+    ap.add_argument("--slide", default=os.path.expanduser("~/.cache/wsinuclei/CMU-1-Small-Region.svs"))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from wsinuclei import contours, stain
+    from wsinuclei.inference import NucleusDetector
+    from wsinuclei.slide import Slide
+
+    det = NucleusDetector.from_file(a.model, backend=a.backend)
+    lm = det.loaded
+    with Slide(a.slide) as s:
+        tiles = [stain.model_input(stain.reinhard(s.read_region(x, y, 1024, 1024, lm.mpp), lm.target_mu,
+                                                  lm.target_sigma), lm.input_channels) for x, y in TILES]
+    sink: dict[str, float] = defaultdict(float)
+    m, rpn, heads = det.model, det.model.rpn, det.model.roi_heads
+    wrap(m, "transform", "transform", sink)
+    wrap(m, "backbone", "trunk", sink)
+    wrap(m, "rpn", "rpn", sink)
+    wrap(rpn, "head", "rpn.head", sink)
+    wrap(rpn, "anchor_generator", "rpn.anchors", sink)
+    wrap(rpn, "filter_proposals", "rpn.filter_proposals", sink)
+    wrap(m, "roi_heads", "roi_heads", sink)
+    wrap(heads, "box_roi_pool", "roi_heads.box_roi_align", sink)
+    wrap(heads, "box_head", "roi_heads.box_head", sink)
+    wrap(heads, "box_predictor", "roi_heads.box_predictor", sink)
+    wrap(heads, "postprocess_detections", "roi_heads.postprocess_detections", sink)
+    if heads.has_mask():
+        wrap(heads, "mask_roi_pool", "roi_heads.mask_roi_align", sink)
+        wrap(heads, "mask_head", "roi_heads.mask_head", sink)
+        wrap(heads, "mask_predictor", "roi_heads.mask_predictor", sink)
+    wrap(det.filter, "keep", "detector.filter", sink)
+    wrap(contours, "polar_outlines", "detector.outlines", sink)
+    det.predict_instances([tiles[0]])  # warm-up
+    per_stage: dict[str, list[float]] = defaultdict(list)
+    totals, counts = [], []
+    for _ in range(a.repeats):
+        for t in tiles:
+            sink.clear()
+            t0 = time.perf_counter()
+            (boxes, _, _), = det.predict_instances([t])
+            totals.append(time.perf_counter() - t0)
+            counts.append(len(boxes))
+            for k, v in sink.items():
+                per_stage[k].append(v)
+    out = {"model": a.model or "shipped", "backend": det.backend, "threads": a.threads, "tiles": len(tiles),
+           "detections_per_tile": counts[: len(tiles)], "total_s": round(statistics.median(totals), 4),
+           "stages_s": {k: round(statistics.median(v), 4) for k, v in per_stage.items()}}
+    print(json.dumps(out, indent=1))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
