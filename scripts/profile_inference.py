@@ -25,6 +25,8 @@ TILES = ((700, 900), (1000, 1800))  # the two real tiles benchmark_backends.py u
 
 def wrap(obj, attr: str, name: str, sink: dict) -> None:
     """Replace ``obj.attr`` (a method or a module's forward) by a timed call that adds to ``sink[name]``."""
+    if isinstance(getattr(obj, attr), torch.nn.Module):  # a child module: time its forward
+        obj, attr = getattr(obj, attr), "forward"
     fn = getattr(obj, attr)
 
     def timed(*a, **k):

@@ -76,7 +76,9 @@ def tissue_lab_stats(slide: Slide, mask: np.ndarray, mask_downsample: float, mpp
     # Patch centres are spread over the tissue grown by half a patch, so that a pixel at the tissue's edge is
     # as likely to fall in some patch as one in its middle (centres on the tissue alone under-sample edges).
     reach = int(np.ceil(half / mask_downsample))
-    region = ndimage.binary_dilation(mask, structure=np.ones((2 * reach + 1, 2 * reach + 1), bool)) if reach else mask
+    # a square dilation, as a separable maximum filter: the same pixels as binary_dilation with a square, in
+    # constant time per pixel instead of time growing with the square's area (seconds on large reaches)
+    region = ndimage.maximum_filter(mask, size=2 * reach + 1, mode="constant", cval=0) if reach else mask
     kept = []
     for cx, cy in sample_tissue_points(region, mask_downsample, patches, rng):
         # on the grid of pixels at ``mpp`` (as tiles are): an off-grid read would be interpolated, which

@@ -3,6 +3,8 @@ statistics, and the tile grid with the tiles that run."""
 
 from __future__ import annotations
 
+import functools
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,13 @@ class SlidePlan:
     # thumbnail's mask, so workers need neither the mask nor a second pass
     tissue: dict = field(default_factory=dict)
     lab_stats: dict = field(default_factory=dict)  # the Reinhard source statistics and how they were taken
+
+    @functools.cached_property
+    def tissue_outline(self) -> np.ndarray:
+        """The thumbnail pixels just outside the tissue mask (the thumbnail's green line), found once."""
+        from skimage.segmentation import find_boundaries
+
+        return find_boundaries(self.mask, mode="outer")
 
     def add_tissue(self, r: "TileResult") -> None:
         frac, secs = self.tissue.get(r.key, (None, 0.0))

@@ -16,14 +16,13 @@ def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None
     blue, skipped ones in grey. With ``nuclei`` (boxes in base pixels, those at the score cut) it shows what
     was found too: a red dot per nucleus while dots stay apart, else a density map (nuclei per mm²)."""
     from PIL import Image, ImageDraw
-    from skimage.segmentation import find_boundaries
 
     img = plan.thumb.copy()
     ds = plan.thumb_downsample
     legend = None
     if nuclei is not None and len(nuclei):
         img, legend = overlay_nuclei(img, nuclei, ds, plan.ctx.mpp)
-    img[find_boundaries(plan.mask, mode="outer")] = (0, 200, 0)
+    img[plan.tissue_outline] = (0, 200, 0)
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
     for tiles, colour in ((plan.skipped, (170, 170, 170)), (plan.tiles, (0, 0, 255))):
@@ -36,7 +35,7 @@ def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None
         d.rectangle([2, 2, 2 + w, 20], fill=(255, 255, 255))
         d.text((6, 4), legend, fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    im.save(buf, format="PNG", compress_level=1)  # 2.3x faster than the default 6 on a 2,048² thumbnail, 2 % larger
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -91,13 +90,16 @@ def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) ->
 
 
 def _legend_font():
-    """DejaVu Sans from matplotlib (a dependency): PIL's built-in font has no µ or ²."""
-    from pathlib import Path as _Path
+    """DejaVu Sans from matplotlib's data (a dependency; found without importing matplotlib, a third of a
+    second): PIL's built-in font has no µ or ²."""
+    import importlib.util
 
-    import matplotlib
     from PIL import ImageFont
 
-    try:
-        return ImageFont.truetype(str(_Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), 13)
-    except OSError:
-        return ImageFont.load_default()
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            return ImageFont.truetype(str(Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"), 13)
+        except OSError:
+            continue
+    return ImageFont.load_default()
