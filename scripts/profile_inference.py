@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--slide", default=os.path.expanduser("~/.cache/wsinuclei/CMU-1-Small-Region.svs"))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rpn-score-floor", type=float, default=None,
+                    help="the RPN's objectness floor before NMS (default: the model file's)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -55,6 +57,8 @@ def main() -> None:
 
     det = NucleusDetector.from_file(a.model, backend=a.backend)
     lm = det.loaded
+    if a.rpn_score_floor is not None:
+        det.model.rpn.score_thresh = a.rpn_score_floor
     with Slide(a.slide) as s:
         tiles = [stain.model_input(stain.reinhard(s.read_region(x, y, 1024, 1024, lm.mpp), lm.target_mu,
                                                   lm.target_sigma), lm.input_channels) for x, y in TILES]
@@ -90,6 +94,7 @@ def main() -> None:
             for k, v in sink.items():
                 per_stage[k].append(v)
     out = {"model": a.model or "shipped", "backend": det.backend, "threads": a.threads, "tiles": len(tiles),
+           "rpn_score_floor": det.model.rpn.score_thresh,
            "detections_per_tile": counts[: len(tiles)], "total_s": round(statistics.median(totals), 4),
            "stages_s": {k: round(statistics.median(v), 4) for k, v in per_stage.items()}}
     print(json.dumps(out, indent=1))

@@ -285,3 +285,39 @@ def test_a_worker_holds_one_detector_per_read_resolution(random_model, monkeypat
     assert coarse is not native and coarse.model is not native.model
     assert worker._detector(random_model, "cpu", "torch", 0.5) is coarse
     assert coarse.model.roi_heads.detections_per_img == 400 and native.model.roi_heads.detections_per_img == 100
+
+
+def test_a_deeper_trunk_warm_started_computes_what_the_shallower_one_did():
+    """recipes/contours_deeper.toml adds trunk blocks that start as the identity (zero_init_residual): loaded
+    with the shipped model's weights it gives the shipped model's detections exactly, before any training."""
+    from conftest import synthetic_he
+    from wsinuclei.checkpoint import load_model
+    from wsinuclei.train import load_init
+
+    shipped = load_model("src/wsinuclei/weights/contours_default.safetensors").model.eval()
+    cfg = load_preset("recipes/contours_deeper.toml")
+    assert cfg.backbone["blocks"] == [1, 3, 3]
+    deeper = build_detector(cfg)
+    info = load_init(deeper, "src/wsinuclei/weights/contours_default.safetensors")
+    new = {k.split(".")[3] for k in info["left"] if k.startswith("backbone.body.layer")}
+    assert info["left"] and all(k.startswith(("backbone.body.layer2.2", "backbone.body.layer3.2")) for k in info["left"])
+    assert new == {"2"}
+    deeper.eval()
+    deeper.roi_heads.score_thresh = shipped.roi_heads.score_thresh  # the shipped file's cut is calibrated
+    tile, _ = synthetic_he(256, 256, seed=5, n_nuclei=40)
+    x = torch.from_numpy(tile).permute(2, 0, 1).float() / 255
+    with torch.inference_mode():
+        a, b = deeper([x])[0], shipped([x])[0]
+    assert len(a["boxes"]) > 10
+    torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=0)
+    torch.testing.assert_close(a["masks"], b["masks"], rtol=0, atol=0)
+    # without the zero init the new blocks change the output
+    plain_cfg = load_preset("recipes/contours_deeper.toml")
+    plain_cfg.backbone["zero_init_residual"] = False
+    torch.manual_seed(0)
+    plain = build_detector(plain_cfg)
+    load_init(plain, "src/wsinuclei/weights/contours_default.safetensors")
+    plain.roi_heads.score_thresh = shipped.roi_heads.score_thresh
+    with torch.inference_mode():
+        c = plain.eval()([x])[0]
+    assert len(c["boxes"]) != len(b["boxes"]) or not torch.equal(c["boxes"], b["boxes"])

@@ -144,7 +144,8 @@ class LightTrunk(nn.Module):
     """A small ResNet trunk of torchvision BasicBlocks: a two-conv stride-4 stem, then one stage per width,
     each halving the resolution after the first. Children are named so BackboneWithFPN can tap them."""
 
-    def __init__(self, stem_channels: int, widths: list[int], blocks: list[int], norm: str):
+    def __init__(self, stem_channels: int, widths: list[int], blocks: list[int], norm: str,
+                 zero_init_residual: bool = False):
         super().__init__()
         norm_layer = _norm_layer(norm)
         self.stem = nn.Sequential(
@@ -167,6 +168,12 @@ class LightTrunk(nn.Module):
                 layers.append(resnet.BasicBlock(inplanes, width, s, down, norm_layer=norm_layer))
                 inplanes = width
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+        if zero_init_residual:
+            # each block starts as the identity (its last norm scales the residual by 0): a deeper trunk warm-
+            # started from a shallower one's weights (``train --init``) computes exactly what that one did
+            for m in self.modules():
+                if isinstance(m, resnet.BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x):  # only used when called directly; BackboneWithFPN walks the children
         x = self.stem(x)
@@ -219,7 +226,8 @@ def _resnet_backbone(cfg: dict[str, Any]) -> BackboneWithFPN:
 
 
 def _light_backbone(cfg: dict[str, Any]) -> BackboneWithFPN:
-    trunk = LightTrunk(int(cfg["stem_channels"]), list(cfg["widths"]), list(cfg["blocks"]), cfg.get("norm", "group"))
+    trunk = LightTrunk(int(cfg["stem_channels"]), list(cfg["widths"]), list(cfg["blocks"]), cfg.get("norm", "group"),
+                       bool(cfg.get("zero_init_residual", False)))
     n = len(cfg["widths"])
     return BackboneWithFPN(
         trunk,

@@ -4,6 +4,7 @@ per process, reading and normalising a tile, inference, keeping what the tile's 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -55,11 +56,13 @@ def _worker_name() -> str:
     """The Dask worker's name, or ``pidN`` outside Dask; looked up once per process."""
     name = _STATE.get("worker_name")
     if name is None:
+        # a Dask worker process has imported distributed; an in-process run never needs it (half a second)
+        distributed = sys.modules.get("distributed")
         try:
-            from distributed import get_worker
-
-            name = str(get_worker().name)
-        except (ImportError, ValueError):  # ValueError: not running inside a Dask worker
+            if distributed is None:
+                raise ValueError
+            name = str(distributed.get_worker().name)
+        except ValueError:  # not running inside a Dask worker
             name = f"pid{os.getpid()}"
         _STATE["worker_name"] = name
     return name
