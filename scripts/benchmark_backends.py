@@ -7,7 +7,6 @@ best of ``--repeats``), on real tiles of the demo slide; and the trunk alone. Ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_slide import alternating  # noqa: E402
+from benchmark_slide import alternating, demo_tiles, print_json  # noqa: E402
 
 
 def main() -> None:
@@ -28,16 +27,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from wsinuclei import stain
     from wsinuclei.inference import NucleusDetector
-    from wsinuclei.slide import Slide
 
     dets = {b: NucleusDetector.from_file(a.model, backend=b) for b in ("torch", "openvino")}
     assert dets["openvino"].backend == "openvino", "OpenVINO did not take the trunk"
-    lm = dets["torch"].loaded
-    with Slide(a.slide) as s:
-        tiles = [stain.model_input(stain.reinhard(s.read_region(x, y, 1024, 1024, lm.mpp), lm.target_mu, lm.target_sigma),
-                                   lm.input_channels) for x, y in ((700, 900), (1000, 1800))]
+    tiles = demo_tiles(a.slide, dets["torch"].loaded)
     x = torch.from_numpy(tiles[0]).permute(2, 0, 1).float().div(255)[None]
 
     def trunk(det):
@@ -63,10 +57,7 @@ def main() -> None:
         out[label] = {k: round(float(np.min(v)), 3) for k, v in res[label].items()}
         out[label].update({f"{k}_median": round(float(np.median(v)), 3) for k, v in res[label].items()})
     out["tile_ratio_openvino_over_torch"] = round(out["openvino"]["tile_s_median"] / out["torch"]["tile_s_median"], 3)
-    print(json.dumps(out, indent=1))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    print_json(out, a.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Contour models only give the shape families. Run on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_slide import alternating  # noqa: E402
+from benchmark_slide import alternating, print_json  # noqa: E402
 
 
 def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
@@ -113,10 +112,7 @@ def main() -> None:
     a = ap.parse_args()
     res = {"slide": a.slide, "model": a.model, "per_tile": per_tile(a.model, a.slide, a.tiles),
            "whole_slide": whole_slide(a.model, a.slide, a.repeats, a.baseline_src)}
-    print(json.dumps(res, indent=1))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1))
+    print_json(res, a.json)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,29 @@ def write_results(out: Path, stem: str, result: dict, lines: list[str]) -> None:
     print("\n".join(lines))
 
 
+def print_json(result: dict, path: str | None) -> None:
+    """Print a result as JSON, and write it to ``path`` too when one is given."""
+    print(json.dumps(result, indent=1))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1))
+
+
+#: the two real 1024x1024 tiles of CMU-1-Small-Region (base pixels, 20x) the per-tile timings use
+DEMO_TILES = ((700, 900), (1000, 1800))
+
+
+def demo_tiles(slide_path: str, loaded, coords=DEMO_TILES) -> list:
+    """Model inputs of 1024x1024 tiles of a slide read at the model's µm/px: Reinhard-normalised, the model's
+    channels."""
+    from wsinuclei import stain
+    from wsinuclei.slide import Slide
+
+    with Slide(slide_path) as s:
+        return [stain.model_input(stain.reinhard(s.read_region(x, y, 1024, 1024, loaded.mpp), loaded.target_mu,
+                                                 loaded.target_sigma), loaded.input_channels) for x, y in coords]
+
+
 def alternating(runs: dict, repeats: int) -> dict[object, list[float]]:
     """Seconds of each run, timed in rounds: every run once per round, in the dict's order, ``repeats`` rounds, so
     drifts in the machine's speed hit every run alike. ``runs`` maps a key to a function of the round's index."""

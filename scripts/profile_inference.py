@@ -11,16 +11,17 @@ summed stage time per tile (nested stages are inside their parents: ``rpn`` incl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-TILES = ((700, 900), (1000, 1800))  # the two real tiles benchmark_backends.py uses
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_slide import DEMO_TILES, demo_tiles, print_json  # noqa: E402
 
 
 def wrap(obj, attr: str, name: str, sink: dict) -> None:
@@ -51,17 +52,14 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from wsinuclei import contours, stain
+    from wsinuclei import contours
     from wsinuclei.inference import NucleusDetector
-    from wsinuclei.slide import Slide
 
     det = NucleusDetector.from_file(a.model, backend=a.backend)
     lm = det.loaded
     if a.rpn_score_floor is not None:
         det.model.rpn.score_thresh = a.rpn_score_floor
-    with Slide(a.slide) as s:
-        tiles = [stain.model_input(stain.reinhard(s.read_region(x, y, 1024, 1024, lm.mpp), lm.target_mu,
-                                                  lm.target_sigma), lm.input_channels) for x, y in TILES]
+    tiles = demo_tiles(a.slide, lm, DEMO_TILES)
     sink: dict[str, float] = defaultdict(float)
     m, rpn, heads = det.model, det.model.rpn, det.model.roi_heads
     wrap(m, "transform", "transform", sink)
@@ -97,10 +95,7 @@ def main() -> None:
            "rpn_score_floor": det.model.rpn.score_thresh,
            "detections_per_tile": counts[: len(tiles)], "total_s": round(statistics.median(totals), 4),
            "stages_s": {k: round(statistics.median(v), 4) for k, v in per_stage.items()}}
-    print(json.dumps(out, indent=1))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    print_json(out, a.json)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,24 @@ def test_threaded_roi_align_equals_torchvision():
         torch.set_num_threads(before)
 
 
+def test_threaded_roi_align_passes_gradients_as_torchvision_does():
+    g = torch.Generator().manual_seed(1)
+    boxes = [torch.rand(400, 2, generator=g) * 100]
+    boxes = [torch.cat([boxes[0], boxes[0] + 4 + torch.rand(400, 2, generator=g) * 20], 1)]
+    grads = []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for pool in (MultiScaleRoIAlign(["0"], 7, 2), ThreadedMultiScaleRoIAlign(["0"], 7, 2)):
+            feats = {"0": torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2), requires_grad=True)}
+            (pool(feats, boxes, [(128, 128)]) ** 2).sum().backward()
+            grads.append(feats["0"].grad)
+    finally:
+        torch.set_num_threads(before)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def plain_torchvision(model):
     """The same model with torchvision's own RPN and RoI poolers."""
     model.rpn.__class__ = RegionProposalNetwork

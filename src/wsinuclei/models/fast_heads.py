@@ -123,8 +123,15 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
             lo, hi = bounds[k], bounds[k + 1]
             return [b[max(lo - o, 0):max(min(hi - o, len(b)), 0)] for b, o in zip(boxes, offsets)]
 
-        futures = [_pool(parts).submit(super(ThreadedMultiScaleRoIAlign, self).forward, x, slice_of(k), image_shapes)
-                   for k in range(parts)]
+        pool_slice = super().forward
+        # grad and inference modes are per thread: the pool's threads take the caller's
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run(k):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return pool_slice(x, slice_of(k), image_shapes)
+
+        futures = [_pool(parts).submit(run, k) for k in range(parts)]
         return torch.cat([f.result() for f in futures], 0)
 
 
