@@ -88,7 +88,7 @@ class PrefixNMSRegionProposalNetwork(RegionProposalNetwork):
         return final_boxes, final_scores
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # the process's RoIAlign threads, and how many
 _POOL_LOCK = threading.Lock()
 MIN_BOXES_PER_THREAD = 64  # below this a thread's start costs more than it saves
 
@@ -96,9 +96,9 @@ MIN_BOXES_PER_THREAD = 64  # below this a thread's start costs more than it save
 def _pool(threads: int) -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < threads:
-            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="roi-align")
-        return _POOL
+        if _POOL is None or _POOL[1] < threads:  # a larger pool replaces it; the old one's threads finish and go
+            _POOL = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="roi-align"), threads)
+        return _POOL[0]
 
 
 class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
