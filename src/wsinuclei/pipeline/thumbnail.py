@@ -35,7 +35,7 @@ def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None
         d.rectangle([2, 2, 2 + w, 20], fill=(255, 255, 255))
         d.text((6, 4), legend, fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)  # 2.3x faster than the default 6 on a 2,048² thumbnail, 2 % larger
+    im.save(buf, format="PNG", compress_level=1)  # much faster than the default 6, files barely larger
     atomic_write_bytes(path, buf.getvalue())
 
 
