@@ -1,6 +1,7 @@
 """Where a model's inference time goes, stage by stage, on real 1024x1024 tiles of the demo slide: the trunk,
 the RPN's head, anchors and proposal filtering (top-k, decoding, NMS), the RoI box head and its
-post-processing, the mask head, and the detector's own filter and outline tracing. Run on a quiet machine.
+post-processing, the mask head, and the detector's own filter and outline tracing; for a star model, the
+network (trunk, FPN and dense head in one) and the decoding. Run on a quiet machine.
 
     .venv/bin/python scripts/profile_inference.py [--model M] [--backend auto] [--repeats 5] [--json out/profile.json]
 
@@ -40,6 +41,26 @@ def wrap(obj, attr: str, name: str, sink: dict) -> None:
     setattr(obj, attr, timed)
 
 
+def wrap_rcnn(m, sink: dict) -> None:
+    """Time the stages of a Faster/Mask R-CNN."""
+    rpn, heads = m.rpn, m.roi_heads
+    wrap(m, "transform", "transform", sink)
+    wrap(m, "backbone", "trunk", sink)
+    wrap(m, "rpn", "rpn", sink)
+    wrap(rpn, "head", "rpn.head", sink)
+    wrap(rpn, "anchor_generator", "rpn.anchors", sink)
+    wrap(rpn, "filter_proposals", "rpn.filter_proposals", sink)
+    wrap(m, "roi_heads", "roi_heads", sink)
+    wrap(heads, "box_roi_pool", "roi_heads.box_roi_align", sink)
+    wrap(heads, "box_head", "roi_heads.box_head", sink)
+    wrap(heads, "box_predictor", "roi_heads.box_predictor", sink)
+    wrap(heads, "postprocess_detections", "roi_heads.postprocess_detections", sink)
+    if heads.has_mask():
+        wrap(heads, "mask_roi_pool", "roi_heads.mask_roi_align", sink)
+        wrap(heads, "mask_head", "roi_heads.mask_head", sink)
+        wrap(heads, "mask_predictor", "roi_heads.mask_predictor", sink)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
@@ -61,22 +82,12 @@ def main() -> None:
         det.model.rpn.score_thresh = a.rpn_score_floor
     tiles = demo_tiles(a.slide, lm, DEMO_TILES)
     sink: dict[str, float] = defaultdict(float)
-    m, rpn, heads = det.model, det.model.rpn, det.model.roi_heads
-    wrap(m, "transform", "transform", sink)
-    wrap(m, "backbone", "trunk", sink)
-    wrap(m, "rpn", "rpn", sink)
-    wrap(rpn, "head", "rpn.head", sink)
-    wrap(rpn, "anchor_generator", "rpn.anchors", sink)
-    wrap(rpn, "filter_proposals", "rpn.filter_proposals", sink)
-    wrap(m, "roi_heads", "roi_heads", sink)
-    wrap(heads, "box_roi_pool", "roi_heads.box_roi_align", sink)
-    wrap(heads, "box_head", "roi_heads.box_head", sink)
-    wrap(heads, "box_predictor", "roi_heads.box_predictor", sink)
-    wrap(heads, "postprocess_detections", "roi_heads.postprocess_detections", sink)
-    if heads.has_mask():
-        wrap(heads, "mask_roi_pool", "roi_heads.mask_roi_align", sink)
-        wrap(heads, "mask_head", "roi_heads.mask_head", sink)
-        wrap(heads, "mask_predictor", "roi_heads.mask_predictor", sink)
+    if lm.config.is_star:
+        wrap(det.model, "batch", "transform", sink)
+        wrap(det.model, "backbone", "network", sink)
+        wrap(det.model, "decode", "decode", sink)
+    else:
+        wrap_rcnn(det.model, sink)
     wrap(det.filter, "keep", "detector.filter", sink)
     wrap(contours, "polar_outlines", "detector.outlines", sink)
     det.predict_instances([tiles[0]])  # warm-up
@@ -92,7 +103,7 @@ def main() -> None:
             for k, v in sink.items():
                 per_stage[k].append(v)
     out = {"model": a.model or "shipped", "backend": det.backend, "threads": a.threads, "tiles": len(tiles),
-           "rpn_score_floor": det.model.rpn.score_thresh,
+           "rpn_score_floor": None if lm.config.is_star else det.model.rpn.score_thresh,
            "detections_per_tile": counts[: len(tiles)], "total_s": round(statistics.median(totals), 4),
            "stages_s": {k: round(statistics.median(v), 4) for k, v in per_stage.items()}}
     print_json(out, a.json)

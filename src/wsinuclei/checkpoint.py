@@ -1,7 +1,9 @@
 """Model files: weights in safetensors (no pickle: loading runs no code), everything else in its metadata.
 
 A model file carries what inference needs: the preset, µm/px, input channels, the Reinhard target, the
-command that trained it and its validation figures. ``load_model`` rebuilds the detector from that alone.
+command that trained it and its validation figures. ``load_model`` rebuilds the detector from that alone;
+``read_model_file`` reads the settings without the weights or torch (the torch-free OpenVINO runtime of star
+models, ``inference.load_detector``).
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
 
 from .errors import WsinucleiError
-from .models import DetectorConfig, build_detector
+from .models import DetectorConfig
 
-#: the shipped default: nuclear contours (preset `contours`, "Model 2"); the box-only model stays shipped as
-#: FAST_MODEL (`--model` with its path), the baseline BENCHMARKS.md compares against
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "contours_default.safetensors"
+#: the shipped default: star-convex nuclear contours from a dense head (preset `star`); the Mask R-CNN contour
+#: model ("Model 2", CONTOURS_MODEL) and the box-only model (FAST_MODEL, the baseline BENCHMARKS.md compares
+#: against) stay shipped, for `--model` with their paths
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "star_default.safetensors"
+CONTOURS_MODEL = Path(__file__).parent / "weights" / "contours_default.safetensors"
 FAST_MODEL = Path(__file__).parent / "weights" / "fast_default.safetensors"
 
 
@@ -31,6 +32,8 @@ def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, ta
                half: bool = True, extra: dict[str, Any] | None = None) -> Path:
     """Write a model file atomically. ``half`` stores float16 weights (half the size; loaded back as
     float32, so inference arithmetic is unchanged apart from the rounding of the weights)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
@@ -80,15 +83,22 @@ class LoadedModel:
 
 def check_device(device: str) -> str:
     """Refuse a CUDA device on a machine without one, in words rather than a CUDA traceback."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not _cuda_available():
         raise WsinucleiError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
     if not (device == "cpu" or device.startswith("cuda")):
         raise WsinucleiError(f"--device {device}: expected cpu, cuda or cuda:N")
     return device
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
-    check_device(device)
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]:
+    """A model file's settings (a :class:`LoadedModel` without its network) and the file's bytes, without
+    torch: the header is JSON, the weights are not parsed."""
     path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
         if path == DEFAULT_MODEL:
@@ -97,24 +107,37 @@ def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedMod
     try:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
         data = path.read_bytes()
-        state = load_safetensors(data)
     except (SafetensorError, OSError, ValueError) as exc:
         raise WsinucleiError(f"{path}: not a readable model file ({exc})") from None
     if meta.get("format") != "wsinuclei-model-1":
         raise WsinucleiError(f"{path}: not a wsinuclei model file (no wsinuclei metadata)")
     config = DetectorConfig.from_dict(json.loads(meta["preset"]))
-    model = build_detector(config)
+    return LoadedModel(None, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
+                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest()), data
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    from safetensors.torch import load as load_safetensors
+
+    from .models import build_detector
+
+    check_device(device)
+    loaded, data = read_model_file(path)
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError) as exc:
+        raise WsinucleiError(f"{loaded.path}: not a readable model file ({exc})") from None
+    model = build_detector(loaded.config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise WsinucleiError(f"{path}: weights do not fit preset '{config.name}' ({str(exc)[:200]})") from None
-    model.eval().to(device)
-    return LoadedModel(model, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
-                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest())
+        raise WsinucleiError(f"{loaded.path}: weights do not fit preset '{loaded.config.name}' ({str(exc)[:200]})") from None
+    loaded.model = model.eval().to(device)
+    return loaded
 
 
 def shift_scores(scores: np.ndarray, logit_shift: float) -> np.ndarray:

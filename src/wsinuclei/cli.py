@@ -156,11 +156,13 @@ def _cmd_train(args) -> int:
 
 def _cmd_export(args) -> int:
     from .checkpoint import load_model, save_model
-    from .export import calibrate, set_filter, single_resolution
+    from .export import calibrate, set_filter, set_star_nms, single_resolution
 
     m = load_model(args.model)
     extra = {**m.extra, "exported_from": str(args.model)}
     set_filter(m, args.nested, args.min_area_um2)
+    if args.nms is not None:
+        set_star_nms(m, args.nms)
     if args.single_resolution:
         single_resolution(m)
     if args.calibrate:
@@ -342,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="store the filter rule: drop a box with more than this share inside a better one (0 off)")
     sp.add_argument("--min-area-um2", type=float, default=None,
                     help="store the filter rule: drop boxes smaller than this many µm² (0 off)")
+    sp.add_argument("--nms", type=float, default=None,
+                    help="star models: store the box IoU above which the lower-scoring polygon is dropped")
     sp.add_argument("--single-resolution", action="store_true",
                     help="drop the preset's µm/px range: every slide is read at the model's own µm/px (when the "
                     "model falls short at the range's other end)")

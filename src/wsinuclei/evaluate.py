@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.9001, 0.05), 2))
 
@@ -77,6 +76,8 @@ def _assign(quality: np.ndarray, admissible: np.ndarray, tie_break: np.ndarray):
     big = float(min(len(rows), len(cols)) + 1)
     sub_adm = admissible[np.ix_(rows, cols)]
     sub = np.where(sub_adm, big + np.clip(tie_break[np.ix_(rows, cols)], 0.0, 1.0), 0.0)
+    from scipy.optimize import linear_sum_assignment  # here: a whole-slide run imports this module for box_iou only
+
     r, c = linear_sum_assignment(sub, maximize=True)
     ok = sub_adm[r, c]
     pi, ti = rows[r[ok]], cols[c[ok]]

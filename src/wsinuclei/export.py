@@ -25,6 +25,16 @@ def set_filter(m: LoadedModel, nested: float | None = None, min_area_um2: float 
     m.config.raw["postprocess"] = post
 
 
+def set_star_nms(m: LoadedModel, iou: float) -> None:
+    """Store a star model's NMS threshold (box IoU above which the lower-scoring polygon is dropped)."""
+    if not m.config.is_star:
+        raise WsinucleiError("--nms applies to star models (a [star_head] preset) only")
+    if not 0 < iou <= 1:
+        raise WsinucleiError(f"--nms must be in (0, 1], got {iou}")
+    m.config.star_head["nms_thresh"] = iou
+    m.model.nms_thresh = iou
+
+
 def single_resolution(m: LoadedModel) -> None:
     """Drop the preset's µm/px range: every slide is then read at the model's own µm/px."""
     m.config.raw.pop("mpp_range", None)
@@ -47,5 +57,10 @@ def calibrate(m: LoadedModel, prepared: str | Path) -> dict:
     preds = [(b[k], s[k]) for (b, s), t in zip(preds, tiles) for k in [filt.keep(b, s, t.mpp or m.mpp)]]
     cal = fit_score_calibration(preds, [t.boxes for t in tiles], groups=[t.set for t in tiles])
     raw_floor = float(shift_scores([0.1], -cal["logit_shift"])[0])
-    m.config.roi_heads["score_thresh"] = round(min(0.1, raw_floor), 4)
+    floor = round(min(0.1, raw_floor), 4)
+    if m.config.is_star:  # the dense head's candidate floor; loaded models rebuild from the preset
+        m.config.star_head["score_thresh"] = min(float(m.config.star_head.get("score_thresh", 0.3)), floor)
+        m.model.score_thresh = m.config.star_head["score_thresh"]
+    else:
+        m.config.roi_heads["score_thresh"] = floor
     return {**cal, "images": [t.name for t in tiles]}

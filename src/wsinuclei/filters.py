@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .boxes import nested_in_better
+
 
 @dataclass
 class DetectionFilter:
@@ -42,25 +44,3 @@ class DetectionFilter:
             idx = np.flatnonzero(keep)
             keep[idx[nested_in_better(boxes[idx], np.asarray(scores)[idx], self.nested)]] = False
         return keep
-
-
-def nested_in_better(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Indices of boxes with more than ``threshold`` of their area inside a higher-scoring box that is itself
-    kept (visited best first, so a chain of nested boxes keeps only the best)."""
-    import torch
-    from torchvision.ops import box_area
-
-    b = torch.as_tensor(boxes, dtype=torch.float32)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    b = b[order]
-    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    area = box_area(b).clamp(min=1e-6)
-    inside = (inter / area[:, None]).numpy()  # row i: share of box i inside box j
-    dropped = np.zeros(len(b), bool)
-    for i in range(1, len(b)):
-        better = inside[i, :i] > threshold
-        if better.any() and (~dropped[:i][better]).any():
-            dropped[i] = True
-    return order[dropped]

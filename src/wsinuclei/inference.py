@@ -1,40 +1,38 @@
-"""Running a trained detector on preprocessed tiles, one at a time or in batches (the GPU path)."""
+"""Running a trained detector on preprocessed tiles, one at a time or in batches (the GPU path).
+
+:func:`load_detector` picks how: a star model on the CPU whose OpenVINO conversion has been checked against
+torch runs on OpenVINO alone (:class:`OpenVinoStarDetector`, no torch import); every other model, and a star
+model's first run on a machine, runs in torch (:class:`NucleusDetector`, with the trunk on OpenVINO where it
+agrees).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import torch
 
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel, load_model, read_model_file
 
 
-class NucleusDetector:
-    """A loaded model plus the device it runs on. Tiles go in as preprocessed uint8 HWC arrays (Reinhard-normalised,
-    and deconvolved for hematoxylin models: see ``pipeline.read_and_preprocess``); boxes come back in tile pixels
-    with calibrated scores.
+class Detector:
+    """What every detector does with its network's raw output: calibrated scores, the model's own filter
+    (preset ``[postprocess]``, kept in the model file), outlines. Tiles go in as preprocessed uint8 HWC arrays
+    (Reinhard-normalised, and deconvolved for hematoxylin models: see ``pipeline.read_and_preprocess``);
+    boxes and outlines come back in tile pixels.
 
-    ``read_mpp``: the µm/px its tiles are read at, when coarser than the model's own; it sizes the proposal and
-    detection budgets once (:meth:`set_read_mpp`). One detector serves one resolution: the budgets live in the
-    torch module, so a process running slides at two resolutions holds two detectors (``pipeline.worker``)."""
+    ``read_mpp``: the µm/px its tiles are read at, when coarser than the model's own; it sizes the detection
+    budgets once (:meth:`set_read_mpp`). One detector serves one resolution: a process running slides at two
+    resolutions holds two detectors (``pipeline.worker``)."""
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None):
+    backend = "torch"
+
+    def __init__(self, loaded: LoadedModel):
         from .filters import DetectionFilter
-        from .models.backends import use_backend
 
         self.loaded = loaded
-        self.device = torch.device(device)
-        self.model = loaded.model.to(self.device).eval()
-        # the trunk on OpenVINO when it is installed and agrees with torch (models/backends.py)
-        self.backend = use_backend(self.model, backend, str(self.device), loaded.digest)
-        # the model's own rules for nested boxes and specks (preset [postprocess], kept in the model file)
         self.filter = DetectionFilter.from_dict(loaded.config.raw.get("postprocess"))
         self._density, self._budgets = 1.0, None  # see set_read_mpp
-        self.set_read_mpp(read_mpp)
-
-    @classmethod
-    def from_file(cls, path=None, device: str = "cpu", backend: str = "auto",
-                  read_mpp: float | None = None) -> "NucleusDetector":
-        return cls(load_model(path, device="cpu"), device, backend, read_mpp)
 
     def density(self, read_mpp: float | None) -> float:
         """How many times the model's tissue per pixel a tile read at ``read_mpp`` holds (1 at or below the
@@ -50,42 +48,141 @@ class NucleusDetector:
         return [(b, s) for b, s, _ in self.predict_instances(tiles)]
 
     def set_read_mpp(self, read_mpp: float | None) -> None:
-        """Size the proposal and detection budgets for tiles read at ``read_mpp``. The preset's budgets are for
-        a tile at the model's own µm/px; read coarser (a 20x slide at its own 0.5 µm/px for a 0.25 model), a
-        tile of the same pixels holds (read_mpp / mpp)² times the tissue and as many more nuclei, which must
-        not be cut off at the budget."""
+        """Size the budgets for tiles read at ``read_mpp``. The preset's budgets are for a tile at the model's
+        own µm/px; read coarser (a 20x slide at its own 0.5 µm/px for a 0.25 model), a tile of the same pixels
+        holds (read_mpp / mpp)² times the tissue and as many more nuclei, which must not be cut off."""
         density = self.density(read_mpp)
         if density == self._density:
             return  # budgets as they are (a script may have set its own)
-        rpn, heads = self.model.rpn, self.model.roi_heads
         if self._budgets is None:  # the budgets at the model's own µm/px, kept to scale from and come back to
-            self._budgets = (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
-        pre, post, det = self._budgets
-        post, det = int(round(post * density)), int(round(det * density))
-        rpn._pre_nms_top_n["testing"] = max(pre, post)
-        rpn._post_nms_top_n["testing"] = post
-        heads.detections_per_img = det
+            self._budgets = self._get_budgets()
+        self._set_budgets(self._budgets, density)
         self._density = density
 
-    @torch.inference_mode()
+    def _get_budgets(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _set_budgets(self, budgets: tuple[int, ...], density: float) -> None:
+        raise NotImplementedError
+
     def predict_instances(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-        """(boxes, scores, outlines) per tile; outlines (N, rays, 2) in tile pixels for a contour model,
-        None for a box model."""
+        """(boxes, scores, outlines) per tile; outlines (N, rays, 2) in tile pixels for a contour model (traced
+        from a mask head's masks, or drawn by a star head), None for a box model."""
+        raise NotImplementedError
+
+    def _finish(self, boxes, raw_scores, outlines=None, masks=None):
+        """Calibrate, filter, and trace a mask head's masks into outlines."""
         from .contours import polar_outlines
+
+        boxes = np.asarray(boxes, np.float64)
+        scores = self.loaded.calibrate(np.asarray(raw_scores, np.float32))
+        outlines = None if outlines is None else np.asarray(outlines, np.float64)
+        if self.filter.active:
+            keep = self.filter.keep(boxes, scores, self.loaded.mpp)
+            boxes, scores = boxes[keep], scores[keep]
+            masks = None if masks is None else masks[keep]
+            outlines = None if outlines is None else outlines[keep]
+        if masks is not None:
+            outlines = polar_outlines(masks, boxes)
+        return boxes, scores, outlines
+
+
+class NucleusDetector(Detector):
+    """A model in torch, on its device; the trunk (a star model's whole network) on OpenVINO when it is
+    installed and agrees with torch (models/backends.py)."""
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None):
+        import torch
+
+        from .models.backends import use_backend
+
+        super().__init__(loaded)
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.backend = use_backend(self.model, backend, str(self.device), loaded.digest)
+        self.set_read_mpp(read_mpp)
+
+    @classmethod
+    def from_file(cls, path=None, device: str = "cpu", backend: str = "auto",
+                  read_mpp: float | None = None) -> "NucleusDetector":
+        return cls(load_model(path, device="cpu"), device, backend, read_mpp)
+
+    def _get_budgets(self):
+        if self.loaded.config.is_star:  # a dense head has no proposals: only the cap on detections scales
+            return (self.model.detections_per_img,)
+        rpn, heads = self.model.rpn, self.model.roi_heads
+        return (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
+
+    def _set_budgets(self, budgets, density):
+        if self.loaded.config.is_star:
+            self.model.detections_per_img = int(round(budgets[0] * density))
+            return
+        pre, post, det = budgets
+        post, det = int(round(post * density)), int(round(det * density))
+        rpn = self.model.rpn
+        rpn._pre_nms_top_n["testing"] = max(pre, post)
+        rpn._post_nms_top_n["testing"] = post
+        self.model.roi_heads.detections_per_img = det
+
+    def predict_instances(self, tiles):
+        import torch
 
         if not tiles:
             return []
         batch = [torch.from_numpy(np.ascontiguousarray(t)).to(self.device).permute(2, 0, 1).float().div_(255.0)
                  for t in tiles]
+        with torch.inference_mode():
+            outputs = self.model(batch)
         out = []
-        for o in self.model(batch):
-            boxes = o["boxes"].float().cpu().numpy().astype(np.float64)
-            scores = self.loaded.calibrate(o["scores"].float().cpu().numpy())
-            masks = o["masks"].float().cpu().numpy() if "masks" in o else None
-            if self.filter.active:
-                keep = self.filter.keep(boxes, scores, self.loaded.mpp)
-                boxes, scores = boxes[keep], scores[keep]
-                masks = None if masks is None else masks[keep]
-            outlines = polar_outlines(masks, boxes) if masks is not None else None
-            out.append((boxes, scores, outlines))
+        for o in outputs:
+            out.append(self._finish(
+                o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy(),
+                outlines=o["outlines"].float().cpu().numpy() if "outlines" in o else None,
+                masks=o["masks"].float().cpu().numpy() if "masks" in o else None))
         return out
+
+
+class OpenVinoStarDetector(Detector):
+    """A star model on OpenVINO alone (models/openvino_star.py): no torch in the process."""
+
+    backend = "openvino"
+
+    def __init__(self, loaded: LoadedModel, xml: Path, read_mpp: float | None = None, threads: int | None = None):
+        from .models.openvino_star import OpenVinoStarNet
+
+        super().__init__(loaded)
+        self.net = OpenVinoStarNet(xml, loaded.config.star_head, threads)
+        self.set_read_mpp(read_mpp)
+
+    def _get_budgets(self):
+        return (self.net.detections_per_img,)
+
+    def _set_budgets(self, budgets, density):
+        self.net.detections_per_img = int(round(budgets[0] * density))
+
+    def predict_instances(self, tiles):
+        return [self._finish(b, s, outlines=o) for b, s, o in self.net(tiles)]
+
+
+def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None) -> Detector:
+    """The detector for a model file: :class:`OpenVinoStarDetector` where it can run (a star model, the CPU,
+    backend auto or openvino, OpenVINO installed and a conversion of this very file checked against torch
+    on this machine), else :class:`NucleusDetector` (whose OpenVINO conversion, when it agrees, lets the
+    next start take the first path)."""
+    if device == "cpu" and backend in ("auto", "openvino"):
+        loaded, _ = read_model_file(path)
+        if loaded.config.is_star:
+            xml = _checked_conversion(loaded.digest)
+            if xml is not None:
+                return OpenVinoStarDetector(loaded, xml, read_mpp)
+    return NucleusDetector.from_file(path, device, backend, read_mpp)
+
+
+def _checked_conversion(digest: str) -> Path | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    from .models.ir_cache import agreed_ir, ir_key
+
+    return agreed_ir(ir_key(digest, openvino.__version__))

@@ -26,6 +26,7 @@ from .checkpoint import save_model
 from .data import Augment, CropSampler, Tile, load_tiles
 from .errors import WsinucleiError
 from .models import DetectorConfig, build_detector, freeze_before_fine_tune_block
+from .models.star import STAR_LOSS_KEYS
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 MASK_LOSS_KEYS = LOSS_KEYS + ("loss_mask",)
@@ -211,7 +212,7 @@ def train(
     val_tiles = load_tiles(prepared, "val_full")
     for t in val_tiles:
         t.image = model_input(t.image, config.input_channels)
-    loss_keys = MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
+    loss_keys = STAR_LOSS_KEYS if config.is_star else MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
 
     model = build_detector(config).to(device)
     init_info = None

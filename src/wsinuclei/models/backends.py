@@ -1,5 +1,7 @@
 """Inference backends for the detector's trunk (backbone + FPN): torch, or OpenVINO on the CPU when it is
-installed and gives the same feature maps. The detection heads (RPN, RoI heads, mask head) stay in torch.
+installed and gives the same feature maps. The detection heads (RPN, RoI heads, mask head) stay in torch; a
+star model's trunk is its whole network (trunk, FPN and dense head), so all of it runs on OpenVINO, and once a
+conversion has been checked here, later starts run it without torch (``openvino_star.py``).
 
 ``auto`` (the default) takes OpenVINO when ``import openvino`` works, the device is the CPU and the compiled
 trunk reproduces torch's feature maps on a check input; otherwise torch, silently. ``openvino`` insists (a
@@ -9,16 +11,15 @@ process (a Dask worker, a Slurm job) pays the conversion once per machine, not p
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import WsinucleiError
+from .ir_cache import ir_key, ir_path, mark_agreed
 
 BACKENDS = ("auto", "torch", "openvino")
 #: feature maps must agree with torch's to this, relative to their largest value, on the check input
@@ -40,10 +41,6 @@ class OpenVinoTrunk(torch.nn.Module):
         return OrderedDict((n, torch.from_numpy(np.asarray(out[i]))) for i, n in enumerate(self.names))
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("WSINUCLEI_CACHE", Path.home() / ".cache" / "wsinuclei")) / "openvino"
-
-
 def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = None) -> OpenVinoTrunk:
     """Convert (or load the cached conversion of) a trunk and compile it for the CPU."""
     import openvino as ov
@@ -52,7 +49,7 @@ def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = Non
     example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         names = list(backbone(example).keys())
-    xml = _cache_dir() / f"{key}.xml"
+    xml = ir_path(key)
     core = ov.Core()
     if xml.is_file():
         model = core.read_model(str(xml))
@@ -97,7 +94,7 @@ def use_backend(model: torch.nn.Module, backend: str, device: str, model_key: st
         if backend == "openvino":
             raise WsinucleiError("--backend openvino: OpenVINO is not installed (pip install openvino)") from None
         return "torch"
-    key = hashlib.sha1((model_key + openvino.__version__).encode()).hexdigest()[:16]
+    key = ir_key(model_key, openvino.__version__)
     try:
         trunk = compile_trunk(model.backbone, key)
         diff = trunk_agrees(model.backbone, trunk)
@@ -111,5 +108,6 @@ def use_backend(model: torch.nn.Module, backend: str, device: str, model_key: st
             raise WsinucleiError(f"--backend openvino: feature maps differ from torch's by {diff:.1e} (limit {AGREEMENT:g})")
         _log.warning("OpenVINO's feature maps differ from torch's by %.1e; using torch", diff)
         return "torch"
+    mark_agreed(key, diff)  # a later start may run this conversion without torch (openvino_star.py)
     model.backbone = trunk
     return "openvino"

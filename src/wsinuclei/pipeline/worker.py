@@ -27,19 +27,19 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
     """This process's detector for tiles read at ``read_mpp`` (None: the model's own µm/px). Its budgets are set
     once, for that resolution: a worker that runs slides at two resolutions holds one detector for each, never
     one whose budgets change under another thread."""
-    from ..inference import NucleusDetector
+    from ..inference import load_detector
 
     key = ("model", model_path, device, backend)
     with _STATE_LOCK:
         if key not in _STATE:
-            _STATE[key] = NucleusDetector.from_file(model_path, device=device, backend=backend)
+            _STATE[key] = load_detector(model_path, device=device, backend=backend)
         native = _STATE[key]
         density = native.density(read_mpp)
         if density == 1.0:
             return native
         key = (*key, density)
         if key not in _STATE:
-            _STATE[key] = NucleusDetector.from_file(model_path, device=device, backend=backend, read_mpp=read_mpp)
+            _STATE[key] = load_detector(model_path, device=device, backend=backend, read_mpp=read_mpp)
         return _STATE[key]
 
 

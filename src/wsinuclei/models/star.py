@@ -1,0 +1,185 @@
+"""A dense, single-stage nucleus detector: every nucleus a star-convex polygon, as StarDist draws them.
+
+Faster/Mask R-CNN spend most of a tile's time on machinery sized for the worst case: half a million anchors,
+thousands of proposals, NMS over tens of thousands of boxes, RoI pooling and two heads per proposal, whatever
+the tile holds (BENCHMARKS.md, "Where a tile's time goes"). Nuclei are small, compact and nearly convex, so a
+dense head does the same job in one pass: on the finest FPN level (stride 4, 1 µm at 0.25 µm/px) every cell
+predicts
+
+- ``prob``: how central it is in a nucleus (0 outside; inside, the distance to the nucleus' edge over the
+  largest such distance in that nucleus, so it peaks at the nucleus' centre), and
+- ``dist``: the distance from the cell to the nucleus' edge along ``n_rays`` equally spaced directions.
+
+Decoding takes the cells that are local maxima of ``prob`` above a floor, turns each into the polygon its
+distances draw, and drops polygons whose boxes overlap a better one (NMS). No anchors, no proposals, no RoIs:
+the cost is the trunk plus two small convolutions, and decoding scales with the nuclei found.
+
+The trunk and FPN are the light ones of the other presets (so a contour or box model warm-starts this one:
+``train --init``); :class:`StarTrunk` runs them and the head as one module, so an inference backend
+(``backends.py``) compiles the whole network, not only its trunk.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+from .star_decode import decode_star, ray_directions
+
+#: loss terms of a training step, as logged
+STAR_LOSS_KEYS = ("loss_prob", "loss_dist")
+
+
+class StarTrunk(nn.Module):
+    """Trunk, FPN and dense head in one module: image batch (normalised) -> ``OrderedDict(prob=logits (B, 1,
+    h, w), dist=(B, n_rays, h, w))`` at stride 4. Its ``body`` and ``fpn`` are named as in
+    :class:`BackboneWithFPN`, so weights of the R-CNN presets load into it by name."""
+
+    def __init__(self, backbone: BackboneWithFPN, channels: list[int], n_rays: int):
+        super().__init__()
+        self.body, self.fpn = backbone.body, backbone.fpn
+        layers, c = [], backbone.out_channels
+        for width in channels:
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+            c = width
+        self.head = nn.Sequential(*layers)
+        self.prob = nn.Conv2d(c, 1, 1)
+        self.dist = nn.Conv2d(c, n_rays, 1)
+        nn.init.constant_(self.prob.bias, -4.0)  # most cells are background: start near p = 0.02
+        self.out_channels = 1 + n_rays
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        finest = next(iter(self.fpn(self.body(x)).values()))
+        f = self.head(finest)
+        return OrderedDict(prob=self.prob(f), dist=self.dist(f))
+
+
+class StarNet(nn.Module):
+    """The detector: called like torchvision's detection models. Training mode takes a list of images (3, H,
+    W in 0-1) and targets with ``masks`` (N, H, W) and returns the losses; eval mode returns per image a dict
+    of ``boxes`` (N, 4), ``scores``, ``labels`` and ``outlines`` (N, n_rays, 2 of x, y), in input pixels."""
+
+    def __init__(self, backbone: BackboneWithFPN, head: dict[str, Any], image_mean, image_std):
+        super().__init__()
+        self.n_rays = int(head.get("n_rays", 32))
+        self.backbone = StarTrunk(backbone, [int(c) for c in head.get("channels", [64])], self.n_rays)
+        self.stride = 4
+        self.max_dist = int(head.get("max_dist", 64))  # longest ray measured for the targets, in pixels
+        self.dist_scale = float(head.get("dist_scale", 8.0))  # the head predicts distances in these units
+        self.dist_weight = float(head.get("dist_weight", 1.0))
+        self.score_thresh = float(head.get("score_thresh", 0.3))
+        self.nms_thresh = float(head.get("nms_thresh", 0.4))
+        self.detections_per_img = int(head.get("detections_per_img", 5000))
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(3, 1, 1), persistent=False)
+        self.register_buffer("ray_dirs", torch.from_numpy(ray_directions(self.n_rays)), persistent=False)
+
+    def batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Normalise and pad to a common size divisible by 32 (the trunk's coarsest stride), zeros after
+        normalisation as torchvision's detection transform pads."""
+        h = max(int(i.shape[-2]) for i in images)
+        w = max(int(i.shape[-1]) for i in images)
+        h, w = -(-h // 32) * 32, -(-w // 32) * 32
+        x = images[0].new_zeros((len(images), 3, h, w))
+        for k, img in enumerate(images):
+            x[k, :, : img.shape[-2], : img.shape[-1]] = (img - self.image_mean) / self.image_std
+        return x
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        out = self.backbone(self.batch(images))
+        if self.training:
+            if targets is None:
+                raise ValueError("StarNet in training mode needs targets")
+            return self.losses(out, images, targets)
+        return self.decode(out, [(int(i.shape[-2]), int(i.shape[-1])) for i in images])
+
+    # -- training ------------------------------------------------------------------------------------------
+    def losses(self, out: OrderedDict, images, targets) -> dict[str, torch.Tensor]:
+        prob_logits, dist = out["prob"], out["dist"]
+        prob_t = torch.zeros_like(prob_logits[:, 0])
+        dist_t = torch.zeros_like(dist)
+        for k, (img, tgt) in enumerate(zip(images, targets)):
+            label = instance_label_image(tgt["masks"], img.shape[-2:])
+            p, d = star_targets(label, self.stride, self.ray_dirs, self.max_dist)
+            prob_t[k, : p.shape[0], : p.shape[1]] = p
+            dist_t[k, :, : p.shape[0], : p.shape[1]] = d
+        loss_prob = F.binary_cross_entropy_with_logits(prob_logits[:, 0], prob_t)
+        # distances matter where the cell is inside a nucleus, most near its centre (where decoding reads them)
+        weight = prob_t[:, None]
+        l1 = (dist - dist_t / self.dist_scale).abs() * weight
+        loss_dist = self.dist_weight * l1.sum() / (weight.sum() * self.n_rays).clamp(min=1.0)
+        return {"loss_prob": loss_prob, "loss_dist": loss_dist}
+
+    # -- inference -----------------------------------------------------------------------------------------
+    def decode(self, out: OrderedDict, sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Per image: the nuclei its maps hold (``star_decode.decode_star``, shared with the torch-free
+        runtime), as tensors on the maps' device."""
+        prob = out["prob"].detach().float().cpu().numpy()
+        dist = out["dist"].detach().float().cpu().numpy()
+        device = out["prob"].device
+        results = []
+        for k, size in enumerate(sizes):
+            boxes, scores, outlines = decode_star(
+                prob[k, 0], dist[k], size, stride=self.stride, dist_scale=self.dist_scale,
+                score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+                max_detections=self.detections_per_img, ray_dirs=self.ray_dirs.cpu().numpy())
+            results.append({"boxes": torch.from_numpy(boxes).to(device), "scores": torch.from_numpy(scores).to(device),
+                            "outlines": torch.from_numpy(outlines).to(device),
+                            "labels": torch.ones(len(scores), dtype=torch.int64, device=device)})
+        return results
+
+
+def instance_label_image(masks: torch.Tensor, size) -> torch.Tensor:
+    """(N, H, W) binary masks -> (H, W) int64 labels 1..N (0 background; where masks overlap, the higher id)."""
+    h, w = int(size[0]), int(size[1])
+    if masks is None or len(masks) == 0:
+        return torch.zeros((h, w), dtype=torch.int64)
+    ids = torch.arange(1, len(masks) + 1, dtype=torch.int64, device=masks.device)
+    return (masks.to(torch.int64) * ids[:, None, None]).amax(0)
+
+
+def star_targets(label: torch.Tensor, stride: int, ray_dirs: torch.Tensor, max_dist: int,
+                 chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training targets on the stride grid of an (H, W) instance label image.
+
+    Each grid cell is sampled at pixel (stride*i + stride//2, stride*j + stride//2). Inside a nucleus, its
+    distance along each ray (``ray_dirs``, (R, 2) unit x, y) is found by stepping one pixel at a time until the
+    pixel holds another label or leaves the image, and placed halfway between the last pixel inside and the
+    first outside; rays longer than ``max_dist`` stop there. ``prob`` is the cell's smallest ray distance over
+    the largest one among the cells of its nucleus (1 at the most central cell, towards 0 at the edge).
+    Returns prob (h, w) and dist (R, h, w), both 0 outside nuclei."""
+    label = label.to(torch.int64)
+    H, W = label.shape
+    ys = torch.arange(stride // 2, H, stride, device=label.device)
+    xs = torch.arange(stride // 2, W, stride, device=label.device)
+    own = label[ys][:, xs]
+    n_rays = ray_dirs.shape[0]
+    prob = torch.zeros(own.shape, dtype=torch.float32, device=label.device)
+    dist = torch.zeros((n_rays,) + tuple(own.shape), dtype=torch.float32, device=label.device)
+    fy, fx = torch.nonzero(own > 0, as_tuple=True)
+    if len(fy) == 0:
+        return prob, dist
+    ids = own[fy, fx]
+    steps = torch.arange(1, max_dist + 1, dtype=torch.float32, device=label.device)
+    d = torch.empty((len(fy), n_rays), dtype=torch.float32, device=label.device)
+    for s in range(0, len(fy), chunk):  # bounded memory: (chunk, rays, max_dist) samples at a time
+        py, px = ys[fy[s : s + chunk]].float(), xs[fx[s : s + chunk]].float()
+        sy = torch.round(py[:, None, None] + ray_dirs[None, :, 1, None] * steps).to(torch.int64)
+        sx = torch.round(px[:, None, None] + ray_dirs[None, :, 0, None] * steps).to(torch.int64)
+        inb = (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
+        inside = inb & (label[sy.clamp(0, H - 1), sx.clamp(0, W - 1)] == ids[s : s + chunk, None, None])
+        outside = ~inside
+        first = outside.to(torch.uint8).argmax(2)  # index of the first step outside
+        d[s : s + chunk] = torch.where(outside.any(2), first.float() + 0.5, float(max_dist))
+    dist[:, fy, fx] = d.T
+    centrality = d.min(1).values
+    top = torch.zeros(int(ids.max()) + 1, dtype=torch.float32, device=label.device)
+    top = top.scatter_reduce(0, ids, centrality, reduce="amax")
+    prob[fy, fx] = centrality / top[ids]
+    return prob, dist
+

@@ -1,0 +1,49 @@
+"""Decoding a star model's output maps into nuclei, in numpy: one implementation for training's validation
+(``star.StarNet.decode``) and for the torch-free OpenVINO runtime (``openvino_star.py``).
+
+Candidates are the cells whose centre probability is a local maximum (3x3) at or above a floor; each draws
+the polygon its ray distances give; polygons whose boxes overlap a better one by more than an IoU are dropped
+(greedy NMS, as torchvision's ``nms``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from ..boxes import nms
+
+
+def ray_directions(n_rays: int) -> np.ndarray:
+    """(n_rays, 2) unit vectors (x, y), the first along +x, turning towards +y (image rows)."""
+    a = np.arange(n_rays, dtype=np.float64) * (2 * math.pi / n_rays)
+    return np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32)
+
+
+def decode_star(prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int], *, stride: int,
+                dist_scale: float, score_thresh: float, nms_thresh: float, max_detections: int,
+                ray_dirs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nuclei of one image from its maps: ``prob_logits`` (h, w) and ``dist`` (rays, h, w) at ``stride``, over
+    an input of ``size`` (H, W) pixels (the maps may extend past it: padding). Returns boxes (N, 4 of x0, y0,
+    x1, y1), scores (N,) and outlines (N, rays, 2 of x, y), in input pixels, best first."""
+    n_rays = dist.shape[0]
+    dirs = ray_directions(n_rays) if ray_dirs is None else np.asarray(ray_dirs, np.float32)
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(prob_logits, np.float32)))
+    # a local maximum over the whole map (padding included, as a max-pool over the padded batch sees it)
+    peaks = (prob == ndimage.maximum_filter(prob, size=3, mode="constant", cval=-np.inf)) & (prob >= score_thresh)
+    h, w = int(size[0]), int(size[1])
+    peaks = peaks[: -(-h // stride), : -(-w // stride)]
+    gy, gx = np.nonzero(peaks)
+    scores = prob[gy, gx]
+    d = np.maximum(dist[:, gy, gx].T.astype(np.float32) * dist_scale, 0.5)  # (N, rays)
+    # each cell's sample pixel, stride // 2 into it (star.star_targets), in continuous coordinates
+    cx = (gx * stride + stride // 2).astype(np.float32) + 0.5
+    cy = (gy * stride + stride // 2).astype(np.float32) + 0.5
+    outlines = np.stack([np.clip(cx[:, None] + d * dirs[:, 0], 0, w), np.clip(cy[:, None] + d * dirs[:, 1], 0, h)], 2)
+    if len(outlines) == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, n_rays, 2), np.float32)
+    boxes = np.concatenate([outlines.min(1), outlines.max(1)], 1)
+    keep = nms(boxes, scores, nms_thresh)[:max_detections]
+    return boxes[keep], scores[keep], outlines[keep]
