@@ -19,6 +19,20 @@ from .config import IMAGE_MEAN, IMAGE_STD
 from .star_decode import decode_star, ray_directions
 
 
+# 0-255 -> the network's normalised input in one multiply-add per value
+_SCALE = (1.0 / (255.0 * np.asarray(IMAGE_STD, np.float32)))[:, None, None]
+_SHIFT = (np.asarray(IMAGE_MEAN, np.float32) / np.asarray(IMAGE_STD, np.float32))[:, None, None]
+
+
+def network_input(tile: np.ndarray) -> np.ndarray:
+    """(1, 3, H', W') float32 from a uint8 HWC tile: normalised and zero-padded to multiples of 32, as
+    ``StarNet.batch`` does in torch."""
+    h, w = tile.shape[:2]
+    x = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    x[0, :, :h, :w] = np.transpose(tile, (2, 0, 1)) * _SCALE - _SHIFT
+    return x
+
+
 class OpenVinoStarNet:
     """Tiles (uint8 HWC, the network's input colours) in; per tile boxes, raw scores and outlines (N, rays,
     2) out, in tile pixels, as ``star.StarNet`` gives them in eval mode."""
@@ -28,6 +42,7 @@ class OpenVinoStarNet:
     def __init__(self, xml: Path, head: dict[str, Any], threads: int | None = None):
         import openvino as ov
 
+        self.xml = Path(xml)
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1), "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
@@ -37,21 +52,11 @@ class OpenVinoStarNet:
         self.nms_thresh = float(head.get("nms_thresh", 0.4))
         self.detections_per_img = int(head.get("detections_per_img", 5000))
         self.ray_dirs = ray_directions(self.n_rays)
-        # 0-255 -> the network's normalised input in one multiply-add per value
-        self._scale = (1.0 / (255.0 * np.asarray(IMAGE_STD, np.float32)))[:, None, None]
-        self._shift = (np.asarray(IMAGE_MEAN, np.float32) / np.asarray(IMAGE_STD, np.float32))[:, None, None]
-
-    def network_input(self, tile: np.ndarray) -> np.ndarray:
-        """(1, 3, H', W') float32, normalised and zero-padded to multiples of 32, as ``StarNet.batch``."""
-        h, w = tile.shape[:2]
-        x = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
-        x[0, :, :h, :w] = np.transpose(tile, (2, 0, 1)) * self._scale - self._shift
-        return x
 
     def __call__(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         out = []
         for tile in tiles:
-            res = self.compiled(self.network_input(tile))
+            res = self.compiled(network_input(tile))
             prob, dist = np.asarray(res[0]), np.asarray(res[1])  # StarTrunk's outputs, in order
             out.append(decode_star(prob[0, 0], dist[0], tile.shape[:2], stride=self.stride,
                                    dist_scale=self.dist_scale, score_thresh=self.score_thresh,
