@@ -210,3 +210,22 @@ def test_a_checked_openvino_conversion_runs_without_torch_and_finds_the_same_nuc
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "WSINUCLEI_CACHE": str(tmp_path / "cache")})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["OpenVinoStarDetector", len(b1), False]
+
+
+def test_a_stride_2_head_decodes_its_own_targets_as_well():
+    model = small_star_net(upsample_channels=16)
+    assert model.stride == 2
+    out = model.backbone(torch.zeros(1, 3, 64, 96))
+    assert out["prob"].shape[-2:] == (32, 48) and out["dist"].shape[1:] == (RAYS, 32, 48)
+    lab = np.zeros((128, 128), np.int64)
+    for k, (cy, cx, r) in enumerate([(30, 30, 6), (30, 44, 7), (90, 80, 15)]):
+        lab[disk(lab.shape, cy, cx, r)] = k + 1
+    res = decode_targets(model, lab)
+    assert len(res["boxes"]) == 3
+    for poly in res["outlines"].numpy():
+        rr, cc = polygon(poly[:, 1] - 0.5, poly[:, 0] - 0.5, lab.shape)
+        drawn = np.zeros(lab.shape, bool)
+        drawn[rr, cc] = True
+        ids, counts = np.unique(lab[drawn], return_counts=True)
+        truth = lab == ids[np.argmax(counts)]
+        assert (drawn & truth).sum() / (drawn | truth).sum() > 0.9

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .config import IMAGE_MEAN, IMAGE_STD
-from .star_decode import decode_star, ray_directions
+from .star_decode import decode_star, ray_directions, star_stride
 
 
 # 0-255 -> the network's normalised input in one multiply-add per value
@@ -37,8 +37,6 @@ class OpenVinoStarNet:
     """Tiles (uint8 HWC, the network's input colours) in; per tile boxes, raw scores and outlines (N, rays,
     2) out, in tile pixels, as ``star.StarNet`` gives them in eval mode."""
 
-    stride = 4  # the head sits on the FPN's finest level
-
     def __init__(self, xml: Path, head: dict[str, Any], threads: int | None = None):
         import openvino as ov
 
@@ -46,6 +44,7 @@ class OpenVinoStarNet:
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1), "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        self.stride = star_stride(head)
         self.n_rays = int(head.get("n_rays", 32))
         self.dist_scale = float(head.get("dist_scale", 8.0))
         self.score_thresh = float(head.get("score_thresh", 0.3))

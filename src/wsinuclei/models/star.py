@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from .star_decode import decode_star, ray_directions
+from .star_decode import decode_star, ray_directions, star_stride
 
 #: loss terms of a training step, as logged
 STAR_LOSS_KEYS = ("loss_prob", "loss_dist")
@@ -40,13 +40,17 @@ class StarTrunk(nn.Module):
     h, w), dist=(B, n_rays, h, w))`` at stride 4. Its ``body`` and ``fpn`` are named as in
     :class:`BackboneWithFPN`, so weights of the R-CNN presets load into it by name."""
 
-    def __init__(self, backbone: BackboneWithFPN, channels: list[int], n_rays: int):
+    def __init__(self, backbone: BackboneWithFPN, channels: list[int], n_rays: int, upsample_channels: int = 0):
         super().__init__()
         self.body, self.fpn = backbone.body, backbone.fpn
         layers, c = [], backbone.out_channels
         for width in channels:
             layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
             c = width
+        if upsample_channels:  # outputs at stride 2: finer centres for small, touching nuclei
+            layers += [nn.ConvTranspose2d(c, upsample_channels, 2, stride=2), nn.ReLU(inplace=True),
+                       nn.Conv2d(upsample_channels, upsample_channels, 3, padding=1), nn.ReLU(inplace=True)]
+            c = upsample_channels
         self.head = nn.Sequential(*layers)
         self.prob = nn.Conv2d(c, 1, 1)
         self.dist = nn.Conv2d(c, n_rays, 1)
@@ -67,8 +71,9 @@ class StarNet(nn.Module):
     def __init__(self, backbone: BackboneWithFPN, head: dict[str, Any], image_mean, image_std):
         super().__init__()
         self.n_rays = int(head.get("n_rays", 32))
-        self.backbone = StarTrunk(backbone, [int(c) for c in head.get("channels", [64])], self.n_rays)
-        self.stride = 4
+        self.backbone = StarTrunk(backbone, [int(c) for c in head.get("channels", [64])], self.n_rays,
+                                  int(head.get("upsample_channels", 0)))
+        self.stride = star_stride(head)
         self.max_dist = int(head.get("max_dist", 64))  # longest ray measured for the targets, in pixels
         self.dist_scale = float(head.get("dist_scale", 8.0))  # the head predicts distances in these units
         self.dist_weight = float(head.get("dist_weight", 1.0))

@@ -16,6 +16,11 @@ from scipy import ndimage
 from ..boxes import nms
 
 
+def star_stride(head: dict) -> int:
+    """The output stride of a star head: 4 (the FPN's finest level), or 2 with ``upsample_channels``."""
+    return 2 if int(head.get("upsample_channels", 0)) else 4
+
+
 def ray_directions(n_rays: int) -> np.ndarray:
     """(n_rays, 2) unit vectors (x, y), the first along +x, turning towards +y (image rows)."""
     a = np.arange(n_rays, dtype=np.float64) * (2 * math.pi / n_rays)
