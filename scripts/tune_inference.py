@@ -48,6 +48,8 @@ def main():
     # 1000x1000 images padded to 1024x1024 with white: the cost of one full tile
     timing = [np.pad(t.image, ((0, 1024 - t.image.shape[0]), (0, 1024 - t.image.shape[1]), (0, 0)),
                      constant_values=255) for t in tiles if t.set == "monuseg" and max(t.image.shape[:2]) <= 1024]
+    if det.loaded.config.is_star:
+        ap.error("proposal budgets apply to R-CNN models; a star model has none (its NMS: tune_postprocess.py --nms)")
     rpn = det.model.rpn
     model_nms = rpn.nms_thresh
     results = {"model": args.model, "data": args.data, "backend": det.backend, "sets": sets, "settings": []}

@@ -55,8 +55,8 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     det = NucleusDetector.from_file(args.model, backend="torch")
-    if not det.draws_contours:
-        raise SystemExit(f"{args.model}: a box model draws no outlines")
+    if not det.draws_contours or det.loaded.config.is_star:
+        raise SystemExit(f"{args.model}: needs a mask-head model (box models draw no outlines; star models draw theirs without masks)")
     tiles = [t for t in load_tiles(args.data, "val_full") if t.labels is not None]
     sets = sorted({t.set for t in tiles})
     preds = []

@@ -120,12 +120,16 @@ def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    check_device(device)
+    return with_network(*read_model_file(path), device=device)
+
+
+def with_network(loaded: LoadedModel, data: bytes, device: str = "cpu") -> LoadedModel:
+    """Build the network of a model read by :func:`read_model_file` (its bytes, not read again) on ``device``."""
     from safetensors.torch import load as load_safetensors
 
     from .models import build_detector
 
-    check_device(device)
-    loaded, data = read_model_file(path)
     try:
         state = load_safetensors(data)
     except (SafetensorError, ValueError) as exc:

@@ -12,8 +12,6 @@ image in a training set is treated exactly as a slide is.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,20 +79,18 @@ def tissue_lab_stats(slide: Slide, mask: np.ndarray, mask_downsample: float, mpp
     # a square dilation, as a separable maximum filter: the same pixels as binary_dilation with a square, in
     # constant time per pixel instead of time growing with the square's area (seconds on large reaches)
     region = ndimage.maximum_filter(mask, size=2 * reach + 1, mode="constant", cval=0) if reach else mask
-    # corners on the grid of pixels at ``mpp`` (as tiles are): an off-grid read would be interpolated, which
-    # smooths the pixels and lowers σ
-    corners = np.round((sample_tissue_points(region, mask_downsample, patches, rng) - half) / scale) * scale
     kept = []
-    # the reads on a few threads (OpenSlide's decoding runs outside the GIL); results in the points' order
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        reads = pool.map(lambda c: slide.read_region(c[0], c[1], patch_size, patch_size, mpp), corners)
-        for (x0, y0), rgb in zip(corners, reads):
-            rows = np.clip(((y0 + offsets) / mask_downsample).astype(int), 0, H - 1)
-            cols = np.clip(((x0 + offsets) / mask_downsample).astype(int), 0, W - 1)
-            inside = ((y0 + offsets) >= 0)[:, None] & ((x0 + offsets) >= 0)[None, :]
-            inside &= ((y0 + offsets) < H * mask_downsample)[:, None] & ((x0 + offsets) < W * mask_downsample)[None, :]
-            sel = mask[rows][:, cols] & inside
-            kept.append(rgb[sel])
+    for cx, cy in sample_tissue_points(region, mask_downsample, patches, rng):
+        # on the grid of pixels at ``mpp`` (as tiles are): an off-grid read would be interpolated, which
+        # smooths the pixels and lowers σ
+        x0, y0 = np.round((cx - half) / scale) * scale, np.round((cy - half) / scale) * scale
+        rgb = slide.read_region(x0, y0, patch_size, patch_size, mpp)
+        rows = np.clip(((y0 + offsets) / mask_downsample).astype(int), 0, H - 1)
+        cols = np.clip(((x0 + offsets) / mask_downsample).astype(int), 0, W - 1)
+        inside = ((y0 + offsets) >= 0)[:, None] & ((x0 + offsets) >= 0)[None, :]
+        inside &= ((y0 + offsets) < H * mask_downsample)[:, None] & ((x0 + offsets) < W * mask_downsample)[None, :]
+        sel = mask[rows][:, cols] & inside
+        kept.append(rgb[sel])
     pixels = np.concatenate(kept) if kept else np.zeros((0, 3), np.uint8)
     if len(pixels) == 0:
         raise WsinucleiError(f"{slide.path}: no tissue pixels to take colour statistics from")

@@ -58,9 +58,8 @@ def calibrate(m: LoadedModel, prepared: str | Path) -> dict:
     cal = fit_score_calibration(preds, [t.boxes for t in tiles], groups=[t.set for t in tiles])
     raw_floor = float(shift_scores([0.1], -cal["logit_shift"])[0])
     floor = round(min(0.1, raw_floor), 4)
-    if m.config.is_star:  # the dense head's candidate floor; loaded models rebuild from the preset
-        m.config.star_head["score_thresh"] = min(float(m.config.star_head.get("score_thresh", 0.3)), floor)
-        m.model.score_thresh = m.config.star_head["score_thresh"]
+    if m.config.is_star:  # the dense head's candidate floor (a loaded model is rebuilt from the preset)
+        m.config.star_head["score_thresh"] = m.model.score_thresh = floor
     else:
         m.config.roi_heads["score_thresh"] = floor
     return {**cal, "images": [t.name for t in tiles]}

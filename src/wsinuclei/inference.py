@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import LoadedModel, load_model, read_model_file
+from .checkpoint import LoadedModel, load_model, read_model_file, with_network
 
 
 class Detector:
@@ -170,11 +170,12 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
     on this machine), else :class:`NucleusDetector` (whose OpenVINO conversion, when it agrees, lets the
     next start take the first path)."""
     if device == "cpu" and backend in ("auto", "openvino"):
-        loaded, _ = read_model_file(path)
+        loaded, data = read_model_file(path)
         if loaded.config.is_star:
             xml = _checked_conversion(loaded.digest)
             if xml is not None:
                 return OpenVinoStarDetector(loaded, xml, read_mpp)
+        return NucleusDetector(with_network(loaded, data), device, backend, read_mpp)  # the file read once
     return NucleusDetector.from_file(path, device, backend, read_mpp)
 
 
