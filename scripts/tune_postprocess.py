@@ -36,7 +36,7 @@ def main() -> int:
         ap.error("--nms applies to star models only")
     for nms in args.nms or [None]:
         if nms is not None:
-            m.model.nms_thresh = nms
+            m.model.decoding.nms_thresh = nms
             print(f"NMS at box IoU {nms}:", flush=True)
         preds = [(b, m.calibrate(s)) for b, s in predict_images(m.model, [t.image for t in tiles])]
         report(preds, tiles, m, args)

@@ -29,15 +29,23 @@ FAST_MODEL = Path(__file__).parent / "weights" / "fast_default.safetensors"
 
 
 def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, target_sigma,
-               half: bool = True, extra: dict[str, Any] | None = None) -> Path:
+               half: bool = True, extra: dict[str, Any] | None = None, int8: tuple[bytes, bytes] | None = None) -> Path:
     """Write a model file atomically. ``half`` stores float16 weights (half the size; loaded back as
-    float32, so inference arithmetic is unchanged apart from the rounding of the weights)."""
+    float32, so inference arithmetic is unchanged apart from the rounding of the weights). ``int8``: a star
+    model's INT8 network as IR bytes (``models/int8.py``), carried along."""
+    import torch
     from safetensors.torch import save_file
+
+    from .models import int8 as int8_network
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
              for k, v in model.state_dict().items()}
+    extra_meta = {}
+    if int8 is not None:
+        state[int8_network.WEIGHTS_KEY] = torch.frombuffer(bytearray(int8[1]), dtype=torch.uint8)
+        extra_meta[int8_network.XML_KEY] = int8[0].decode()
     meta = {
         "format": "wsinuclei-model-1",
         "preset": json.dumps(config.to_dict()),
@@ -46,9 +54,13 @@ def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, ta
         "target_mu": json.dumps([float(v) for v in target_mu]),
         "target_sigma": json.dumps([float(v) for v in target_sigma]),
         "extra": json.dumps(extra or {}),
+        **extra_meta,
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # a model file others may read, as any file this user writes (not 0600)
     os.replace(tmp, path)
     return path
 
@@ -57,8 +69,10 @@ class LoadedModel:
     """A detector with the settings it was trained with."""
 
     def __init__(self, model, config: DetectorConfig, target_mu, target_sigma, extra: dict, path: Path,
-                 digest: str = "unsaved"):
+                 digest: str = "unsaved", int8: tuple[bytes, bytes] | None = None):
         self.model, self.config = model, config
+        #: a star model's INT8 network (IR XML and weights, ``models/int8.py``), when the file carries one
+        self.int8 = int8
         self.target_mu, self.target_sigma = target_mu, target_sigma
         self.extra, self.path = extra, path
         #: SHA-1 of the file's bytes, taken from the one read that loaded it (names compiled backends' caches)
@@ -107,8 +121,11 @@ def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]
     try:
         from safetensors import safe_open
 
+        from .models import int8
+
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
+            network = int8.read(fh, meta)
         data = path.read_bytes()
     except (SafetensorError, OSError, ValueError) as exc:
         raise WsinucleiError(f"{path}: not a readable model file ({exc})") from None
@@ -116,7 +133,7 @@ def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]
         raise WsinucleiError(f"{path}: not a wsinuclei model file (no wsinuclei metadata)")
     config = DetectorConfig.from_dict(json.loads(meta["preset"]))
     return LoadedModel(None, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
-                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest()), data
+                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest(), network), data
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
@@ -128,12 +145,13 @@ def with_network(loaded: LoadedModel, data: bytes, device: str = "cpu") -> Loade
     """Build the network of a model read by :func:`read_model_file` (its bytes, not read again) on ``device``."""
     from safetensors.torch import load as load_safetensors
 
-    from .models import build_detector
+    from .models import build_detector, int8
 
     try:
         state = load_safetensors(data)
     except (SafetensorError, ValueError) as exc:
         raise WsinucleiError(f"{loaded.path}: not a readable model file ({exc})") from None
+    state.pop(int8.WEIGHTS_KEY, None)  # the INT8 network's, not the torch model's
     model = build_detector(loaded.config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:

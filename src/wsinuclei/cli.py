@@ -172,8 +172,15 @@ def _cmd_export(args) -> int:
         print(f"operating point from {len(cal['images'])} validation images: raw score {cal['raw_threshold']:.2f} "
               f"(mean F1@0.5 over sets {cal['validation_f1']:.3f}: {sets}) becomes 0.5 "
               f"(logit shift {cal['logit_shift']:+.3f})")
+    if args.int8:
+        from .export import make_int8
+
+        extra["int8"] = make_int8(m, args.int8, half=not args.fp32)
+        r = extra["int8"]
+        print(f"INT8 network from {r['calibration_crops']} training crops: validation score {r['val_score_int8']:.3f} "
+              f"(float32 {r['val_score_fp32']:.3f}), {r['agreement_f1']:.3f} agreement with float32's nuclei")
     save_model(m.model, m.config, args.out, target_mu=m.target_mu, target_sigma=m.target_sigma, half=not args.fp32,
-               extra=extra)
+               extra=extra, int8=m.int8)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -234,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "GeoJSON, the DSA file, the thumbnail and the count hold these (default 0.5, the model's "
                     "operating point)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    sp.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto", help="what runs the model's "
-                    "trunk on the CPU: auto takes OpenVINO when it is installed (pip install openvino) and its feature "
-                    "maps equal torch's, else torch (default auto)")
+    sp.add_argument("--backend", choices=["auto", "torch", "openvino", "openvino-int8"], default="auto",
+                    help="what runs the model on the CPU: auto takes a star model's INT8 network on OpenVINO where the "
+                    "model file carries one (the shipped model does), else OpenVINO float32 where its outputs equal "
+                    "torch's, else torch; openvino = float32 on OpenVINO (pip install openvino) (default auto)")
     sp.add_argument("--batch-size", type=int, default=1, help="tiles per inference batch (GPU: 4-16)")
     sp.add_argument("--readers", type=int, default=2, help="tile reader threads for in-process runs (default 2)")
     sp.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster with N worker processes "
@@ -352,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calibrate", metavar="PREPARED", default=None,
                     help="set the operating point on the validation images of a prepared folder: scores are "
                     "shifted so that 0.5 is the threshold with the best mean F1 over the validation sets (after the model's filter)")
+    sp.add_argument("--int8", metavar="PREPARED", default=None,
+                    help="star models: store an INT8 network for OpenVINO, calibrated on crops of the prepared folder's "
+                    "training images and checked on its validation images (needs NNCF at export: pip install nncf)")
     sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("build-slide", help="write a pyramidal tiled TIFF test slide from annotated images, "

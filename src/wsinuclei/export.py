@@ -32,7 +32,7 @@ def set_star_nms(m: LoadedModel, iou: float) -> None:
     if not 0 < iou <= 1:
         raise WsinucleiError(f"--nms must be in (0, 1], got {iou}")
     m.config.star_head["nms_thresh"] = iou
-    m.model.nms_thresh = iou
+    m.model.decoding.nms_thresh = iou
 
 
 def single_resolution(m: LoadedModel) -> None:
@@ -59,7 +59,19 @@ def calibrate(m: LoadedModel, prepared: str | Path) -> dict:
     raw_floor = float(shift_scores([0.1], -cal["logit_shift"])[0])
     floor = round(min(0.1, raw_floor), 4)
     if m.config.is_star:  # the dense head's candidate floor (a loaded model is rebuilt from the preset)
-        m.config.star_head["score_thresh"] = m.model.score_thresh = floor
+        m.config.star_head["score_thresh"] = m.model.decoding.score_thresh = floor
     else:
         m.config.roi_heads["score_thresh"] = floor
     return {**cal, "images": [t.name for t in tiles]}
+
+
+def make_int8(m: LoadedModel, prepared: str | Path, half: bool = True) -> dict:
+    """Quantise a star model's network to INT8 (``models/int8.py``) from the weights as they will be stored
+    (float16-rounded unless ``half`` is False), keep it in ``m.int8``; returns the check record."""
+    from .models import int8
+
+    if half:  # the stored weights are float16: quantise what will be shipped, not what was trained
+        state = m.model.state_dict()
+        m.model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
+    m.int8, record = int8.make(m, prepared)
+    return record

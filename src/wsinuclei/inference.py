@@ -1,9 +1,9 @@
 """Running a trained detector on preprocessed tiles, one at a time or in batches (the GPU path).
 
-:func:`load_detector` picks how: a star model on the CPU whose OpenVINO conversion has been checked against
-torch runs on OpenVINO alone (:class:`OpenVinoStarDetector`, no torch import); every other model, and a star
-model's first run on a machine, runs in torch (:class:`NucleusDetector`, with the trunk on OpenVINO where it
-agrees).
+:func:`load_detector` picks how: a star model on the CPU runs on OpenVINO alone (:class:`OpenVinoStarDetector`,
+no torch import) with the INT8 network its file carries, or with its float32 conversion once that has been
+checked against torch; every other model, and a star model's first float32 run on a machine, runs in torch
+(:class:`NucleusDetector`, with the trunk on OpenVINO where it agrees).
 """
 
 from __future__ import annotations
@@ -109,13 +109,13 @@ class NucleusDetector(Detector):
 
     def _get_budgets(self):
         if self.loaded.config.is_star:  # a dense head has no proposals: only the cap on detections scales
-            return (self.model.detections_per_img,)
+            return (self.model.decoding.max_detections,)
         rpn, heads = self.model.rpn, self.model.roi_heads
         return (rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"], heads.detections_per_img)
 
     def _set_budgets(self, budgets, density):
         if self.loaded.config.is_star:
-            self.model.detections_per_img = int(round(budgets[0] * density))
+            self.model.decoding.max_detections = int(round(budgets[0] * density))
             return
         pre, post, det = budgets
         post, det = int(round(post * density)), int(round(det * density))
@@ -143,40 +143,89 @@ class NucleusDetector(Detector):
 
 
 class OpenVinoStarDetector(Detector):
-    """A star model on OpenVINO alone (models/openvino_star.py): no torch in the process."""
+    """A star model on OpenVINO alone (models/openvino_star.py): no torch in the process. Its network: the
+    checked float32 conversion (an IR path) or the INT8 network the model file carries (IR bytes)."""
 
     backend = "openvino"
 
-    def __init__(self, loaded: LoadedModel, xml: Path, read_mpp: float | None = None, threads: int | None = None):
+    def __init__(self, loaded: LoadedModel, network: Path | tuple[bytes, bytes], read_mpp: float | None = None,
+                 threads: int | None = None):
         from .models.openvino_star import OpenVinoStarNet
 
         super().__init__(loaded)
-        self.net = OpenVinoStarNet(xml, loaded.config.star_head, threads)
+        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads)
         self.set_read_mpp(read_mpp)
 
     def _get_budgets(self):
-        return (self.net.detections_per_img,)
+        return (self.net.decoding.max_detections,)
 
     def _set_budgets(self, budgets, density):
-        self.net.detections_per_img = int(round(budgets[0] * density))
+        self.net.decoding.max_detections = int(round(budgets[0] * density))
 
     def predict_instances(self, tiles):
         return [self._finish(b, s, outlines=o) for b, s, o in self.net(tiles)]
 
 
 def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None) -> Detector:
-    """The detector for a model file: :class:`OpenVinoStarDetector` where it can run (a star model, the CPU,
-    backend auto or openvino, OpenVINO installed and a conversion of this very file checked against torch
-    on this machine), else :class:`NucleusDetector` (whose OpenVINO conversion, when it agrees, lets the
-    next start take the first path)."""
-    if device == "cpu" and backend in ("auto", "openvino"):
-        loaded, data = read_model_file(path)
-        if loaded.config.is_star:
-            xml = _checked_conversion(loaded.digest)
-            if xml is not None:
-                return OpenVinoStarDetector(loaded, xml, read_mpp)
-        return NucleusDetector(with_network(loaded, data), device, backend, read_mpp)  # the file read once
-    return NucleusDetector.from_file(path, device, backend, read_mpp)
+    """The detector for a model file, by ``backend`` (:data:`BACKENDS`):
+
+    - ``auto``: a star model on the CPU runs its INT8 network on OpenVINO where the file carries one
+      (``export --int8``) and OpenVINO reads it; else its float32 network on OpenVINO alone where a conversion
+      of this very file was checked against torch on this machine; else :class:`NucleusDetector` (whose
+      OpenVINO conversion, when it agrees, lets the next start take the float32 path).
+    - ``openvino-int8``: the INT8 network or a clear error; ``openvino``: float32 on OpenVINO (as torch gives
+      it) or a clear error; ``torch``: torch.
+    """
+    from .errors import WsinucleiError
+
+    if backend not in BACKENDS:
+        raise WsinucleiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if device != "cpu" or backend == "torch":
+        if backend.startswith("openvino") and device != "cpu":
+            raise WsinucleiError(f"--backend {backend} runs on the CPU; with --device {device} leave it at auto or torch")
+        return NucleusDetector.from_file(path, device, backend, read_mpp)
+    loaded, data = read_model_file(path)
+    if loaded.config.is_star:
+        if backend in ("auto", "openvino-int8"):
+            det = _int8_detector(loaded, read_mpp, insist=backend == "openvino-int8")
+            if det is not None:
+                return det
+        xml = _checked_conversion(loaded.digest)
+        if xml is not None:
+            return OpenVinoStarDetector(loaded, xml, read_mpp)
+    elif backend == "openvino-int8":
+        raise WsinucleiError(f"--backend openvino-int8: {loaded.path} is not a star model; use auto or openvino")
+    return NucleusDetector(with_network(loaded, data), device, backend, read_mpp)  # the file read once
+
+
+#: what runs a model (``--backend``)
+BACKENDS = ("auto", "torch", "openvino", "openvino-int8")
+
+
+def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool) -> Detector | None:
+    import logging
+
+    from .errors import WsinucleiError
+
+    def give_up(why: str):
+        if insist:
+            raise WsinucleiError(f"--backend openvino-int8: {why}")
+        if loaded.int8 is not None:  # a model that has one and cannot use it: say so once, then float32
+            logging.getLogger(__name__).warning("INT8 network not used (%s); running float32", why)
+        return None
+
+    if loaded.int8 is None:
+        return give_up(f"{loaded.path} carries no INT8 network (wsinuclei export --int8)")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return give_up("OpenVINO is not installed (pip install openvino)")
+    try:
+        det = OpenVinoStarDetector(loaded, loaded.int8, read_mpp)
+    except RuntimeError as exc:  # an IR this OpenVINO cannot read (older than the one that wrote it)
+        return give_up(f"OpenVINO {openvino.__version__} could not read it ({str(exc).splitlines()[0][:200]})")
+    det.backend = "openvino-int8"
+    return det
 
 
 def _checked_conversion(digest: str) -> Path | None:

@@ -46,19 +46,14 @@ def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = Non
     import openvino as ov
 
     backbone = backbone.eval().float()
-    example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        names = list(backbone(example).keys())
+        names = list(backbone(_example_input()).keys())
     xml = ir_path(key)
     core = ov.Core()
     if xml.is_file():
         model = core.read_model(str(xml))
     else:
-        import warnings
-
-        with warnings.catch_warnings():  # torch's tracer, which OpenVINO uses, warns about itself
-            warnings.simplefilter("ignore")
-            model = ov.convert_model(backbone, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
+        model = convert_trunk(backbone)
         xml.parent.mkdir(parents=True, exist_ok=True)
         tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
         ov.save_model(model, str(tmp), compress_to_fp16=False)
@@ -66,6 +61,22 @@ def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = Non
         os.replace(tmp, xml)
     config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
     return OpenVinoTrunk(core.compile_model(model, "CPU", config), names, backbone.out_channels)
+
+
+def _example_input() -> torch.Tensor:
+    return torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+
+
+def convert_trunk(backbone: torch.nn.Module):
+    """The trunk as an OpenVINO model (float32, any batch and size)."""
+    import warnings
+
+    import openvino as ov
+
+    with warnings.catch_warnings():  # torch's tracer, which OpenVINO uses, warns about itself
+        warnings.simplefilter("ignore")
+        return ov.convert_model(backbone.eval().float(), example_input=_example_input(),
+                                input=[ov.PartialShape([-1, 3, -1, -1])])
 
 
 def trunk_agrees(backbone: torch.nn.Module, trunk: OpenVinoTrunk, size: int = 320) -> float:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from .star_decode import decode_star, ray_directions, star_stride
+from .star_decode import StarDecoding, ray_directions
 
 #: loss terms of a training step, as logged
 STAR_LOSS_KEYS = ("loss_prob", "loss_dist")
@@ -73,13 +73,10 @@ class StarNet(nn.Module):
         self.n_rays = int(head.get("n_rays", 32))
         self.backbone = StarTrunk(backbone, [int(c) for c in head.get("channels", [64])], self.n_rays,
                                   int(head.get("upsample_channels", 0)))
-        self.stride = star_stride(head)
+        self.decoding = StarDecoding.from_head(head)  # shared with the torch-free runtime
+        self.stride, self.dist_scale = self.decoding.stride, self.decoding.dist_scale
         self.max_dist = int(head.get("max_dist", 64))  # longest ray measured for the targets, in pixels
-        self.dist_scale = float(head.get("dist_scale", 8.0))  # the head predicts distances in these units
         self.dist_weight = float(head.get("dist_weight", 1.0))
-        self.score_thresh = float(head.get("score_thresh", 0.3))
-        self.nms_thresh = float(head.get("nms_thresh", 0.4))
-        self.detections_per_img = int(head.get("detections_per_img", 5000))
         self.register_buffer("image_mean", torch.tensor(image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(3, 1, 1), persistent=False)
         self.register_buffer("ray_dirs", torch.from_numpy(ray_directions(self.n_rays)), persistent=False)
@@ -129,10 +126,7 @@ class StarNet(nn.Module):
         device = out["prob"].device
         results = []
         for k, size in enumerate(sizes):
-            boxes, scores, outlines = decode_star(
-                prob[k, 0], dist[k], size, stride=self.stride, dist_scale=self.dist_scale,
-                score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-                max_detections=self.detections_per_img, ray_dirs=self.ray_dirs.cpu().numpy())
+            boxes, scores, outlines = self.decoding(prob[k, 0], dist[k], size)
             results.append({"boxes": torch.from_numpy(boxes).to(device), "scores": torch.from_numpy(scores).to(device),
                             "outlines": torch.from_numpy(outlines).to(device),
                             "labels": torch.ones(len(scores), dtype=torch.int64, device=device)})

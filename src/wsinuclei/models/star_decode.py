@@ -9,6 +9,7 @@ the polygon its ray distances give; polygons whose boxes overlap a better one by
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -52,3 +53,34 @@ def decode_star(prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int]
     boxes = np.concatenate([outlines.min(1), outlines.max(1)], 1)
     keep = nms(boxes, scores, nms_thresh)[:max_detections]
     return boxes[keep], scores[keep], outlines[keep]
+
+
+@dataclass
+class StarDecoding:
+    """A star head's decoding settings, read from its preset's ``[star_head]`` once, for the torch model
+    (``star.StarNet``) and the torch-free runtime (``openvino_star.py``) alike. Mutable: ``export`` stores a
+    tuned NMS threshold or floor, and a detector scales ``max_detections`` to the tissue a tile holds."""
+
+    stride: int = 4
+    n_rays: int = 32
+    dist_scale: float = 8.0  # the head predicts distances in these units (pixels / dist_scale)
+    score_thresh: float = 0.3
+    nms_thresh: float = 0.4
+    max_detections: int = 5000
+    ray_dirs: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.ray_dirs = ray_directions(self.n_rays)
+
+    @classmethod
+    def from_head(cls, head: dict) -> "StarDecoding":
+        return cls(stride=star_stride(head), n_rays=int(head.get("n_rays", 32)),
+                   dist_scale=float(head.get("dist_scale", 8.0)), score_thresh=float(head.get("score_thresh", 0.3)),
+                   nms_thresh=float(head.get("nms_thresh", 0.4)),
+                   max_detections=int(head.get("detections_per_img", 5000)))
+
+    def __call__(self, prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int]):
+        """:func:`decode_star` with these settings."""
+        return decode_star(prob_logits, dist, size, stride=self.stride, dist_scale=self.dist_scale,
+                           score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+                           max_detections=self.max_detections, ray_dirs=self.ray_dirs)

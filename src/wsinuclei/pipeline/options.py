@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import WsinucleiError
+from ..inference import BACKENDS
 
 
 #: The score cut the shipped models' figures are quoted at (their scores are calibrated so that 0.5 is the
@@ -33,7 +34,7 @@ class RunOptions:
     min_score: float = 0.1  # floor for the CSV: every box at or above it, for precision-recall work
     score_cut: float = OPERATING_POINT  # what counts as a nucleus: the GeoJSON, the DSA file and the count
     device: str = "cpu"
-    backend: str = "auto"  # the trunk on OpenVINO when installed and equal to torch's (models/backends.py)
+    backend: str = "auto"  # inference.BACKENDS: a star model's INT8 network on OpenVINO where the file carries one
     batch_size: int = 1
     readers: int = 2
     workers: int = 0  # 0 = in-process; N = local Dask cluster with N worker processes
@@ -109,8 +110,8 @@ class RunOptions:
         if self.batch_size > 1 and (self.scheduler or self.workers or self.cluster):
             raise WsinucleiError("--batch-size batches tiles in-process; with --workers or --scheduler each Dask task "
                                  "is one tile (leave --batch-size at 1)")
-        if self.backend not in ("auto", "torch", "openvino"):
-            raise WsinucleiError(f"--backend {self.backend}: expected auto, torch or openvino")
+        if self.backend not in BACKENDS:
+            raise WsinucleiError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise WsinucleiError(f"--device {self.device}: expected cpu, cuda or cuda:N")
         if self.device.startswith("cuda:") and (self.workers or self.scheduler):
