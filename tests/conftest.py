@@ -126,4 +126,5 @@ def stub_detector(monkeypatch, random_model):
 
     stub = StubDetector(random_model)
     monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None: stub)  # every caller looks it up there
+    monkeypatch.setattr(worker, "_model_settings", lambda path: stub.loaded)  # what the slide is planned with
     return stub

@@ -126,3 +126,17 @@ def test_a_million_nuclei_stream_in_bounded_memory(tmp_path):
             assert fh.read(len(head)).decode() == head
             fh.seek(-3, 2)
             assert fh.read() == b"}]}"
+
+
+def test_polygon_text_is_each_coordinate_formatted_alone():
+    """The one-format-per-polygon writer gives the text of formatting each coordinate on its own (rounding
+    included: .x5 cases and float32 input), closed or not."""
+    from wsinuclei.outputs import _polygon_text
+
+    rng = np.random.default_rng(1)
+    polys = [rng.uniform(0, 9000, (n, 2)) for n in (3, 17, 32)] + [np.array([[0.05, 1.25], [2.35, 3.45], [9.95, 0.0]])]
+    polys.append(rng.uniform(0, 500, (8, 2)).astype(np.float32))
+    for p in polys:
+        pts = [(float(x), float(y)) for x, y in p]
+        assert _polygon_text(p, "[%.1f,%.1f]", close=True) == ",".join(f"[{x:.1f},{y:.1f}]" for x, y in pts + pts[:1])
+        assert _polygon_text(p, "[%.1f,%.1f,0]", close=False) == ",".join(f"[{x:.1f},{y:.1f},0]" for x, y in pts)

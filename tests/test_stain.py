@@ -109,3 +109,6 @@ def test_reinhard_table_is_exactly_reinhard():
         np.testing.assert_array_equal(table(img), stain.reinhard(img, *args))
         np.testing.assert_array_equal(table(img), stain.reinhard(img, *args))  # now from the table
     assert (table.table != table.UNKNOWN).sum() > 1000
+    # a tile with more new colours than the sorting path takes (an upsampled tile's interpolated colours)
+    big = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(table(big), stain.reinhard(big, *args))

@@ -26,3 +26,28 @@ def test_region_fraction_area_weighted():
     assert region_fraction(m, 4.0, 18, 0, 22, 4) == 0.5  # straddles the edge of the tissue
     assert region_fraction(m, 4.0, 30, 0, 60, 40) == 0.0
     assert region_fraction(m, 4.0, -40, 0, 40, 40) == 0.25  # half outside the slide counts as glass
+
+
+def test_detections_on_tissue_are_those_within_the_margin_of_a_tissue_pixel():
+    """``on_tissue`` keeps a box whose centre's thumbnail pixel lies within the margin of a tissue pixel, as a
+    Euclidean distance transform of the mask says (its definition), on random blobs and random boxes."""
+    from scipy.ndimage import distance_transform_edt
+    from skimage.draw import disk
+
+    from wsinuclei.pipeline import on_tissue
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((300, 400), bool)
+    for _ in range(6):
+        r, c = disk(tuple(rng.integers(0, 300, 2)), int(rng.integers(5, 60)), shape=mask.shape)
+        mask[r, c] = True
+    xy = rng.uniform(-50, 2100, (4000, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(2, 30, (4000, 2))])
+    ds, mpp = 5.0, 0.5  # 2.5 µm per mask pixel: the 20 µm margin is 8 mask pixels
+    want_grown = distance_transform_edt(~mask) <= 8.0
+    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, 399)
+    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, 299)
+    got = on_tissue(boxes, mask, ds, mpp)
+    np.testing.assert_array_equal(got, want_grown[cy, cx])
+    assert 0 < (got & ~mask[cy, cx]).sum() < (~mask[cy, cx]).sum()  # the margin keeps some, not all, off-mask boxes
+    assert not on_tissue(boxes, np.zeros_like(mask), ds, mpp).any()

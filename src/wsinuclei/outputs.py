@@ -11,6 +11,7 @@ contour when the model draws contours (``polygons``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import os
@@ -86,6 +87,21 @@ def _coords(ring) -> str:
     return "[" + ",".join(f"[{x:.1f},{y:.1f}]" for x, y in ring) + "]"
 
 
+@functools.lru_cache(maxsize=64)
+def _points_format(n: int, point: str) -> str:
+    """One %-format for ``n`` points: a polygon formatted in one operation, not one per coordinate (GeoJSON
+    and DSA files of ~8,000 32-vertex contours took 1.3 s to format point by point)."""
+    return ",".join([point] * n)
+
+
+def _polygon_text(polygon, point: str, close: bool) -> str:
+    """A polygon's vertices as ``point`` (e.g. ``[%.1f,%.1f]``) joined by commas, the first repeated at the end
+    when ``close``: the same text as formatting each float with the same format."""
+    p = np.asarray(polygon, np.float64)
+    flat = p.ravel().tolist() + (p[0].tolist() if close else [])
+    return _points_format(len(p) + close, point) % tuple(flat)
+
+
 def write_geojson(fh, boxes: np.ndarray, scores: np.ndarray, polygons=None, areas_um2=None,
                   measurements: dict | None = None) -> None:
     """A FeatureCollection QuPath imports as detection objects (File > Import objects) with a 'score'
@@ -102,7 +118,8 @@ def write_geojson(fh, boxes: np.ndarray, scores: np.ndarray, polygons=None, area
                     meas += f',"{name}":{values[i]:.4g}'
             feats.append(
                 '{"type":"Feature","geometry":{"type":"Polygon","coordinates":['
-                + _coords(_ring(boxes[i], None if polygons is None else polygons[i]))
+                + (_coords(_ring(boxes[i], None)) if polygons is None
+                   else "[" + _polygon_text(polygons[i], "[%.1f,%.1f]", close=True) + "]")
                 + ']},"properties":{"objectType":"detection","classification":{"name":"Nucleus","color":[0,0,255]},'
                 + '"measurements":{' + meas + '},"isLocked":false}}')
         fh.write((("," if sl.start else "") + ",".join(feats)).encode())
@@ -131,7 +148,7 @@ def write_dsa(fh, boxes: np.ndarray, scores: np.ndarray, name: str, polygons=Non
                 els.append(f'{{"type":"rectangle","center":[{(x0 + x1) / 2:.2f},{(y0 + y1) / 2:.2f},0],'
                            f'"width":{x1 - x0:.2f},"height":{y1 - y0:.2f},"rotation":0' + tail)
             else:
-                pts = ",".join(f"[{x:.1f},{y:.1f},0]" for x, y in polygons[i])
+                pts = _polygon_text(polygons[i], "[%.1f,%.1f,0]", close=False)
                 els.append(f'{{"type":"polyline","closed":true,"points":[{pts}]' + tail)
         fh.write((("," if sl.start else "") + ",".join(els)).encode())
     fh.write(b"]}")

@@ -14,9 +14,17 @@ def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_
     saturation (grey pen marks and shadows absorb but carry no stain colour); then specks removed, small
     holes filled and the outline smoothed. A blank image gives an all-False mask.
     """
-    rgb = np.asarray(thumb_rgb)[..., :3].astype(np.float64)
-    od = -np.log((rgb + 1) / 256.0).sum(axis=-1)
-    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    rgb = np.asarray(thumb_rgb)[..., :3]
+    if rgb.dtype == np.uint8:  # a table per value, not a log per pixel: the same numbers, a fifth of the time
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        od = _OD[r] + _OD[g] + _OD[b]
+        # element-wise over three planes: a reduction over a last axis of 3 is several times slower
+        mx = np.maximum(np.maximum(r, g), b).astype(np.float64)
+        mn = np.minimum(np.minimum(r, g), b).astype(np.float64)
+    else:
+        rgb = rgb.astype(np.float64)
+        od = -np.log((rgb + 1) / 256.0).sum(axis=-1)
+        mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
     saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0)
     if od.max() - od.min() < 0.05:  # uniform: glass only (or a single colour): no tissue to find
         return np.zeros(od.shape, bool)
@@ -30,6 +38,10 @@ def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_
     mask = _drop_small(mask, min_size)  # specks: dust, debris
     mask = ~_drop_small(~mask, min_size)  # small holes: lumina, fat inside tissue
     return mask
+
+
+#: optical density of each 8-bit value, -log((v + 1) / 256)
+_OD = -np.log((np.arange(256, dtype=np.float64) + 1) / 256.0)
 
 
 def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:

@@ -121,17 +121,29 @@ TISSUE_MARGIN_UM = 20.0  # the tissue mask is grown by this before detections ar
 
 def on_tissue(boxes: np.ndarray, mask: np.ndarray, ds: float, mpp: float, margin_um: float = TISSUE_MARGIN_UM) -> np.ndarray:
     """Which boxes have their centre on the tissue mask (``ds`` base pixels per mask pixel) grown by
-    ``margin_um``: the mask is drawn at thumbnail scale, so a nucleus at the very edge of tissue is kept."""
-    from scipy.ndimage import distance_transform_edt
+    ``margin_um``: the mask is drawn at thumbnail scale, so a nucleus at the very edge of tissue is kept.
 
-    if not mask.any():
-        return np.zeros(len(boxes), bool)
+    A centre on a tissue pixel is kept as it is; one off the tissue is kept when the nearest tissue pixel (the
+    Euclidean distance between pixel centres, as ``distance_transform_edt`` measures it) is within the margin.
+    The nearest tissue pixel of an outside point is always on the tissue's edge, so only edge pixels are
+    searched (a k-d tree), not the whole thumbnail (a distance transform of it: 0.3-0.6 s at 2048 px)."""
+    from scipy.ndimage import binary_erosion
+    from scipy.spatial import cKDTree
+
+    keep = np.zeros(len(boxes), bool)
+    if not mask.any() or len(boxes) == 0:
+        return keep
     grow = max(1.0, margin_um / (ds * mpp))
-    grown = distance_transform_edt(~mask) <= grow  # a disc-shaped growth in one linear-time pass
-    h, w = grown.shape
+    h, w = mask.shape
     cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
     cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
-    return grown[cy, cx]
+    keep = mask[cy, cx]
+    off = np.flatnonzero(~keep)
+    if len(off):
+        edge = mask & ~binary_erosion(mask, border_value=0)
+        dist, _ = cKDTree(np.argwhere(edge)).query(np.stack([cy[off], cx[off]], 1), distance_upper_bound=grow + 1)
+        keep[off] = dist <= grow
+    return keep
 
 
 def fitted_tile_size(tile: int, overlap: int, width: float, height: float) -> int:

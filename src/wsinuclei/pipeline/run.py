@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,6 +65,13 @@ def _load_part(path: Path) -> TileResult | None:
         return None
 
 
+#: runs with more tiles than this write the thumbnail (the plan: tissue, tiles) before the tiles run as well
+EARLY_THUMBNAIL_TILES = 64
+#: one thread for work that overlaps the main thread's: loading the detector while the slide is planned,
+#: drawing the thumbnail while the result files are written
+_BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="wsinuclei-background")
+
+
 def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print, on_progress=None) -> RunReport:
     """Detect every nucleus in one slide; write NAME.csv/.geojson/.anot.json, NAME.thumbnail.png,
     NAME.profile.csv and NAME.run.json into ``out_dir``. ``on_progress(done, total)`` is called as tiles
@@ -82,21 +90,29 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
 
         opts = dataclasses.replace(opts, slurm_log_dir=str(out_dir.resolve() / "slurm-logs"))
     model_path = str(Path(opts.model).resolve()) if opts.model else None
-    # fail early on a bad model, before any slide work; cached, so in-process runs (and later slides of the
-    # same command) use this very instance instead of loading the file again
-    distributed = bool(opts.scheduler or opts.workers or opts.cluster)  # then only the metadata is used here
-    loaded = worker._detector(model_path, "cpu" if distributed else opts.device,
-                              "torch" if distributed else opts.backend).loaded
+    loaded = worker._model_settings(model_path)  # fail early on a bad model file, before any slide work
+    distributed = bool(opts.scheduler or opts.workers or opts.cluster)  # then workers load the model
+    loading = None
+    if not distributed:  # the detector is built while the slide is planned (compiling a network takes ~0.5 s);
+        # cached, so the tiles (and later slides of the same command) use this very instance
+        loading = _BACKGROUND.submit(worker._detector, model_path, opts.device, opts.backend)
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
                       mpp_range=loaded.config.mpp_range)
+    if loading is not None:
+        try:
+            loading.result()  # a network that does not build fails here, before any tile runs
+        except BaseException:
+            plan.slide.close()
+            raise
     # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is
     # decoded once); it is closed when the slide is done
     worker._STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
     try:
         name = plan.slide.name
         out_dir.mkdir(parents=True, exist_ok=True)
-        draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
-        model_id = hashlib.sha1(loaded.path.read_bytes()).hexdigest()[:12]
+        if len(plan.tiles) > EARLY_THUMBNAIL_TILES:  # a long run: the plan can be checked while it runs
+            draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
+        model_id = loaded.digest[:12]  # the SHA-1 of the model file's bytes
         parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
         if opts.force and parts.parent.exists():
             shutil.rmtree(parts.parent)
@@ -216,10 +232,15 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
     attributes = annotation_attributes(report, opts)
     measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
-    report.outputs = {k: str(v) for k, v in write_outputs(out_dir, name, boxes, scores, opts.gzip, polygons=outlines,
-                                                          areas_um2=areas, score_cut=opts.score_cut,
-                                                          attributes=attributes, measurements=measurements).items()}
-    draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png", boxes[scores >= opts.score_cut])
+    # the thumbnail's PNG encoding releases the GIL: it runs beside the formatting of the other files
+    thumbnail = _BACKGROUND.submit(draw_thumbnail, plan, out_dir / f"{name}.thumbnail.png",
+                                   boxes[scores >= opts.score_cut])
+    try:
+        report.outputs = {k: str(v) for k, v in write_outputs(
+            out_dir, name, boxes, scores, opts.gzip, polygons=outlines, areas_um2=areas, score_cut=opts.score_cut,
+            attributes=attributes, measurements=measurements).items()}
+    finally:
+        thumbnail.result()
     if opts.features and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
                                                     tile_of, row_of))

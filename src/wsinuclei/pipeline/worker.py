@@ -23,6 +23,14 @@ _STATE: dict = {}
 _STATE_LOCK = threading.Lock()
 
 
+def _model_settings(model_path: str | None):
+    """A model file's settings without its network (``checkpoint.read_model_file``): what planning a slide
+    needs, read while the detector itself is still being built."""
+    from ..checkpoint import read_model_file
+
+    return read_model_file(model_path)[0]
+
+
 def _detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None):
     """This process's detector for tiles read at ``read_mpp`` (None: the model's own µm/px). Its budgets are set
     once, for that resolution: a worker that runs slides at two resolutions holds one detector for each, never
