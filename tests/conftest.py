@@ -128,3 +128,21 @@ def stub_detector(monkeypatch, random_model):
     monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None: stub)  # every caller looks it up there
     monkeypatch.setattr(worker, "_model_settings", lambda path: stub.loaded)  # what the slide is planned with
     return stub
+
+
+def detect_in_fresh_process(model_path, tile: np.ndarray, tmp_path: Path) -> dict:
+    """``load_detector(model_path)`` and one tile's detection in a new Python process (the conversion cache in
+    ``tmp_path/cache``): the detector's class and backend, the nuclei found, and whether torch was imported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "tile.npy", tile)
+    code = ("import sys, json, numpy as np; from wsinuclei.inference import load_detector; "
+            f"d = load_detector({str(model_path)!r}); (b, s, o), = d.predict_instances([np.load({str(tmp_path / 'tile.npy')!r})]); "
+            "print(json.dumps({'kind': type(d).__name__, 'backend': d.backend, 'nuclei': len(b), 'torch': 'torch' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "WSINUCLEI_CACHE": str(tmp_path / "cache")})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+

@@ -1,16 +1,13 @@
 """A star model's INT8 network: made at export (NNCF), carried in the model file, run by OpenVINO alone,
 chosen by ``--backend auto``, and refused or passed over in words when it cannot run."""
 
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import MONUSEG, need, synthetic_he, write_labelled_images
+from conftest import MONUSEG, detect_in_fresh_process, need, synthetic_he, write_labelled_images
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is a test dependency (pip install openvino)")
 torch = pytest.importorskip("torch")
@@ -58,13 +55,8 @@ def test_a_model_file_carries_a_network_that_auto_runs_without_torch(tmp_path):
     assert len(b1) > 20 and len(b2) == len(b1)  # the same network, so the same nuclei
     np.testing.assert_allclose(np.sort(s2), np.sort(s1), atol=1e-4)
     # a fresh process runs it without importing torch, on the first start (no conversion to check)
-    np.save(tmp_path / "tile.npy", tile)
-    code = ("import sys, json, numpy as np; from wsinuclei.inference import load_detector; "
-            f"d = load_detector({str(carried)!r}); (b, s, o), = d.predict_instances([np.load({str(tmp_path / 'tile.npy')!r})]); "
-            "print(json.dumps([d.backend, len(b), 'torch' in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "WSINUCLEI_CACHE": str(tmp_path / "cache")})
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["openvino-int8", len(b1), False]
+    got = detect_in_fresh_process(carried, tile, tmp_path)
+    assert (got["backend"], got["nuclei"], got["torch"]) == ("openvino-int8", len(b1), False)
 
 
 def test_backend_choices_refuse_in_words(tmp_path, caplog, monkeypatch):

@@ -177,12 +177,8 @@ def random_star_model(tmp_path):
 
 def test_a_checked_openvino_conversion_runs_without_torch_and_finds_the_same_nuclei(random_star_model, tmp_path,
                                                                                    monkeypatch):
-    import json
-    import subprocess
-    import sys
-
     pytest.importorskip("openvino", reason="OpenVINO is a test dependency (pip install openvino)")
-    from conftest import synthetic_he
+    from conftest import detect_in_fresh_process, synthetic_he
 
     from wsinuclei.inference import NucleusDetector, OpenVinoStarDetector, load_detector
 
@@ -203,13 +199,8 @@ def test_a_checked_openvino_conversion_runs_without_torch_and_finds_the_same_nuc
     np.testing.assert_allclose(s2, s1[near], atol=1e-5)
     np.testing.assert_allclose(o2, o1[near], atol=1e-3)
     # and in a fresh process, torch is never imported
-    np.save(tmp_path / "tile.npy", tile)
-    code = ("import sys, json, numpy as np; from wsinuclei.inference import load_detector; "
-            f"d = load_detector({str(random_star_model)!r}); (b, s, o), = d.predict_instances([np.load({str(tmp_path / 'tile.npy')!r})]); "
-            "print(json.dumps([type(d).__name__, len(b), 'torch' in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "WSINUCLEI_CACHE": str(tmp_path / "cache")})
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["OpenVinoStarDetector", len(b1), False]
+    got = detect_in_fresh_process(random_star_model, tile, tmp_path)
+    assert (got["kind"], got["nuclei"], got["torch"]) == ("OpenVinoStarDetector", len(b1), False)
 
 
 def test_a_stride_2_head_decodes_its_own_targets_as_well():
