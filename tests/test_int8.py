@@ -135,3 +135,21 @@ def test_the_shipped_int8_network_finds_what_float32_finds_on_a_real_image():
     assert len(nuclei32) > 300
     assert agreement.f1 > 0.95, f"INT8 agrees with float32 on {agreement.f1:.3f} of the nuclei"
     assert o8.shape[1:] == (32, 2)
+
+
+def test_threads_sharing_a_detector_each_get_their_own_tiles_nuclei(tmp_path):
+    """A Dask worker with several threads runs tiles at once on one detector: every thread must get the nuclei
+    of its own tile (one infer request per thread), as a sequential run gives them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain = _star(tmp_path)
+    det = load_detector(_star(tmp_path, "carried.safetensors", int8=_float_ir(plain)))
+    assert det.backend == "openvino-int8"
+    tiles = [synthetic_he(192 + 32 * (k % 3), 256, seed=20 + k)[0] for k in range(12)]
+    want = [det.predict_instances([t])[0] for t in tiles]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda t: det.predict_instances([t])[0], tiles))
+            for (b, s, _), (wb, ws, _) in zip(got, want):
+                np.testing.assert_array_equal(b, wb)
+                np.testing.assert_array_equal(s, ws)

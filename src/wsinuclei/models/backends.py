@@ -20,6 +20,7 @@ import torch
 
 from ..errors import WsinucleiError
 from .ir_cache import ir_key, ir_path, mark_agreed
+from .openvino_star import ThreadInfer
 
 BACKENDS = ("auto", "torch", "openvino")
 #: feature maps must agree with torch's to this, relative to their largest value, on the check input
@@ -60,7 +61,7 @@ def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = Non
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
     config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
-    return OpenVinoTrunk(core.compile_model(model, "CPU", config), names, backbone.out_channels)
+    return OpenVinoTrunk(ThreadInfer(core.compile_model(model, "CPU", config)), names, backbone.out_channels)
 
 
 def _example_input() -> torch.Tensor:

@@ -10,6 +10,7 @@ takes a fraction of that.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,23 @@ def with_normalisation(model):
     return ppp.build()
 
 
+class ThreadInfer:
+    """Synchronous inference on a compiled OpenVINO model from any number of threads: each thread runs its own
+    infer request. ``CompiledModel.__call__`` keeps one request for every caller, and a Dask worker with several
+    threads (a Slurm job's cores) runs tiles at the same time: on one shared request they would overwrite each
+    other's inputs and outputs."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self._local = threading.local()
+
+    def __call__(self, x: np.ndarray):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request.infer(x, share_inputs=True)  # outputs are copied out of the request
+
+
 class OpenVinoStarNet:
     """Tiles (uint8 HWC, the network's input colours) in; per tile boxes, raw scores and outlines (N, rays,
     2) out, in tile pixels, as ``star.StarNet`` gives them in eval mode.
@@ -83,7 +101,7 @@ class OpenVinoStarNet:
             self.xml = Path(network)
             model = core.read_model(str(network))
         config = {"INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1), "INFERENCE_PRECISION_HINT": "f32"}
-        self.compiled = core.compile_model(with_normalisation(model), "CPU", config)
+        self.compiled = ThreadInfer(core.compile_model(with_normalisation(model), "CPU", config))
         self.decoding = StarDecoding.from_head(head)
 
     def __call__(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
