@@ -153,3 +153,22 @@ def test_threads_sharing_a_detector_each_get_their_own_tiles_nuclei(tmp_path):
             for (b, s, _), (wb, ws, _) in zip(got, want):
                 np.testing.assert_array_equal(b, wb)
                 np.testing.assert_array_equal(s, ws)
+
+
+def test_a_coarser_read_shares_the_network_with_its_own_budgets(tmp_path, monkeypatch):
+    """A worker's detector for tiles read at 0.5 µm/px (a 20x slide at its own resolution) is the 0.25 one's
+    network with four times its detection budget; neither budget changes the other."""
+    from wsinuclei.pipeline import worker
+
+    monkeypatch.setattr(worker, "_STATE", {})
+    model = _star(tmp_path, "carried.safetensors", int8=_float_ir(_star(tmp_path)))
+    native = worker._detector(str(model), "cpu", "auto")
+    coarse = worker._detector(str(model), "cpu", "auto", 0.5)
+    assert coarse is not native and coarse.net.compiled is native.net.compiled
+    assert worker._detector(str(model), "cpu", "auto", 0.5) is coarse
+    budget = load_preset("star").star_head.get("detections_per_img", 5000)
+    assert (native.net.decoding.max_detections, coarse.net.decoding.max_detections) == (budget, 4 * budget)
+    tile = synthetic_he(256, 256, seed=8)[0]
+    (b1, s1, _), = native.predict_instances([tile])
+    (b2, s2, _), = coarse.predict_instances([tile])
+    np.testing.assert_array_equal(b1, b2)  # a budget far above the tile's nuclei: the same detections

@@ -156,6 +156,24 @@ class OpenVinoStarDetector(Detector):
         self.net = OpenVinoStarNet(network, loaded.config.star_head, threads)
         self.set_read_mpp(read_mpp)
 
+    def at_read_mpp(self, read_mpp: float | None) -> "OpenVinoStarDetector":
+        """This detector for tiles read at ``read_mpp``: the same compiled network (no second read or compile of
+        the model; inference is thread-safe, ``openvino_star.ThreadInfer``), its own budgets."""
+        import copy
+        import dataclasses
+
+        twin = copy.copy(self)
+        twin.net = copy.copy(self.net)
+        twin.net.decoding = dataclasses.replace(self.net.decoding)
+        twin.net.decoding.max_detections = self._own_budgets()[0]
+        twin._density, twin._budgets = 1.0, None
+        twin.set_read_mpp(read_mpp)
+        return twin
+
+    def _own_budgets(self) -> tuple[int, ...]:
+        """The budgets at the model's own µm/px, whatever this detector was set to."""
+        return self._budgets if self._budgets is not None else self._get_budgets()
+
     def _get_budgets(self):
         return (self.net.decoding.max_detections,)
 
