@@ -95,10 +95,10 @@ def check(loaded, network: tuple[bytes, bytes], prepared: str | Path) -> dict:
 
 def make(loaded, prepared: str | Path, n: int = CALIBRATION_CROPS) -> tuple[tuple[bytes, bytes], dict]:
     """Quantise and check; refuse a network that scores more than :data:`TOLERANCE` below float32."""
-    import openvino as ov
+    network = quantize(loaded, prepared, n)  # a clear error where NNCF is missing
     import nncf
+    import openvino as ov
 
-    network = quantize(loaded, prepared, n)
     record = {**check(loaded, network, prepared), "calibration_crops": n, "calibration": str(prepared),
               "openvino": ov.__version__, "nncf": nncf.__version__}
     drop = record["val_score_fp32"] - record["val_score_int8"]
