@@ -8,7 +8,7 @@ import pytest
 from conftest import MONUSEG, need
 from wsinuclei.errors import WsinucleiError
 
-ov = pytest.importorskip("openvino", reason="OpenVINO is a test dependency (pip install openvino)")
+ov = pytest.importorskip("openvino", reason="OpenVINO is a wsinuclei dependency; not installed here (pip install openvino)")
 
 
 @need(MONUSEG / "train")

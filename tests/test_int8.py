@@ -9,7 +9,7 @@ import pytest
 
 from conftest import MONUSEG, detect_in_fresh_process, need, synthetic_he, write_labelled_images
 
-ov = pytest.importorskip("openvino", reason="OpenVINO is a test dependency (pip install openvino)")
+ov = pytest.importorskip("openvino", reason="OpenVINO is a wsinuclei dependency; not installed here (pip install openvino)")
 torch = pytest.importorskip("torch")
 
 from wsinuclei.checkpoint import DEFAULT_MODEL, load_model, read_model_file, save_model  # noqa: E402

@@ -177,7 +177,7 @@ def random_star_model(tmp_path):
 
 def test_a_checked_openvino_conversion_runs_without_torch_and_finds_the_same_nuclei(random_star_model, tmp_path,
                                                                                    monkeypatch):
-    pytest.importorskip("openvino", reason="OpenVINO is a test dependency (pip install openvino)")
+    pytest.importorskip("openvino", reason="OpenVINO is a wsinuclei dependency; not installed here (pip install openvino)")
     from conftest import detect_in_fresh_process, synthetic_he
 
     from wsinuclei.inference import NucleusDetector, OpenVinoStarDetector, load_detector
