@@ -218,3 +218,23 @@ def test_glass_band_covers_one_side_and_drops_hidden_nuclei():
         share = max(cols.mean(), rows.mean())
         assert 0.09 <= share <= 0.61
         assert not (masks.astype(bool) & glass[None]).any()  # no nucleus under the glass
+
+
+def test_validation_read_at_20x_scales_images_boxes_and_the_centroid_radius():
+    """`val_read_mpp`: a 40x validation image read at 0.5 µm/px is half the size with half-size boxes, in a set of
+    its own, and its centroid pairing radius is 3 µm at 0.5 µm/px (6 px), not 12 px; sets already at 0.5 µm/px
+    are not doubled."""
+    from wsinuclei.data import Tile, as_read_at
+    from wsinuclei.train import score_predictions
+
+    tile = Tile("m", "monuseg", np.zeros((200, 120, 3), np.uint8), np.array([[20.0, 40.0, 40.0, 60.0]]))
+    crc = Tile("c", "crc", np.zeros((50, 50, 3), np.uint8), np.zeros((0, 4)), points=np.array([[5.0, 5.0]]), mpp=0.5)
+    (half,) = as_read_at([tile, crc], 0.5)
+    assert half.set == "monuseg_0.5mpp" and half.mpp == 0.5 and half.image.shape == (100, 60, 3)
+    assert half.boxes.tolist() == [[10, 20, 20, 30]] and tile.boxes.tolist() == [[20, 40, 40, 60]]
+    # a prediction 8 px off the nucleus centre (box IoU 0.14): within 12 px, beyond 6 px at 0.5 µm/px
+    pred = (np.array([[18.0, 20, 28, 30]]), np.array([0.9]))
+    v = score_predictions([half], [pred], score_threshold=0.5)
+    assert v["val_monuseg_0.5mpp_centroid_f1"] == 0.0
+    v = score_predictions([Tile("m", "monuseg", half.image, half.boxes)], [pred], score_threshold=0.5)
+    assert v["val_monuseg_centroid_f1"] == 1.0

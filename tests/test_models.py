@@ -153,6 +153,30 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert run["steps"] == 6 and run["seed"] == 0
 
 
+def test_fine_tune_logs_its_starting_weights_at_step_0(tiny_data, tmp_path):
+    """With --init, the log's first validation row is step 0: the loaded weights' own score (the bar the
+    fine-tune must beat), computed on the same validation images as every later row, the 20x read included."""
+    import csv
+
+    from wsinuclei.train import train, validate
+    from wsinuclei.data import as_read_at, load_tiles
+
+    cfg = _tiny_config(3)
+    cfg.train["val_read_mpp"] = [0.5]
+    train(cfg, tiny_data, tmp_path / "a", steps=3, progress=False, threads=2)
+    train(cfg, tiny_data, tmp_path / "b", steps=3, progress=False, threads=2, init=tmp_path / "a" / "best.safetensors")
+    rows = [r for r in csv.DictReader(open(tmp_path / "b" / "log.csv")) if r["val_f1"]]
+    assert [int(r["step"]) for r in rows] == [0, 3]
+    model = build_detector(cfg)
+    from wsinuclei.train import load_init
+
+    load_init(model, tmp_path / "a" / "best.safetensors")
+    val = load_tiles(tiny_data, "val_full")
+    expected = validate(model, val + as_read_at(val, 0.5))
+    assert float(rows[0]["val_f1"]) == pytest.approx(expected["val_f1"], abs=1e-9)
+    assert rows[0]["val_src_0.5mpp_f1"] != ""  # the 20x read is a set of its own in the log
+
+
 def test_score_calibration_moves_the_best_threshold_to_one_half():
     from wsinuclei.checkpoint import fit_score_calibration, shift_scores
 

@@ -392,6 +392,23 @@ def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
     return out
 
 
+def as_read_at(tiles: list[Tile], read_mpp: float) -> list[Tile]:
+    """Validation images as a slide read at ``read_mpp`` shows them: resampled bicubic (as
+    :meth:`Slide.read_region` resamples), boxes and centres scaled, the set named ``<set>_<read_mpp>mpp``. A 40x
+    image read at 0.5 µm/px is what a 20x slide gives the model at its own resolution. Images already at
+    ``read_mpp`` or coarser (CRCHisto's 20x) are left out: their set is scored at its own resolution already."""
+    out = []
+    for t in tiles:
+        mpp = t.mpp or 0.25
+        if mpp >= read_mpp - 1e-9:
+            continue
+        image, boxes = resample(t.image, t.boxes, mpp / read_mpp)
+        scale = np.array([image.shape[1] / t.image.shape[1], image.shape[0] / t.image.shape[0]])
+        points = None if t.points is None else t.points * scale
+        out.append(Tile(t.name, f"{t.set}_{read_mpp:g}mpp", image, boxes, points=points, mpp=read_mpp))
+    return out
+
+
 def load_split(prepared: str | Path, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image, boxes) of every tile of a split that has boxes (centre-only images are left out)."""
     return [(t.name, t.image, t.boxes) for t in load_tiles(prepared, split) if t.points is None]

@@ -23,7 +23,7 @@ import torch
 
 from . import evaluate
 from .checkpoint import save_model
-from .data import Augment, CropSampler, Tile, load_tiles
+from .data import Augment, CropSampler, Tile, as_read_at, load_tiles
 from .errors import WsinucleiError
 from .models import DetectorConfig, build_detector, freeze_before_fine_tune_block
 from .models.star import STAR_LOSS_KEYS
@@ -86,7 +86,7 @@ def score_predictions(val_tiles: list[Tile], preds, score_threshold=None) -> dic
                 bc = None
             else:
                 bc = bc + count(boxes, scores, t.boxes, score_threshold=thr)
-                cc = cc + count(boxes, scores, t.boxes, score_threshold=thr, radius=3.0 / 0.25)
+                cc = cc + count(boxes, scores, t.boxes, score_threshold=thr, radius=3.0 / (t.mpp or 0.25))
             per[key] = (bc, cc)
 
     def set_score(key):
@@ -210,6 +210,9 @@ def train(
     from .stain import model_input
 
     val_tiles = load_tiles(prepared, "val_full")
+    # `val_read_mpp = [0.5]`: the validation images also read as a 20x slide is (extra sets in the mean), so
+    # that the chosen model holds at both resolutions it claims
+    val_tiles += [r for mpp in tcfg.get("val_read_mpp", []) for r in as_read_at(val_tiles, float(mpp))]
     for t in val_tiles:
         t.image = model_input(t.image, config.input_channels)
     loss_keys = STAR_LOSS_KEYS if config.is_star else MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
@@ -281,7 +284,26 @@ def train(
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                             "rng": _rng_state(sampler_rng), "best": json.dumps(best)}, last)
 
+    def evaluate(done, row=None):
+        nonlocal best
+        v = validate(model, val_tiles, device)
+        model.train()
+        row = row or {"step": done, "lr": lr_at(max(done - 1, 0), float(tcfg["lr"]),
+                                                int(tcfg.get("warmup_steps", 0)), milestones)}
+        row.update(v)
+        if v["val_f1"] > best["val_f1"]:
+            best = {**v, "step": done}
+            save_model(model, config, run_dir / "best.safetensors", target_mu=target_mu,
+                       target_sigma=target_sigma, half=False,
+                       extra={"command": command, "step": done, "validation": v, "seed": seed})
+        bar.write(f"step {done}: validation score {v['val_f1']:.3f} at score >= {v['val_threshold']}, "
+                  f"centroid F1 {v['val_centroid_f1']:.3f} (best {best['val_f1']:.3f} at {best['step']})")
+        return row
+
     try:
+        if init and start == 0:  # a fine-tune's step 0: the loaded weights' own figures, the bar to beat
+            with open(log_path, "a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=fields).writerow(evaluate(0))
         model.train()
         for step in range(start, steps):
             lr = lr_at(step, float(tcfg["lr"]), int(tcfg.get("warmup_steps", 0)), milestones)
@@ -317,17 +339,7 @@ def train(
                 running = {k: 0.0 for k in loss_keys}
                 n_running, t_last = 0, time.time()
             if done % eval_every == 0 or done == steps:
-                v = validate(model, val_tiles, device)
-                model.train()
-                row = row or {"step": done, "lr": lr}
-                row.update(v)
-                if v["val_f1"] > best["val_f1"]:
-                    best = {**v, "step": done}
-                    save_model(model, config, run_dir / "best.safetensors", target_mu=target_mu,
-                               target_sigma=target_sigma, half=False,
-                               extra={"command": command, "step": done, "validation": v, "seed": seed})
-                bar.write(f"step {done}: validation score {v['val_f1']:.3f} at score >= {v['val_threshold']}, "
-                          f"centroid F1 {v['val_centroid_f1']:.3f} (best {best['val_f1']:.3f} at {best['step']})")
+                row = evaluate(done, row)
             if row is not None:
                 with open(log_path, "a", newline="") as fh:
                     csv.DictWriter(fh, fieldnames=fields).writerow(row)
