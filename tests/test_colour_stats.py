@@ -87,3 +87,25 @@ def test_run_json_records_the_statistics(tmp_path, pyramid_slide, random_model):
     assert rec["definition"] == "tissue-patches-v1" and rec["mpp"] == 0.25 and rec["pixels"] > 100_000
     tissue_mu, tissue_sd = stain.lab_mean_std(img[50:1450, 50:1400])
     np.testing.assert_allclose(rec["mean"], tissue_mu, atol=0.05 * tissue_sd.max())
+
+
+def test_patches_from_a_held_base_level_give_the_same_statistics(pyramid_slide):
+    """Read at the base resolution from a held level, the 2,048 patches are cut all at once; the statistics
+    are those of one read per patch, to the last bit (same pixels, same order), also for patches over the
+    slide's edge; read at another resolution, the patches are read one by one as before."""
+    from wsinuclei.colour_stats import slide_tissue_stats
+    from wsinuclei.slide import Slide
+
+    path = pyramid_slide[0]
+    for mpp in (0.25, 0.4):
+        plain, held = Slide(path), Slide(path)
+        assert held.hold_base_level()
+        a, b = slide_tissue_stats(plain, mpp, patch_size=48), slide_tissue_stats(held, mpp, patch_size=48)
+        assert a.pixels == b.pixels > 0
+        assert a.mean.tolist() == b.mean.tolist() and a.std.tolist() == b.std.tolist()
+    # a mask that is all tissue: patch centres everywhere, many patches over the slide's edges
+    plain, held = Slide(path), Slide(path)
+    held.hold_base_level()
+    everywhere = np.ones((30, 42), bool)  # 50 base pixels per mask pixel
+    a, b = tissue_lab_stats(plain, everywhere, 50.0, 0.25), tissue_lab_stats(held, everywhere, 50.0, 0.25)
+    assert a.pixels == b.pixels and a.mean.tolist() == b.mean.tolist() and a.std.tolist() == b.std.tolist()

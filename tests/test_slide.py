@@ -164,3 +164,60 @@ def test_thumbnail_of_a_slide_without_pyramid_reads_in_bands(tmp_path, monkeypat
     assert ds == 8 and thumb.shape == (375, 600, 3)
     ref = img.reshape(375, 8, 600, 8, 3).mean(axis=(1, 3))
     assert np.abs(thumb.astype(float) - ref).max() <= 1
+
+
+def test_opaque_pixels_composite_to_themselves():
+    from wsinuclei.slide import composite_on_white
+
+    rgba = np.random.default_rng(0).integers(0, 256, (20, 30, 4), np.uint8)
+    rgba[..., 3] = 255
+    np.testing.assert_array_equal(composite_on_white(rgba), rgba[..., :3])
+    rgba[3, 4, 3] = 254  # one pixel not quite opaque: the blend, for that pixel only
+    out = composite_on_white(rgba)
+    assert (out != rgba[..., :3]).any(axis=-1).sum() <= 1
+    np.testing.assert_array_equal(out[3, 4], np.round(rgba[3, 4, :3] * (254 / 255) + 255 * (1 / 255)))
+
+
+def _held_reads_match(path, regions, mpp=None):
+    plain, held = Slide(path, mpp=mpp), Slide(path, mpp=mpp)
+    assert held.hold_base_level()
+
+    def no_openslide(*args, **kwargs):
+        raise AssertionError("a held base level was read from the file again")
+
+    for x, y, size, mpp in regions:
+        expected = plain.read_region(x, y, size, size, mpp)
+        if held.best_level(mpp / held.mpp) == 0:
+            real, held._osr.read_region = held._osr.read_region, no_openslide
+            try:
+                got = held.read_region(x, y, size, size, mpp)
+            finally:
+                held._osr.read_region = real
+        else:  # a coarser level is read from the file as before
+            got = held.read_region(x, y, size, size, mpp)
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(held.thumbnail()[0], plain.thumbnail()[0])
+    held.close()
+    assert held._image is None
+
+
+def test_a_held_base_level_gives_the_pixels_the_file_gives(pyramid_slide):
+    """Reads of a small slide served from its held base level: the same pixels as from the file (exact reads,
+    upsampled and off-grid reads, regions over the edges), from memory; coarser levels still from the file; a
+    level over the limit is not held."""
+    rng = np.random.default_rng(3)
+    regions = [(-40, -30, 96, 0.25), (2050, 1450, 100, 0.25), (10.5, 20.25, 64, 0.125), (1990, 7, 80, 0.125),
+               (300, 200, 64, 1.0)]
+    regions += [(float(rng.uniform(-50, 2100)), float(rng.uniform(-50, 1500)), int(rng.integers(8, 200)),
+                 float(rng.choice([0.25, 0.125, 0.2]))) for _ in range(30)]
+    _held_reads_match(pyramid_slide[0], regions)
+    assert not Slide(pyramid_slide[0]).hold_base_level(max_pixels=2100 * 1500 - 1)
+
+
+def test_a_held_base_level_of_a_real_svs_gives_the_file_s_pixels():
+    """The same on a real Aperio slide (JPEG 2000 tiles, two levels)."""
+    need(SHARED_SVS)
+    rng = np.random.default_rng(4)
+    regions = [(float(rng.uniform(-50, 4443)), float(rng.uniform(-50, 3567)), int(rng.integers(8, 300)),
+                float(rng.choice([0.25, 0.125]))) for _ in range(20)]
+    _held_reads_match(SHARED_SVS, regions + [(1000, 1000, 128, 1.0)], mpp=0.5)  # as a 20x slide read upsampled

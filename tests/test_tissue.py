@@ -51,3 +51,20 @@ def test_detections_on_tissue_are_those_within_the_margin_of_a_tissue_pixel():
     np.testing.assert_array_equal(got, want_grown[cy, cx])
     assert 0 < (got & ~mask[cy, cx]).sum() < (~mask[cy, cx]).sum()  # the margin keeps some, not all, off-mask boxes
     assert not on_tissue(boxes, np.zeros_like(mask), ds, mpp).any()
+
+
+def test_the_thumbnail_s_tissue_outline_is_skimage_s_outer_boundary():
+    """The green line: the glass pixels 4-adjacent to tissue, as ``find_boundaries(mode="outer")`` defines
+    them, on random masks that touch the image's edges."""
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    from wsinuclei.pipeline.plan import SlidePlan
+
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        mask = ndimage.binary_opening(rng.random((120, 170)) < rng.uniform(0.3, 0.8), iterations=1 + i % 2)
+        mask[0, : 40 * (i % 4)] = True
+        outline = SlidePlan.tissue_outline.func(type("P", (), {"mask": mask})())
+        np.testing.assert_array_equal(outline, find_boundaries(mask, mode="outer"))
+        assert outline.any() and not (outline & mask).any()

@@ -46,7 +46,7 @@ class Slide:
         if self.path.is_dir() and not self.path.suffix.lower() == ".mrxs":
             raise WsinucleiError(f"{self.path}: is a folder, not a slide")
         self._osr = None
-        self._image = None
+        self._image = None  # the pixels of a plain image, or of a small slide's base level once held
         self.mpp_y = None  # set only when the file's pixels are not square
         self._open()
         self.name = _slide_stem(self.path)
@@ -115,6 +115,35 @@ class Slide:
     def close(self) -> None:
         if self._osr is not None:
             self._osr.close()
+            self._image = None  # a held base level goes with the handle
+
+    def hold_base_level(self, max_pixels: int | None = None) -> bool:
+        """Read a small slide's base level whole, once, and serve every later read of it from memory.
+
+        A region or a whole slide of a few megapixels (CMU-1-Small-Region: 6.6) is read hundreds of times by
+        planning (thumbnail, 2,048 colour-statistics patches) and by the tiles, each read decoding its JPEG
+        tiles again. The held pixels are the ones OpenSlide returns (over white, as every read is), so reads
+        give the same pixels either way. True when the level is held; False for a level over ``max_pixels``
+        (default :attr:`HOLD_PIXELS`), which stays read region by region."""
+        if self._osr is None or self._image is not None:
+            return True  # a plain image, or held already
+        w, h = self.level_dimensions[0]
+        if w * h > (self.HOLD_PIXELS if max_pixels is None else max_pixels):
+            return False
+        band = max(1, self.BAND_PIXELS // max(w, 1))  # rows per read: the RGBA and float copies stay bounded
+        image = np.empty((h, w, 3), np.uint8)
+        for y in range(0, h, band):
+            image[y : y + band] = self.read_level_region(0, y, w, min(band, h - y), 0)
+        self._image = image
+        return True
+
+    @property
+    def held_base_level(self) -> np.ndarray | None:
+        """The base level's RGB pixels when they are in memory (a plain image, or :meth:`hold_base_level`)."""
+        return self._image
+
+    #: A base level up to this many pixels is held in memory by :meth:`hold_base_level` (RGB: 3 bytes each).
+    HOLD_PIXELS = 40_000_000
 
     def as_openslide(self):
         """This slide through OpenSlide's API (an ``openslide.ImageSlide`` for a plain image), for
@@ -193,7 +222,7 @@ class Slide:
         Outside the slide: white."""
         if w <= 0 or h <= 0:
             return np.full((max(h, 0), max(w, 0), 3), 255, np.uint8)
-        if self._osr is not None:
+        if self._osr is not None and not (level == 0 and self._image is not None):  # held: below
             import openslide
 
             try:
@@ -201,6 +230,7 @@ class Slide:
             except openslide.OpenSlideError as exc:
                 raise WsinucleiError(f"{self.path}: cannot read region at ({x}, {y}) ({exc})") from None
             return composite_on_white(rgba)
+        x, y, w, h = int(x), int(y), int(w), int(h)
         out = np.full((h, w, 3), 255, np.uint8)
         H, W = self._image.shape[:2]
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
@@ -266,6 +296,8 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     """RGBA -> RGB over white glass. openslide-python returns *non*-premultiplied RGBA (it un-premultiplies
     OpenSlide's ARGB), so a pixel is ``rgb * a + 255 * (1 - a)``; fully transparent (outside the scanned
     area) becomes white."""
+    if rgba[..., 3].min(initial=255) == 255:  # opaque (the tissue of most slides): the same pixels, no arithmetic
+        return np.ascontiguousarray(rgba[..., :3])
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)

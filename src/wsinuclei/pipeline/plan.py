@@ -37,10 +37,12 @@ class SlidePlan:
 
     @functools.cached_property
     def tissue_outline(self) -> np.ndarray:
-        """The thumbnail pixels just outside the tissue mask (the thumbnail's green line), found once."""
-        from skimage.segmentation import find_boundaries
+        """The thumbnail pixels just outside the tissue mask (the thumbnail's green line), found once: glass
+        pixels with a tissue pixel above, below or beside them (skimage's ``find_boundaries(mode="outer")``,
+        without its general label-image machinery: a fifth of the time)."""
+        from scipy.ndimage import binary_dilation
 
-        return find_boundaries(self.mask, mode="outer")
+        return binary_dilation(self.mask) & ~self.mask
 
     def add_tissue(self, r: "TileResult") -> None:
         frac, secs = self.tissue.get(r.key, (None, 0.0))
@@ -85,6 +87,10 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         roi = (x, y, w, h)
     else:
         roi = (0, 0, W, H)
+    if opts.roi is None and slide.best_level(model_mpp / mpp) == 0:
+        # a small slide read at its base level: read it once here (planning and in-process tiles share this
+        # handle), not once per colour patch and tile; a large one is left as it is (Slide.HOLD_PIXELS)
+        slide.hold_base_level()
     thumb, ds = slide.thumbnail()
     mask = tissue_mask(thumb)
     if not mask.any():
