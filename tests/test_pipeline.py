@@ -210,11 +210,11 @@ def test_unreadable_tile_is_retried_then_reported(pyramid_slide, random_model, t
     calls = {"n": 0}
     real = Slide.read_region
 
-    def flaky(self, x, y, w, h, mpp):
+    def flaky(self, x, y, w, h, mpp, **kwargs):
         if x == 0 and y == 0:  # the top-left tile is "corrupt"
             calls["n"] += 1
             raise WsinucleiError("corrupt JPEG data in region")
-        return real(self, x, y, w, h, mpp)
+        return real(self, x, y, w, h, mpp, **kwargs)
 
     monkeypatch.setattr(Slide, "read_region", flaky)
     roi = (0, 0, 700, 500)

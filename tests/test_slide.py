@@ -221,3 +221,31 @@ def test_a_held_base_level_of_a_real_svs_gives_the_file_s_pixels():
     regions = [(float(rng.uniform(-50, 4443)), float(rng.uniform(-50, 3567)), int(rng.integers(8, 300)),
                 float(rng.choice([0.25, 0.125]))) for _ in range(20)]
     _held_reads_match(SHARED_SVS, regions + [(1000, 1000, 128, 1.0)], mpp=0.5)  # as a 20x slide read upsampled
+
+
+def test_a_colour_map_is_applied_before_enlarging_and_after_shrinking(pyramid_slide):
+    """``read_region(colour_map=f)``: f of the read, computed on the level's pixels when the read enlarges them
+    (fewer pixels: an 8x8 region read at 0.125 µm/px is mapped on ~10x10 pixels, not 16x16), on the result when
+    it shrinks them or reads them exactly; the same pixels as mapping after the read wherever f commutes with
+    interpolation (here a constant shift of every channel)."""
+    s = Slide(pyramid_slide[0])
+    seen = []
+
+    def darker(px):
+        seen.append(px.shape[:2])
+        return (px.astype(np.int16) - 40).clip(0, 255).astype(np.uint8)
+
+    for mpp, size in ((0.125, 64), (0.25, 64), (0.4, 64)):
+        seen.clear()
+        plain = s.read_region(400, 300, size, size, mpp)
+        mapped = s.read_region(400, 300, size, size, mpp, colour_map=darker)
+        assert len(seen) == 1
+        if mpp == 0.125:
+            assert seen[0][0] * seen[0][1] < size * size / 2  # the 34x34 level pixels, not the 64x64 output
+        else:
+            assert seen[0] == (size, size)
+        expected = darker(plain)
+        if mpp == 0.125:  # interpolating after the shift: equal up to rounding where nothing clips at 0
+            assert np.abs(mapped.astype(int) - expected.astype(int)).max() <= 1
+        else:
+            np.testing.assert_array_equal(mapped, expected)

@@ -238,10 +238,15 @@ class Slide:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._image[y0:y1, x0:x1]
         return out
 
-    def read_region(self, x: float, y: float, width: int, height: int, target_mpp: float) -> np.ndarray:
+    def read_region(self, x: float, y: float, width: int, height: int, target_mpp: float,
+                    colour_map=None) -> np.ndarray:
         """RGB uint8 (height, width, 3) at ``target_mpp`` whose top-left is base pixel (x, y).
 
-        The region spans ``width * target_mpp / mpp`` base pixels across.
+        The region spans ``width * target_mpp / mpp`` base pixels across. ``colour_map``: a function of each
+        pixel's colour alone (Reinhard's, ``stain.ReinhardTable``) applied to what is read. Where the read
+        enlarges the level's pixels (a 20x slide read at 0.25 µm/px) it is applied to the level's pixels before
+        they are interpolated, a quarter as many, as the scanner's own pixels are what it was defined on;
+        otherwise to the result.
         """
         scale = target_mpp / self.require_mpp()  # base px per output px
         level = self.best_level(scale)
@@ -254,10 +259,14 @@ class Slide:
         raw = self.read_level_region(int(round(ix0 * ds)), int(round(iy0 * ds)), ix1 - ix0, iy1 - iy0, level)
         if abs(lw - width) < 1e-6 and abs(lh - height) < 1e-6 and abs(lx - round(lx)) < 1e-6 and abs(ly - round(ly)) < 1e-6:
             ox, oy = int(round(lx)) - ix0, int(round(ly)) - iy0
-            return np.ascontiguousarray(raw[oy : oy + height, ox : ox + width])
+            out = np.ascontiguousarray(raw[oy : oy + height, ox : ox + width])
+            return out if colour_map is None else colour_map(out)
+        if colour_map is not None and lw * lh < width * height:  # enlarging: map the fewer pixels first
+            raw, colour_map = colour_map(raw), None
         box = (lx - ix0, ly - iy0, lx - ix0 + lw, ly - iy0 + lh)
         # bicubic, as training data are resampled (data.resample): one kernel for what the model learns and sees
-        return np.array(Image.fromarray(raw).resize((width, height), Image.Resampling.BICUBIC, box=box))
+        out = np.array(Image.fromarray(raw).resize((width, height), Image.Resampling.BICUBIC, box=box))
+        return out if colour_map is None else colour_map(out)
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """A low-resolution RGB image of the whole slide and its downsample (base px per thumbnail px).
