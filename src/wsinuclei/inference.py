@@ -59,6 +59,11 @@ class Detector:
         self._set_budgets(self._budgets, density)
         self._density = density
 
+    def at_read_mpp(self, read_mpp: float | None) -> "Detector | None":
+        """This detector for tiles read at ``read_mpp``, sharing its network, where that is safe; None where it
+        is not (a torch model's budgets live in the shared module), and the caller loads another."""
+        return None
+
     def _get_budgets(self) -> tuple[int, ...]:
         raise NotImplementedError
 

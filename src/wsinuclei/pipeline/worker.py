@@ -47,10 +47,9 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
             return native
         key = (*key, density)
         if key not in _STATE:
-            if hasattr(native, "at_read_mpp"):  # the same network, its own budgets: no second load
-                _STATE[key] = native.at_read_mpp(read_mpp)
-            else:
-                _STATE[key] = load_detector(model_path, device=device, backend=backend, read_mpp=read_mpp)
+            # the same network with its own budgets where the detector can share it, else a second load
+            _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(model_path, device=device, backend=backend,
+                                                                         read_mpp=read_mpp)
         return _STATE[key]
 
 
