@@ -89,6 +89,23 @@ def test_run_json_records_the_statistics(tmp_path, pyramid_slide, random_model):
     np.testing.assert_allclose(rec["mean"], tissue_mu, atol=0.05 * tissue_sd.max())
 
 
+def test_a_slide_read_enlarged_takes_its_statistics_on_its_own_pixels(tmp_path, pyramid_slide, random_model):
+    """A slide at 0.5 µm/px read by a 0.25 µm/px model is normalised on its own pixels before they are
+    enlarged, so its statistics are taken there too (0.5 µm/px, the same numbers as tissue_lab_stats at 0.5);
+    a slide read at its own resolution keeps the model's."""
+    from wsinuclei.colour_stats import slide_tissue_stats
+    from wsinuclei.pipeline import RunOptions, run_slide
+
+    path = pyramid_slide[0]
+    run_slide(path, tmp_path, RunOptions(model=str(random_model), mpp=0.5, progress=False, tile_size=512,
+                                         roi=(0, 0, 600, 600)), log=lambda *_: None)
+    rec = json.loads((tmp_path / "synthetic.run.json").read_text())
+    assert rec["read_mpp"] == 0.25 and rec["reinhard_source"]["mpp"] == 0.5
+    own = slide_tissue_stats(Slide(path, mpp=0.5), 0.5)
+    assert rec["reinhard_source"]["mean"] == [float(v) for v in own.mean]
+    assert rec["reinhard_source"]["std"] == [float(v) for v in own.std]
+
+
 def test_patches_from_a_held_base_level_give_the_same_statistics(pyramid_slide):
     """Read at the base resolution from a held level, the 2,048 patches are cut all at once; the statistics
     are those of one read per patch, to the last bit (same pixels, same order), also for patches over the

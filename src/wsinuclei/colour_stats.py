@@ -4,7 +4,8 @@ Why not the thumbnail: a 40x slide tens of thousands of pixels wide has a thumbn
 where every pixel averages nuclei with the stroma around them, so the colour spread σ falls to about half of
 what the tiles the model sees have (measured on MoNuSeg: full-resolution/thumbnail σ ratios 2.06, 2.31 and
 1.83 at 1/32 scale), and every tile is then over-stretched. The thumbnail only says *where* the tissue is;
-the colours are read from seeded random patches inside it, at the resolution the model reads tiles.
+the colours are read from seeded random patches inside it, at the resolution Reinhard is applied at: the
+model's, or the slide's own where tiles are read enlarged (``Slide.read_region``: normalised, then interpolated).
 
 One definition for training (``data.prepare``), evaluation and inference (``pipeline.plan_slide``): an
 image in a training set is treated exactly as a slide is.
