@@ -18,13 +18,12 @@ import filecmp
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark_htk import timed  # noqa: E402
 from benchmark_slide import machine  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -34,13 +33,7 @@ DETECT = "import sys; from wsinuclei.cli import main; sys.exit(main())"
 
 def run(src: Path, slide: Path, out: Path, extra: list[str]) -> float:
     cmd = [sys.executable, "-c", DETECT, "detect", str(slide), "--out", str(out), "--force", "--quiet", *extra]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(src)})
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"failed ({res.returncode}): PYTHONPATH={src} {' '.join(cmd)}\n{res.stderr[-3000:]}")
-    return wall
+    return timed(cmd, env={**os.environ, "PYTHONPATH": str(src)})
 
 
 def main() -> int:

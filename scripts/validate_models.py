@@ -12,7 +12,6 @@ Prints one JSON line per model (figures rounded to 4 places) and writes them to 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,9 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def main() -> int:
     from wsinuclei.checkpoint import load_model
-    from wsinuclei.data import as_read_at, load_tiles
-    from wsinuclei.stain import model_input
-    from wsinuclei.train import validate
+    from wsinuclei.train import validate, validation_tiles
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="model files (safetensors)")
@@ -33,13 +30,12 @@ def main() -> int:
                     help="also score every validation image read at these µm/px (as training's val_read_mpp)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    val = load_tiles(args.data, "val_full")
-    val += [r for mpp in args.val_read_mpp for r in as_read_at(val, mpp)]
-    rows = []
+    rows, tiles = [], {}
     for path in args.models:
         loaded = load_model(path)
-        tiles = [dataclasses.replace(t, image=model_input(t.image, loaded.input_channels)) for t in val]
-        v = validate(loaded.model, tiles)
+        if loaded.input_channels not in tiles:  # one set of images per input kind
+            tiles[loaded.input_channels] = validation_tiles(args.data, loaded.input_channels, args.val_read_mpp)
+        v = validate(loaded.model, tiles[loaded.input_channels])
         row = {"model": path, **{k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()}}
         rows.append(row)
         print(json.dumps(row))

@@ -249,3 +249,14 @@ def test_a_colour_map_is_applied_before_enlarging_and_after_shrinking(pyramid_sl
             assert np.abs(mapped.astype(int) - expected.astype(int)).max() <= 1
         else:
             np.testing.assert_array_equal(mapped, expected)
+
+
+def test_colour_map_mpp_is_where_read_region_applies_the_map(pyramid_slide):
+    """The µm/px the colour map sees: the level's own where a read enlarges it, else the read's; the same rule
+    read_region follows (the map sees level-sized pixels exactly when colour_map_mpp says the level's µm/px)."""
+    s = Slide(pyramid_slide[0])
+    for target, expected in ((0.125, 0.25), (0.2, 0.25), (0.25, 0.25), (0.4, 0.4), (1.0, 1.0)):
+        assert s.colour_map_mpp(target) == pytest.approx(expected)
+        seen = []
+        s.read_region(300, 200, 64, 64, target, colour_map=lambda px: seen.append(px.shape[0]) or px)
+        assert (seen[0] < 64) == (expected > target)

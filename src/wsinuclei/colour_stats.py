@@ -85,35 +85,17 @@ def tissue_lab_stats(slide: Slide, mask: np.ndarray, mask_downsample: float, mpp
     # the pixels and lowers σ
     x0s = np.round((centres[:, 0] - half) / scale) * scale
     y0s = np.round((centres[:, 1] - half) / scale) * scale
-    rgb = _read_patches(slide, x0s, y0s, patch_size, mpp)
+    rgb = slide.read_patches(x0s, y0s, patch_size, mpp)
     ys, xs = y0s[:, None] + offsets, x0s[:, None] + offsets  # (patches, patch_size) base-pixel centres
     rows = np.clip((ys / mask_downsample).astype(int), 0, H - 1)
     cols = np.clip((xs / mask_downsample).astype(int), 0, W - 1)
     inside = ((ys >= 0) & (ys < H * mask_downsample))[:, :, None] & ((xs >= 0) & (xs < W * mask_downsample))[:, None, :]
     sel = mask[rows[:, :, None], cols[:, None, :]] & inside
-    kept = [rgb[sel]]  # patch by patch, row by row: the order the statistics always summed in
-    pixels = np.concatenate(kept) if kept else np.zeros((0, 3), np.uint8)
+    pixels = rgb[sel]  # patch by patch, row by row: the order the statistics always summed in
     if len(pixels) == 0:
         raise WsinucleiError(f"{slide.path}: no tissue pixels to take colour statistics from")
     mu, sigma = stain.lab_mean_std(pixels.reshape(-1, 1, 3))
     return LabStats(mu, sigma, len(pixels), patches, mpp)
-
-
-def _read_patches(slide: Slide, x0s: np.ndarray, y0s: np.ndarray, size: int, mpp: float) -> np.ndarray:
-    """(patches, size, size, 3) RGB read at ``mpp`` from each top-left (base pixels). From a held base level
-    at its own resolution (every read a plain crop) all at once; otherwise one read per patch."""
-    held = slide.held_base_level
-    if held is not None and abs(mpp / slide.require_mpp() - 1) < 1e-9:
-        x0, y0 = np.round(x0s).astype(int), np.round(y0s).astype(int)
-        if np.allclose(x0, x0s, rtol=0, atol=1e-6) and np.allclose(y0, y0s, rtol=0, atol=1e-6):
-            # the read_region exact path for every patch at once: crops, white outside the slide
-            padded = np.pad(held, ((size, size), (size, size), (0, 0)), constant_values=255)
-            H, W = held.shape[:2]
-            r = np.clip(y0, -size, H) + size
-            c = np.clip(x0, -size, W) + size
-            step = np.arange(size)
-            return padded[(r[:, None] + step)[:, :, None], (c[:, None] + step)[:, None, :]]
-    return np.stack([slide.read_region(x, y, size, size, mpp) for x, y in zip(x0s, y0s)])
 
 
 def slide_tissue_stats(slide: Slide, mpp: float, thumbnail=None, **kwargs) -> LabStats:

@@ -132,8 +132,8 @@ class Slide:
             return False
         from concurrent.futures import ThreadPoolExecutor
 
-        # bands of rows, at least two, read on two threads (OpenSlide decodes without the GIL: about half the
-        # time); each band's RGBA and float copies stay bounded
+        # bands of rows, at least two, read on two threads (OpenSlide decodes without holding the GIL); each
+        # band's RGBA and float copies stay bounded
         band = max(1, min(self.BAND_PIXELS // max(w, 1), -(-h // 2)))
         image = np.empty((h, w, 3), np.uint8)
 
@@ -144,11 +144,6 @@ class Slide:
             list(pool.map(read_band, range(0, h, band)))
         self._image = image
         return True
-
-    @property
-    def held_base_level(self) -> np.ndarray | None:
-        """The base level's RGB pixels when they are in memory (a plain image, or :meth:`hold_base_level`)."""
-        return self._image
 
     #: A base level up to this many pixels is held in memory by :meth:`hold_base_level` (RGB: 3 bytes each).
     HOLD_PIXELS = 40_000_000
@@ -246,6 +241,30 @@ class Slide:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._image[y0:y1, x0:x1]
         return out
 
+    def colour_map_mpp(self, target_mpp: float) -> float:
+        """The µm/px of the pixels that :meth:`read_region`'s ``colour_map`` sees in a read at ``target_mpp``:
+        the read level's own where the read enlarges it (a 20x slide read at 0.25 µm/px: 0.5), else
+        ``target_mpp``. Colour statistics for that map are taken at this resolution (``pipeline.plan``)."""
+        level = self.best_level(target_mpp / self.require_mpp())
+        return max(float(target_mpp), self.require_mpp() * self.level_downsamples[level])
+
+    def read_patches(self, x0s: np.ndarray, y0s: np.ndarray, size: int, target_mpp: float) -> np.ndarray:
+        """(n, size, size, 3): :meth:`read_region` of ``size`` x ``size`` at ``target_mpp`` from each top-left
+        (base pixels). From a base level in memory, read at its own resolution on its pixel grid, every patch
+        is a crop (read_region's exact path; white outside the slide), cut all at once; otherwise one read
+        per patch."""
+        x0s, y0s = np.asarray(x0s, np.float64), np.asarray(y0s, np.float64)
+        x0, y0 = np.round(x0s).astype(int), np.round(y0s).astype(int)
+        if (self._image is not None and abs(target_mpp / self.require_mpp() - 1) < 1e-9
+                and np.abs(x0 - x0s).max(initial=0) < 1e-6 and np.abs(y0 - y0s).max(initial=0) < 1e-6):
+            padded = np.pad(self._image, ((size, size), (size, size), (0, 0)), constant_values=255)
+            H, W = self._image.shape[:2]
+            rows = np.clip(y0, -size, H) + size
+            cols = np.clip(x0, -size, W) + size
+            step = np.arange(size)
+            return padded[(rows[:, None] + step)[:, :, None], (cols[:, None] + step)[:, None, :]]
+        return np.stack([self.read_region(x, y, size, size, target_mpp) for x, y in zip(x0s, y0s)])
+
     def read_region(self, x: float, y: float, width: int, height: int, target_mpp: float,
                     colour_map=None) -> np.ndarray:
         """RGB uint8 (height, width, 3) at ``target_mpp`` whose top-left is base pixel (x, y).
@@ -269,7 +288,7 @@ class Slide:
             ox, oy = int(round(lx)) - ix0, int(round(ly)) - iy0
             out = np.ascontiguousarray(raw[oy : oy + height, ox : ox + width])
             return out if colour_map is None else colour_map(out)
-        if colour_map is not None and lw * lh < width * height:  # enlarging: map the fewer pixels first
+        if colour_map is not None and ds > scale:  # enlarging (see colour_map_mpp): map the fewer pixels first
             raw, colour_map = colour_map(raw), None
         box = (lx - ix0, ly - iy0, lx - ix0 + lw, ly - iy0 + lh)
         # bicubic, as training data are resampled (data.resample): one kernel for what the model learns and sees

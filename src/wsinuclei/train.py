@@ -58,6 +58,18 @@ def predict_images(model, images, device="cpu"):
     return out
 
 
+def validation_tiles(prepared: str | Path, input_channels: str, read_mpps=()) -> list[Tile]:
+    """A prepared folder's whole validation images as network input, plus each read at every µm/px of
+    ``read_mpps`` as sets of their own (:func:`data.as_read_at`)."""
+    from .stain import model_input
+
+    tiles = load_tiles(prepared, "val_full")
+    tiles += [r for mpp in read_mpps for r in as_read_at(tiles, float(mpp))]
+    for t in tiles:
+        t.image = model_input(t.image, input_channels)
+    return tiles
+
+
 def validate(model, val_tiles: list[Tile], device="cpu", score_threshold=None) -> dict:
     """Validation figures over every set of whole validation images.
 
@@ -207,14 +219,9 @@ def train(
     sampler = CropSampler(train_tiles, int(tcfg["crop_size"]), sampler_rng, config.input_channels, color_jitter,
                           manifest["min_visible"], manifest["min_size"], Augment.from_dict(tcfg.get("augment")),
                           weights)
-    from .stain import model_input
-
-    val_tiles = load_tiles(prepared, "val_full")
     # `val_read_mpp = [0.5]`: the validation images also read as a 20x slide is (extra sets in the mean), so
     # that the chosen model holds at both resolutions it claims
-    val_tiles += [r for mpp in tcfg.get("val_read_mpp", []) for r in as_read_at(val_tiles, float(mpp))]
-    for t in val_tiles:
-        t.image = model_input(t.image, config.input_channels)
+    val_tiles = validation_tiles(prepared, config.input_channels, tcfg.get("val_read_mpp", ()))
     loss_keys = STAR_LOSS_KEYS if config.is_star else MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
 
     model = build_detector(config).to(device)
@@ -284,7 +291,7 @@ def train(
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                             "rng": _rng_state(sampler_rng), "best": json.dumps(best)}, last)
 
-    def evaluate(done, row=None):
+    def validate_and_keep_best(done, row=None):
         nonlocal best
         v = validate(model, val_tiles, device)
         model.train()
@@ -303,7 +310,7 @@ def train(
     try:
         if init and start == 0:  # a fine-tune's step 0: the loaded weights' own figures, the bar to beat
             with open(log_path, "a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=fields).writerow(evaluate(0))
+                csv.DictWriter(fh, fieldnames=fields).writerow(validate_and_keep_best(0))
         model.train()
         for step in range(start, steps):
             lr = lr_at(step, float(tcfg["lr"]), int(tcfg.get("warmup_steps", 0)), milestones)
@@ -339,7 +346,7 @@ def train(
                 running = {k: 0.0 for k in loss_keys}
                 n_running, t_last = 0, time.time()
             if done % eval_every == 0 or done == steps:
-                row = evaluate(done, row)
+                row = validate_and_keep_best(done, row)
             if row is not None:
                 with open(log_path, "a", newline="") as fh:
                     csv.DictWriter(fh, fieldnames=fields).writerow(row)

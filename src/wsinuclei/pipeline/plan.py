@@ -38,8 +38,8 @@ class SlidePlan:
     @functools.cached_property
     def tissue_outline(self) -> np.ndarray:
         """The thumbnail pixels just outside the tissue mask (the thumbnail's green line), found once: glass
-        pixels with a tissue pixel above, below or beside them (skimage's ``find_boundaries(mode="outer")``,
-        without its general label-image machinery: a fifth of the time)."""
+        pixels with a tissue pixel above, below or beside them (skimage's ``find_boundaries(mode="outer")`` on a
+        binary mask, without its label-image machinery)."""
         from scipy.ndimage import binary_dilation
 
         return binary_dilation(self.mask) & ~self.mask
@@ -98,10 +98,9 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
     if opts.lab_stats is not None:
         mu, sigma = opts.lab_stats
         lab_info = {"mean": [float(v) for v in mu], "std": [float(v) for v in sigma], "definition": "given"}
-    else:  # sampled at the model's µm/px: a thumbnail's averaged pixels would halve σ on a big slide. A slide
-        # read enlarged (20x at 0.25 µm/px) is normalised on its own pixels (Slide.read_region's colour_map), so
-        # its statistics are those pixels' (interpolation smooths: σ of the enlarged pixels is ~5 % lower)
-        stats = tissue_lab_stats(slide, mask, ds, max(model_mpp, mpp))
+    else:  # sampled where the tiles are normalised: a thumbnail's averaged pixels would halve σ on a big slide,
+        # and a slide read enlarged (20x at 0.25 µm/px) is normalised on its own pixels, whose σ interpolation lowers
+        stats = tissue_lab_stats(slide, mask, ds, slide.colour_map_mpp(model_mpp))
         mu, sigma, lab_info = stats.mean, stats.std, stats.as_dict()
     scale = model_mpp / mpp
     tile_size = fitted_tile_size(opts.tile_size, opts.overlap, roi[2] / scale, roi[3] / scale)
