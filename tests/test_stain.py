@@ -20,6 +20,25 @@ def test_lab_matches_histomicstk(ref, i):
     np.testing.assert_allclose(sd, ref[f"lab_std{i}"], rtol=1e-6)
 
 
+def test_lab_mean_std_from_rgb_equals_the_per_pixel_statistics():
+    """From RGB the statistics come from log LMS's mean and covariance; they equal the mean and σ of every
+    pixel's lαβ (black pixels, whose log is clamped, and a mask included)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    img[:5] = 0
+    mask_out = rng.random((300, 200)) < 0.3
+    for mask in (None, mask_out):
+        lab = stain.rgb_to_lab(img).reshape(-1, 3)
+        if mask is not None:
+            lab = lab[~mask.ravel()]
+        mu, sd = stain.lab_mean_std(img, mask_out=mask)
+        np.testing.assert_allclose(mu, lab.mean(axis=0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sd, lab.std(axis=0), rtol=1e-10)
+        assert not np.allclose(sd, lab.std(axis=0, ddof=1), rtol=1e-10, atol=0)  # population σ, as HistomicsTK
+    with pytest.raises(ValueError, match="masked out"):
+        stain.lab_mean_std(img, mask_out=np.ones((300, 200), bool))
+
+
 @need(REFERENCE)
 @pytest.mark.parametrize("i", [0, 1])
 def test_reinhard_matches_histomicstk(ref, i):
