@@ -42,7 +42,7 @@ def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
     tiles = sorted(plan.tiles, key=lambda t: -plan.tissue[t.key][0])[:n_tiles]
     rows = []
     for t in tiles:
-        rgb = plan.slide.read_region(t.x, t.y, t.size, t.size, lm.mpp)
+        rgb = plan.slide.read_region(t.x, t.y, t.width, t.height, lm.mpp)
         x = stain.reinhard(rgb, lm.target_mu, lm.target_sigma, src_mu=plan.ctx.src_mu, src_sigma=plan.ctx.src_sigma)
         torch.set_num_threads(2)
         t0 = time.perf_counter()

@@ -101,6 +101,7 @@ class StubDetector:
         self.threshold = threshold
         self.calls = 0
 
+    tiles_at_once = 1  # as a Detector: one tile per call unless --batch-size asks for more
     outlines = False  # True: also give each blob an outline (its box's corners), as a contour model would
 
     def predict(self, tiles):
@@ -125,7 +126,7 @@ def stub_detector(monkeypatch, random_model):
     from wsinuclei.pipeline import worker
 
     stub = StubDetector(random_model)
-    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None: stub)  # every caller looks it up there
+    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None, streams=1: stub)  # every caller looks it up there
     monkeypatch.setattr(worker, "_model_settings", lambda path: stub.loaded)  # what the slide is planned with
     return stub
 

@@ -155,6 +155,33 @@ def test_threads_sharing_a_detector_each_get_their_own_tiles_nuclei(tmp_path):
                 np.testing.assert_array_equal(s, ws)
 
 
+def test_two_streams_run_a_call_s_tiles_at_once_with_the_same_nuclei(tmp_path, monkeypatch):
+    """In-process runs on the CPU load the network with two OpenVINO streams and hand it two tiles per call:
+    each tile runs on its own stream, and every tile gets the nuclei a one-stream, one-tile-at-a-time
+    detector gives it, in the order given (float32 sums in another order across threads: equal to 1e-5)."""
+    import threading
+
+    from wsinuclei.pipeline import worker
+
+    model = _star(tmp_path, "carried.safetensors", int8=_float_ir(_star(tmp_path)))
+    one = load_detector(model)
+    two = load_detector(model, streams=2)
+    assert (one.tiles_at_once, two.tiles_at_once) == (1, 2)
+    tiles = [synthetic_he(192 + 32 * (k % 3), 256, seed=40 + k)[0] for k in range(5)]
+    seen = set()
+    real = two.net._maps
+    monkeypatch.setattr(two.net, "_maps", lambda t: (seen.add(threading.get_ident()), real(t))[1])
+    got = two.predict_instances(tiles)
+    assert len(seen) == 2  # the tiles ran on two threads, one request each
+    for (b, s, o), t in zip(got, tiles):
+        (wb, ws, wo), = one.predict_instances([t])
+        assert len(b) == len(wb) > 10
+        np.testing.assert_allclose(b, wb, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(s, ws, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(worker.os, "cpu_count", lambda: 1)  # one core: one stream
+    assert worker.in_process_streams("cpu") == 1 and worker.in_process_streams("cuda") == 1
+
+
 def test_a_coarser_read_shares_the_network_with_its_own_budgets(tmp_path, monkeypatch):
     """A worker's detector for tiles read at 0.5 µm/px (a 20x slide at its own resolution) is the 0.25 one's
     network with four times its detection budget; neither budget changes the other."""

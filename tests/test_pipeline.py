@@ -340,7 +340,9 @@ def test_thin_tissue_strip_is_covered_and_glass_detections_dropped(stub_detector
     from wsinuclei.synth import write_pyramid_tiff
 
     img, truth = synthetic_he(1500, 2100, seed=3, n_nuclei=40, tissue=(1000, 0, 1150, 1500))
-    for x, y in ((1400, 300), (1600, 1200), (1800, 700)):  # specks on glass in tiles that run, > 20 µm away
+    # specks on glass > 20 µm from the strip, in the strip's column of tiles (3 columns of 768 px: the middle
+    # one owns x 736-1440 and runs; the right one holds no tissue and is skipped)
+    for x, y in ((1260, 300), (1330, 1200), (1400, 700)):
         img[y:y + 6, x:x + 6] = (60, 20, 90)
     path = tmp_path / "strip.tiff"
     write_pyramid_tiff(path, img, mpp=0.25, compression="zlib", min_level_size=300)

@@ -54,14 +54,46 @@ def test_exhaustive_small_grid():
     assert g.cols == math.ceil((50 - 6) / 10) and g.rows == math.ceil((37 - 6) / 10)
 
 
-def test_tile_size_fits_small_images_and_thin_areas():
-    """White padding changes what a GroupNorm detector sees: tiles shrink to the area's narrow side (rounded
-    up to 32 px), never below overlap + 32 or 64, and large areas keep the asked size."""
-    from wsinuclei.pipeline import fitted_tile_size
+def test_tile_shape_fits_small_images_and_thin_areas():
+    """White padding changes what a GroupNorm detector sees: a tile shrinks to the area's side (rounded up to
+    32 px) where the area is narrower, never below overlap + 32 or 64, and large areas keep the asked size."""
+    from wsinuclei.pipeline import fitted_tile_shape
 
-    assert fitted_tile_size(1024, 64, 512, 512) == 512
-    assert fitted_tile_size(1024, 64, 1000, 1000) == 1024  # MoNuSeg images: unchanged
-    assert fitted_tile_size(1024, 64, 20000, 300) == 320
-    assert fitted_tile_size(1024, 64, 256, 256) == 256
-    assert fitted_tile_size(1024, 64, 40, 40) == 96
-    assert fitted_tile_size(1024, 64, 50000, 40000) == 1024
+    assert fitted_tile_shape(1024, 64, 512, 512) == (512, 512)
+    assert fitted_tile_shape(1024, 64, 1000, 1000) == (1024, 1024)  # MoNuSeg images: unchanged
+    assert fitted_tile_shape(1024, 64, 20000, 300) == (1024, 320)  # a thin strip: long tiles, not 320-px squares
+    assert fitted_tile_shape(1024, 64, 256, 256) == (256, 256)
+    assert fitted_tile_shape(1024, 64, 40, 40) == (96, 96)
+
+
+def test_tile_shape_spreads_the_same_tile_count_over_the_area():
+    """Along each axis: as many tiles as the asked size needs, each as short as still covers the area, so
+    the last row or column is not mostly beyond the slide (CMU-1-Small-Region read at 0.25 µm/px)."""
+    from wsinuclei.pipeline import fitted_tile_shape
+
+    w, h = fitted_tile_shape(1024, 64, 4431.1, 5922.1)
+    assert (w, h) == (960, 928)
+    big, fitted = TileGrid(4431, 5922, 1.0, 1024, 64), TileGrid(4431, 5922, 1.0, (w, h), 64)
+    assert (fitted.cols, fitted.rows) == (big.cols, big.rows) == (5, 7)
+    last = fitted.tile_at(fitted.cols - 1, fitted.rows - 1)
+    # covered, and beyond the area by less than the rounding to 32 px of every stride (the 1024 grid: 433, 862)
+    assert 4431 <= last.x + w < 4431 + 5 * 32 and 5922 <= last.y + h < 5922 + 7 * 32
+    # 50000 model px: 53 tiles of 1024 would reach 50944; 53 of 1024 are still needed, none shorter covers
+    assert fitted_tile_shape(1024, 64, 50000, 40000) == (1024, 1024)
+    assert fitted_tile_shape(1024, 64, 49000, 1984) == (1024, 1024)  # 1984 = 2 x 960 + 64 exactly
+    assert fitted_tile_shape(1024, 64, 49000, 1985) == (1024, 736)  # one px more: 3 rows, 3 x 672 + 64 = 2080
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(1, 5000), h=st.integers(1, 5000), tw=st.integers(64, 1024), th=st.integers(64, 1024),
+       scale=st.sampled_from([0.5, 1.0, 2.0]), pts=st.lists(st.tuples(st.floats(-100, 6000), st.floats(-100, 6000)), min_size=1, max_size=30))
+def test_non_square_tiles_partition_and_cover(w, h, tw, th, scale, pts):
+    g = TileGrid(w, h, scale, (tw, th), 32)
+    tiles = list(g)
+    assert all((t.width, t.height) == (tw, th) for t in tiles)
+    last = g.tile_at(g.cols - 1, g.rows - 1)
+    assert last.x + tw * scale >= w - 1e-6 and last.y + th * scale >= h - 1e-6
+    for x, y in pts:
+        owners = [t for t in tiles if _in_core(t, x, y)]
+        assert len(owners) == 1
+        assert tuple(int(v) for v in g.owner(x, y)) == (owners[0].col, owners[0].row)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from wsinuclei.tissue import region_fraction, tissue_mask
 from conftest import synthetic_he
@@ -28,9 +29,19 @@ def test_region_fraction_area_weighted():
     assert region_fraction(m, 4.0, -40, 0, 40, 40) == 0.25  # half outside the slide counts as glass
 
 
-def test_detections_on_tissue_are_those_within_the_margin_of_a_tissue_pixel():
+def test_the_closing_disc_is_skimage_s():
+    from skimage.morphology import disk
+
+    from wsinuclei.tissue import DISK_2
+
+    np.testing.assert_array_equal(DISK_2, disk(2))
+
+
+@pytest.mark.parametrize("ds", [5.0, 4.7, 200.0])
+def test_detections_on_tissue_are_those_within_the_margin_of_a_tissue_pixel(ds):
     """``on_tissue`` keeps a box whose centre's thumbnail pixel lies within the margin of a tissue pixel, as a
-    Euclidean distance transform of the mask says (its definition), on random blobs and random boxes."""
+    Euclidean distance transform of the mask says (its definition), on random blobs and random boxes; margins
+    of 8, 8.5 and (at least) 1 mask pixels."""
     from scipy.ndimage import distance_transform_edt
     from skimage.draw import disk
 
@@ -41,10 +52,10 @@ def test_detections_on_tissue_are_those_within_the_margin_of_a_tissue_pixel():
     for _ in range(6):
         r, c = disk(tuple(rng.integers(0, 300, 2)), int(rng.integers(5, 60)), shape=mask.shape)
         mask[r, c] = True
-    xy = rng.uniform(-50, 2100, (4000, 2))
-    boxes = np.hstack([xy, xy + rng.uniform(2, 30, (4000, 2))])
-    ds, mpp = 5.0, 0.5  # 2.5 µm per mask pixel: the 20 µm margin is 8 mask pixels
-    want_grown = distance_transform_edt(~mask) <= 8.0
+    xy = rng.uniform(-50, 420 * ds, (4000, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(2, 6 * ds, (4000, 2))])
+    mpp = 0.5  # ds 5: 2.5 µm per mask pixel, the 20 µm margin is 8 mask pixels
+    want_grown = distance_transform_edt(~mask) <= max(1.0, 20.0 / (ds * mpp))
     cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, 399)
     cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, 299)
     got = on_tissue(boxes, mask, ds, mpp)

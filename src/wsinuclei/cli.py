@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mpp", type=float, default=None, help="µm per pixel of the slide's base level; overrides "
                     "the file's metadata and is required when the file has none")
     sp.add_argument("--roi", type=_roi, default=None, help="only this region: x,y,w,h in base pixels")
-    sp.add_argument("--tile-size", type=int, default=1024, help="tile size in model pixels (default 1024)")
+    sp.add_argument("--tile-size", type=int, default=1024, help="largest tile side in model pixels (default 1024); "
+                    "tiles are shortened, as many as this size needs, to spread evenly over the slide")
     sp.add_argument("--overlap", type=int, default=64, help="tile overlap in model pixels, at least the largest "
                     "nucleus (default 64)")
     sp.add_argument("--min-tissue", type=float, default=0.0, help="skip tiles whose core holds this fraction of "

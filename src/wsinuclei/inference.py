@@ -26,6 +26,7 @@ class Detector:
     resolutions holds two detectors (``pipeline.worker``)."""
 
     backend = "torch"
+    tiles_at_once = 1  # tiles a call to predict_instances runs at the same time (OpenVINO streams)
 
     def __init__(self, loaded: LoadedModel):
         from .filters import DetectionFilter
@@ -154,11 +155,12 @@ class OpenVinoStarDetector(Detector):
     backend = "openvino"
 
     def __init__(self, loaded: LoadedModel, network: Path | tuple[bytes, bytes], read_mpp: float | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, streams: int = 1):
         from .models.openvino_star import OpenVinoStarNet
 
         super().__init__(loaded)
-        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads)
+        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads, streams)
+        self.tiles_at_once = self.net.streams
         self.set_read_mpp(read_mpp)
 
     def at_read_mpp(self, read_mpp: float | None) -> "OpenVinoStarDetector":
@@ -189,7 +191,8 @@ class OpenVinoStarDetector(Detector):
         return [self._finish(b, s, outlines=o) for b, s, o in self.net(tiles)]
 
 
-def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None) -> Detector:
+def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None,
+                  streams: int = 1) -> Detector:
     """The detector for a model file, by ``backend`` (:data:`BACKENDS`):
 
     - ``auto``: a star model on the CPU runs its INT8 network on OpenVINO where the file carries one
@@ -198,6 +201,8 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
       OpenVINO conversion, when it agrees, lets the next start take the float32 path).
     - ``openvino-int8``: the INT8 network or a clear error; ``openvino``: float32 on OpenVINO (as torch gives
       it) or a clear error; ``torch``: torch.
+
+    ``streams``: for an OpenVINO network, how many tiles of one call run at once (``OpenVinoStarNet``).
     """
     from .errors import WsinucleiError
 
@@ -210,12 +215,12 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
     loaded, data = read_model_file(path)
     if loaded.config.is_star:
         if backend in ("auto", "openvino-int8"):
-            det = _int8_detector(loaded, read_mpp, insist=backend == "openvino-int8")
+            det = _int8_detector(loaded, read_mpp, insist=backend == "openvino-int8", streams=streams)
             if det is not None:
                 return det
         xml = _checked_conversion(loaded.digest)
         if xml is not None:
-            return OpenVinoStarDetector(loaded, xml, read_mpp)
+            return OpenVinoStarDetector(loaded, xml, read_mpp, streams=streams)
     elif backend == "openvino-int8":
         raise WsinucleiError(f"--backend openvino-int8: {loaded.path} is not a star model; use auto or openvino")
     return NucleusDetector(with_network(loaded, data), device, backend, read_mpp)  # the file read once
@@ -225,7 +230,7 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
 BACKENDS = ("auto", "torch", "openvino", "openvino-int8")
 
 
-def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool) -> Detector | None:
+def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool, streams: int = 1) -> Detector | None:
     import logging
 
     from .errors import WsinucleiError
@@ -244,7 +249,7 @@ def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool) ->
     except ImportError:
         return give_up("OpenVINO is not installed (pip install openvino)")
     try:
-        det = OpenVinoStarDetector(loaded, loaded.int8, read_mpp)
+        det = OpenVinoStarDetector(loaded, loaded.int8, read_mpp, streams=streams)
     except RuntimeError as exc:  # an IR this OpenVINO cannot read (older than the one that wrote it)
         return give_up(f"OpenVINO {openvino.__version__} could not read it ({str(exc).splitlines()[0][:200]})")
     det.backend = "openvino-int8"

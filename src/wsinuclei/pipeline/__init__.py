@@ -15,13 +15,13 @@ Modules, top to bottom: ``run`` (a slide, start to end) → ``executors`` → ``
 
 from .executors import check_remote_workers, local_cluster_kwargs, slurm_cluster_kwargs
 from .options import OPERATING_POINT, RunOptions, RunReport, SlideContext, TileResult
-from .plan import SlidePlan, fitted_tile_size, on_tissue, plan_slide, run_mpp
+from .plan import SlidePlan, fitted_tile_shape, on_tissue, plan_slide, run_mpp
 from .run import annotation_attributes, format_report, run_slide, survey_slide
 from .seams import merge_seams
 from .thumbnail import draw_thumbnail, overlay_nuclei
 from .worker import _STATE, postprocess, process_tile, read_and_preprocess  # noqa: F401 (_STATE: tests look in)
 
 __all__ = ["OPERATING_POINT", "RunOptions", "RunReport", "SlideContext", "SlidePlan", "TileResult",
-           "annotation_attributes", "check_remote_workers", "draw_thumbnail", "fitted_tile_size", "format_report",
+           "annotation_attributes", "check_remote_workers", "draw_thumbnail", "fitted_tile_shape", "format_report",
            "local_cluster_kwargs", "merge_seams", "on_tissue", "overlay_nuclei", "plan_slide", "postprocess",
            "process_tile", "read_and_preprocess", "run_mpp", "run_slide", "slurm_cluster_kwargs", "survey_slide"]

@@ -37,7 +37,8 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
     is inferred: the detector leaves part of the cores idle (its serial steps), which the features use. Results
     still reach ``on_result`` on this thread, in tile order."""
     ctx = plan.ctx
-    det = worker._detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp)
+    det = worker._detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, worker.in_process_streams(ctx.device))
+    batch_size = in_process_batch(opts, det)
 
     def prepare(t):
         try:
@@ -50,7 +51,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
 
     with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool, ThreadPoolExecutor(max_workers=1, initializer=_yield_to_inference) as post:
         # bounded look-ahead: memory is set by tiles in flight, not slide size
-        window = max(2 * opts.batch_size, opts.readers * 2)
+        window = max(2 * batch_size, opts.readers * 2)
         pending = [pool.submit(prepare, t) for t in todo[:window]]
         nxt = window
         finishing = None  # the previous batch's post-processing, at most one in flight
@@ -61,7 +62,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
 
         while pending:
             batch = []
-            while pending and len(batch) < opts.batch_size:
+            while pending and len(batch) < batch_size:
                 batch.append(pending.pop(0).result())
                 if nxt < len(todo):
                     pending.append(pool.submit(prepare, todo[nxt]))
@@ -83,6 +84,12 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
                 finishing = post.submit(finish, good, preds)
         if finishing is not None:
             deliver()
+
+
+def in_process_batch(opts: RunOptions, det) -> int:
+    """Tiles per call to the detector in-process: ``--batch-size``, or as many as it runs at once (its OpenVINO
+    streams) where that is more."""
+    return max(opts.batch_size, det.tiles_at_once)
 
 
 def local_cluster_kwargs(opts: RunOptions, gpus: int) -> dict:

@@ -21,7 +21,7 @@ from ..errors import WsinucleiError
 from ..outputs import atomic_write_bytes, write_outputs
 from ..tiles import Tile
 from . import worker
-from .executors import _run_dask, _run_in_process
+from .executors import _run_dask, _run_in_process, in_process_batch
 from .options import PROFILE_FIELDS, RunOptions, RunReport, TileResult
 from .plan import SlidePlan, on_tissue, plan_slide
 from .seams import merge_seams
@@ -30,7 +30,7 @@ from .worker import _close_slide, read_and_preprocess
 
 
 def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
-    key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "run_mpp": plan.ctx.model_mpp, "roi": plan.roi, "tile": opts.tile_size,
+    key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "run_mpp": plan.ctx.model_mpp, "roi": plan.roi, "tile": [plan.grid.tile_w, plan.grid.tile_h],
            "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
            "lab": [plan.ctx.src_mu, plan.ctx.src_sigma],
            "features": list(plan.ctx.features or []), "score_cut": opts.score_cut if opts.features else None}
@@ -95,12 +95,14 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     loading = None
     if not distributed:  # the detector is built while the slide is planned (compiling a network takes ~0.5 s);
         # cached, so the tiles (and later slides of the same command) use this very instance
-        loading = _BACKGROUND.submit(worker._detector, model_path, opts.device, opts.backend)
+        loading = _BACKGROUND.submit(worker._detector, model_path, opts.device, opts.backend, None,
+                                     worker.in_process_streams(opts.device))
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
                       mpp_range=loaded.config.mpp_range)
+    batch = opts.batch_size
     if loading is not None:
         try:
-            loading.result()  # a network that does not build fails here, before any tile runs
+            batch = in_process_batch(opts, loading.result())  # a network that does not build fails here
         except BaseException:
             plan.slide.close()
             raise
@@ -122,10 +124,10 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         todo = [t for t in plan.tiles if t.key not in results]
         executor = f"slurm, {opts.jobs} jobs x {opts.slurm_cores} cores" if opts.cluster == "slurm" else \
             f"dask scheduler {opts.scheduler}" if opts.scheduler else (
-            f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {opts.batch_size})")
+            f"local dask, {opts.workers} workers" if opts.workers > 0 else f"in-process ({opts.device}, batch {batch})")
         log(f"{name}: {plan.slide.dimensions[0]}x{plan.slide.dimensions[1]} px at {plan.ctx.mpp:g} µm/px, read at "
             f"{plan.ctx.model_mpp:g}; "
-            f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile} px; {resumed} done before); "
+            f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile_w}x{plan.grid.tile_h} px; {resumed} done before); "
             f"{executor}")
         run_s = _execute(plan, todo, opts, results, parts, on_progress)
         report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),

@@ -31,16 +31,18 @@ def _model_settings(model_path: str | None):
     return read_model_file(model_path)[0]
 
 
-def _detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None):
+def _detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None,
+              streams: int = 1):
     """This process's detector for tiles read at ``read_mpp`` (None: the model's own µm/px). Its budgets are set
     once, for that resolution: a worker that runs slides at two resolutions holds one detector for each, never
-    one whose budgets change under another thread."""
+    one whose budgets change under another thread. ``streams``: tiles one call runs at once (OpenVINO; the
+    in-process executor asks for :data:`IN_PROCESS_STREAMS`, a Dask worker's one-tile tasks for 1)."""
     from ..inference import load_detector
 
-    key = ("model", model_path, device, backend)
+    key = ("model", model_path, device, backend, streams)
     with _STATE_LOCK:
         if key not in _STATE:
-            _STATE[key] = load_detector(model_path, device=device, backend=backend)
+            _STATE[key] = load_detector(model_path, device=device, backend=backend, streams=streams)
         native = _STATE[key]
         density = native.density(read_mpp)
         if density == 1.0:
@@ -51,6 +53,15 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
             _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(model_path, device=device, backend=backend,
                                                                          read_mpp=read_mpp)
         return _STATE[key]
+
+
+#: OpenVINO streams for in-process runs on the CPU: two tiles at a time, one per stream (``OpenVinoStarNet``);
+#: fewer where the machine has fewer cores
+IN_PROCESS_STREAMS = 2
+
+
+def in_process_streams(device: str) -> int:
+    return min(IN_PROCESS_STREAMS, os.cpu_count() or 1) if device == "cpu" else 1
 
 
 def _slide(path: str, mpp: float) -> Slide:
@@ -104,7 +115,7 @@ def read_and_preprocess(ctx: SlideContext, tile: Tile) -> tuple[np.ndarray, dict
     while attempts <= ctx.retries:
         attempts += 1
         try:
-            normalised = _slide(ctx.path, ctx.mpp).read_region(tile.x, tile.y, tile.size, tile.size, ctx.model_mpp,
+            normalised = _slide(ctx.path, ctx.mpp).read_region(tile.x, tile.y, tile.width, tile.height, ctx.model_mpp,
                                                                colour_map=reinhard)
             break
         except WsinucleiError as exc:  # a corrupt region: retry, then report the tile as failed
