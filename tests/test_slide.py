@@ -166,6 +166,19 @@ def test_thumbnail_of_a_slide_without_pyramid_reads_in_bands(tmp_path, monkeypat
     assert np.abs(thumb.astype(float) - ref).max() <= 1
 
 
+def test_thumbnail_of_a_large_slide_is_no_finer_than_asked(pyramid_slide, tmp_path):
+    """``min_mpp``: the 2,100-px test slide at 0.25 µm/px is larger than ``max_side`` 2,048, so it is reduced
+    to 1 µm/px (525 px, downsample 4) rather than to 2,048 px; a slide within ``max_side`` stays its own
+    thumbnail at any µm/px, and a slide without µm/px is only bounded by ``max_side``."""
+    path, img, _ = pyramid_slide
+    thumb, ds = Slide(path).thumbnail(min_mpp=1.0)
+    assert thumb.shape == (375, 525, 3) and ds == pytest.approx(4.0)
+    assert Slide(path).thumbnail()[0].shape[1] == 2048  # no floor: the old thumbnail
+    assert Slide(path).thumbnail(max_side=4096, min_mpp=1.0)[0].shape == img.shape  # within max_side: itself
+    Image.fromarray(img).save(tmp_path / "plain.png")
+    assert Slide(tmp_path / "plain.png").thumbnail(min_mpp=1.0)[0].shape[1] == 2048  # no µm/px: max_side only
+
+
 def test_opaque_pixels_composite_to_themselves():
     from wsinuclei.slide import composite_on_white
 

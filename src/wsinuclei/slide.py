@@ -295,13 +295,19 @@ class Slide:
         out = np.array(Image.fromarray(raw).resize((width, height), Image.Resampling.BICUBIC, box=box))
         return out if colour_map is None else colour_map(out)
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+    def thumbnail(self, max_side: int = 2048, min_mpp: float | None = None) -> tuple[np.ndarray, float]:
         """A low-resolution RGB image of the whole slide and its downsample (base px per thumbnail px).
+
+        ``min_mpp``: a slide larger than ``max_side`` is reduced at least to this many µm per pixel (when its
+        µm/px is known), however small that makes the thumbnail; a slide within ``max_side`` is its own
+        thumbnail whatever its µm/px.
 
         Read from the pyramid level closest above the thumbnail's size; a slide without a pyramid (one huge
         level) is read in bands of rows, each reduced before the next is read, so memory stays bounded by
         one band, never the whole level."""
         W, H = self.dimensions
+        if min_mpp and max(W, H) > max_side and self.mpp:
+            max_side = min(max_side, max(1, int(max(W, H) * self.mpp / min_mpp)))
         ds_wanted = max(W, H) / max_side if max(W, H) > max_side else 1.0
         level = self.best_level(ds_wanted)
         lw, lh = self.level_dimensions[level]

@@ -7,6 +7,14 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 
+#: µm per thumbnail pixel that tissue detection needs at most: a slide larger than the thumbnail's 2,048 px is
+#: reduced at least this far (``Slide.thumbnail(min_mpp=)``). Finer costs time in every step that reads the
+#: thumbnail (the mask, the colour patches' pixel test, the tissue line and the PNG) and finds the same tissue:
+#: nuclei (5-15 µm), strips of tissue a few tens of µm wide and the 20 µm margin around detections are all
+#: several pixels at 1 µm. A slide within 2,048 px (an annotated image or tile) stays its own thumbnail.
+MASK_MIN_UM_PER_PX = 1.0
+
+
 def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_saturation: float = 0.04) -> np.ndarray:
     """Boolean tissue mask of a thumbnail.
 

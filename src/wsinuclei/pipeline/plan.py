@@ -15,7 +15,7 @@ from ..colour_stats import tissue_lab_stats
 from ..errors import WsinucleiError
 from ..slide import Slide
 from ..tiles import Tile, TileGrid
-from ..tissue import region_fraction, tissue_mask
+from ..tissue import MASK_MIN_UM_PER_PX, region_fraction, tissue_mask
 from .options import RunOptions, SlideContext, TileResult
 
 
@@ -91,7 +91,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         # a small slide read at its base level: read it once here (planning and in-process tiles share this
         # handle), not once per colour patch and tile; a large one is left as it is (Slide.HOLD_PIXELS)
         slide.hold_base_level()
-    thumb, ds = slide.thumbnail()
+    thumb, ds = slide.thumbnail(min_mpp=MASK_MIN_UM_PER_PX)
     mask = tissue_mask(thumb)
     if not mask.any():
         raise WsinucleiError(f"{path}: no tissue found")
