@@ -268,3 +268,13 @@ def test_evaluate_centre_annotations_reports_centroid_figures_only(tmp_path):
     assert m["annotation"] == "points" and "pooled" not in m and "AP@0.5" not in m
     c = m["pooled_centroid"]
     assert (c["tp"], c["fp"], c["fn"]) == (1, 0, 1)
+
+
+def test_a_closed_stdout_ends_the_command_quietly(pyramid_slide):
+    """`wsinuclei info SLIDE | head -c 0`: the reader is gone before the command writes; it stops with the
+    shell's code for a closed pipe (141) and no traceback."""
+    r = subprocess.run(f'"{sys.executable}" -m wsinuclei.cli info "{pyramid_slide[0]}" | head -c 0; '
+                       'echo "${PIPESTATUS[0]}" >&2', shell=True, executable="/bin/bash", capture_output=True,
+                       text=True, timeout=300)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "141"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -402,6 +403,9 @@ def main(argv=None) -> int:
     except MemoryError:
         print("wsinuclei: error: out of memory", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # stdout closed early (`wsinuclei ... | head`): stop quietly; a detect run resumes
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 141  # 128 + SIGPIPE, as a shell reports a command ended by a closed pipe
 
 
 if __name__ == "__main__":
