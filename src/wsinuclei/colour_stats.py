@@ -21,7 +21,7 @@ from scipy import ndimage
 from . import stain
 from .errors import WsinucleiError
 from .slide import Slide
-from .tissue import MASK_MIN_UM_PER_PX, tissue_mask
+from .tissue import slide_tissue, tissue_mask
 
 #: How the statistics are taken; stored in run.json and model files so results say what they used.
 DEFINITION = "tissue-patches-v1"
@@ -101,8 +101,11 @@ def tissue_lab_stats(slide: Slide, mask: np.ndarray, mask_downsample: float, mpp
 def slide_tissue_stats(slide: Slide, mpp: float, thumbnail=None, **kwargs) -> LabStats:
     """:func:`tissue_lab_stats` with the tissue mask made from the slide's thumbnail (or the given
     ``(thumbnail, downsample)`` pair)."""
-    thumb, ds = thumbnail if thumbnail is not None else slide.thumbnail(min_mpp=MASK_MIN_UM_PER_PX)
-    return tissue_lab_stats(slide, tissue_mask(thumb), ds, mpp, **kwargs)
+    if thumbnail is None:
+        _, ds, mask = slide_tissue(slide)
+    else:
+        mask, ds = tissue_mask(thumbnail[0]), thumbnail[1]
+    return tissue_lab_stats(slide, mask, ds, mpp, **kwargs)
 
 
 def image_tissue_stats(path, image_mpp: float, mpp: float, **kwargs) -> LabStats:

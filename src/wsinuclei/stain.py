@@ -73,7 +73,7 @@ def lab_mean_std(
 
     From RGB, lαβ is a fixed linear map of log LMS, so its mean and variance follow from log LMS's mean and
     3x3 covariance: the second matrix product and the strided σ over a million pixels are not computed (the
-    same figures to about 1e-15, in half the time; colour statistics are taken at the start of every slide).
+    same figures to about 1e-15, ``tests/test_stain.py``; colour statistics are taken at the start of every slide).
     """
     if im_lab is not None:
         pixels = im_lab.reshape(-1, 3)

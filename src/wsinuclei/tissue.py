@@ -15,6 +15,13 @@ from skimage.filters import threshold_otsu
 MASK_MIN_UM_PER_PX = 1.0
 
 
+def slide_tissue(slide) -> tuple[np.ndarray, float, np.ndarray]:
+    """A slide's thumbnail for tissue detection (:data:`MASK_MIN_UM_PER_PX`), its downsample (base px per
+    thumbnail px) and its tissue mask: the one rule planning and colour statistics (training too) share."""
+    thumb, ds = slide.thumbnail(min_mpp=MASK_MIN_UM_PER_PX)
+    return thumb, ds, tissue_mask(thumb)
+
+
 def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_saturation: float = 0.04) -> np.ndarray:
     """Boolean tissue mask of a thumbnail.
 
@@ -48,8 +55,8 @@ def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_
     return mask
 
 
-#: skimage.morphology.disk(2), written out: importing skimage.morphology (and the scipy.spatial it pulls in) costs
-#: about 0.1 s of every run's start for these 25 values
+#: skimage.morphology.disk(2), written out: importing skimage.morphology (and the scipy.spatial it pulls in) for
+#: these 25 values lengthened every run's start
 DISK_2 = np.array([[0, 0, 1, 0, 0],
                    [0, 1, 1, 1, 0],
                    [1, 1, 1, 1, 1],

@@ -91,10 +91,10 @@ class OpenVinoStarNet:
     bytes (the INT8 network a model file carries, ``int8.py``).
 
     ``streams``: OpenVINO streams, each with its share of the ``threads``; a call with several tiles runs up
-    to that many at once, one per stream. Two tiles on two one-thread streams took less time than one after
-    another on two threads (a whole-slide run on 2 cores, where reader threads preempt the network's: a stream
-    that loses its core does not hold the other's work up at every layer's barrier); a lone tile then has
-    only its stream's threads, so one-tile-at-a-time callers keep the default, 1."""
+    to that many at once, one per stream. Why: in a whole-slide run reader threads preempt the network's, and
+    a stream that loses its core does not hold the other's work up at every layer's barrier (session 11 chose
+    two streams from ad hoc whole-command timings on 2 cores, noted in its closing note, not in BENCHMARKS).
+    A lone tile has only its stream's threads, so one-tile-at-a-time callers keep the default, 1."""
 
     def __init__(self, network: Path | tuple[bytes, bytes], head: dict[str, Any], threads: int | None = None,
                  streams: int = 1):

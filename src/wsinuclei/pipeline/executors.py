@@ -37,7 +37,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
     is inferred: the detector leaves part of the cores idle (its serial steps), which the features use. Results
     still reach ``on_result`` on this thread, in tile order."""
     ctx = plan.ctx
-    det = worker._detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, worker.in_process_streams(ctx.device))
+    det = worker.in_process_detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp)
     batch_size = in_process_batch(opts, det)
 
     def prepare(t):

@@ -132,7 +132,6 @@ class SlideContext:
     src_sigma: list[float]
     target_mu: list[float]
     target_sigma: list[float]
-    tile_shape: tuple[int, int]  # (width, height) of every tile, model pixels
     device: str = "cpu"
     min_score: float = 0.1
     retries: int = 2

@@ -15,7 +15,7 @@ from ..colour_stats import tissue_lab_stats
 from ..errors import WsinucleiError
 from ..slide import Slide
 from ..tiles import Tile, TileGrid
-from ..tissue import MASK_MIN_UM_PER_PX, region_fraction, tissue_mask
+from ..tissue import region_fraction, slide_tissue
 from .options import RunOptions, SlideContext, TileResult
 
 
@@ -91,8 +91,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         # a small slide read at its base level: read it once here (planning and in-process tiles share this
         # handle), not once per colour patch and tile; a large one is left as it is (Slide.HOLD_PIXELS)
         slide.hold_base_level()
-    thumb, ds = slide.thumbnail(min_mpp=MASK_MIN_UM_PER_PX)
-    mask = tissue_mask(thumb)
+    thumb, ds, mask = slide_tissue(slide)
     if not mask.any():
         raise WsinucleiError(f"{path}: no tissue found")
     if opts.lab_stats is not None:
@@ -117,7 +116,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
                              "(see --min-tissue, --no-tissue-mask)")
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],
-                       [float(v) for v in target_mu], [float(v) for v in target_sigma], tile_shape,
+                       [float(v) for v in target_mu], [float(v) for v in target_sigma],
                        opts.device, opts.min_score, opts.retries, opts.score_cut,
                        tuple(opts.feature_families) if opts.features else None, backend=opts.backend)
     return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)

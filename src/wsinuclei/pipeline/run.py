@@ -95,8 +95,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     loading = None
     if not distributed:  # the detector is built while the slide is planned (compiling a network takes ~0.5 s);
         # cached, so the tiles (and later slides of the same command) use this very instance
-        loading = _BACKGROUND.submit(worker._detector, model_path, opts.device, opts.backend,
-                                     streams=worker.in_process_streams(opts.device))
+        loading = _BACKGROUND.submit(worker.in_process_detector, model_path, opts.device, opts.backend)
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
                       mpp_range=loaded.config.mpp_range)
     batch = opts.batch_size

@@ -64,6 +64,12 @@ def in_process_streams(device: str) -> int:
     return min(IN_PROCESS_STREAMS, os.cpu_count() or 1) if device == "cpu" else 1
 
 
+def in_process_detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None):
+    """:func:`_detector` as the in-process executor runs it (with :func:`in_process_streams`): the one call
+    that the background load in ``run_slide`` and the executor share, so both get the same cached instance."""
+    return _detector(model_path, device, backend, read_mpp, in_process_streams(device))
+
+
 def _slide(path: str, mpp: float) -> Slide:
     """This process's handle on a slide: OpenSlide handles are thread-safe, so reader threads share one."""
     key = ("slide", path, mpp)
