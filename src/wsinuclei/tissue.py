@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage.filters import threshold_otsu
+
+from .morphology import binary_closing, drop_small_components, otsu_threshold
 
 
 #: µm per thumbnail pixel that tissue detection needs at most: a slide larger than the thumbnail's 2,048 px is
@@ -43,20 +43,20 @@ def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_
     saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0)
     if od.max() - od.min() < 0.05:  # uniform: glass only (or a single colour): no tissue to find
         return np.zeros(od.shape, bool)
-    thresh = threshold_otsu(od)
+    thresh = otsu_threshold(od)
     # Otsu splits whatever two populations there are; on a slide that is all tissue it would split nuclei
     # from stroma, so never let the threshold exceed a clearly-tissue optical density.
     thresh = min(thresh, 0.3)
     mask = (od > thresh) & (saturation > min_saturation)
-    mask = ndimage.binary_closing(mask, structure=DISK_2, border_value=0)
+    mask = binary_closing(mask, DISK_2)
     min_size = max(16, int(mask.size * min_object_fraction))
-    mask = _drop_small(mask, min_size)  # specks: dust, debris
-    mask = ~_drop_small(~mask, min_size)  # small holes: lumina, fat inside tissue
+    mask = drop_small_components(mask, min_size)  # specks: dust, debris
+    mask = ~drop_small_components(~mask, min_size)  # small holes: lumina, fat inside tissue
     return mask
 
 
-#: skimage.morphology.disk(2), written out: importing skimage.morphology (and the scipy.spatial it pulls in) for
-#: these 25 values lengthened every run's start
+#: skimage.morphology.disk(2), written out (morphology.py says why the run avoids importing scipy.ndimage and
+#: the scikit-image modules that import it)
 DISK_2 = np.array([[0, 0, 1, 0, 0],
                    [0, 1, 1, 1, 0],
                    [1, 1, 1, 1, 1],
@@ -65,17 +65,6 @@ DISK_2 = np.array([[0, 0, 1, 0, 0],
 
 #: optical density of each 8-bit value, -log((v + 1) / 256)
 _OD = -np.log((np.arange(256, dtype=np.float64) + 1) / 256.0)
-
-
-def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove connected components (8-connected) smaller than ``min_size`` pixels."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[labels]
 
 
 def region_fraction(mask: np.ndarray, mask_downsample: float, x0: float, y0: float, x1: float, y1: float) -> float:

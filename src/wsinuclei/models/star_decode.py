@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from ..boxes import nms
+from ..morphology import max_filter3
 
 
 def star_stride(head: dict) -> int:
@@ -38,7 +38,7 @@ def decode_star(prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int]
     dirs = ray_directions(n_rays) if ray_dirs is None else np.asarray(ray_dirs, np.float32)
     prob = 1.0 / (1.0 + np.exp(-np.asarray(prob_logits, np.float32)))
     # a local maximum over the whole map (padding included, as a max-pool over the padded batch sees it)
-    peaks = (prob == ndimage.maximum_filter(prob, size=3, mode="constant", cval=-np.inf)) & (prob >= score_thresh)
+    peaks = (prob == max_filter3(prob, -np.inf)) & (prob >= score_thresh)
     h, w = int(size[0]), int(size[1])
     peaks = peaks[: -(-h // stride), : -(-w // stride)]
     gy, gx = np.nonzero(peaks)

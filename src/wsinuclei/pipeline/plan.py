@@ -13,6 +13,7 @@ import numpy as np
 
 from ..colour_stats import tissue_lab_stats
 from ..errors import WsinucleiError
+from ..morphology import CROSS, binary_dilation
 from ..slide import Slide
 from ..tiles import Tile, TileGrid
 from ..tissue import region_fraction, slide_tissue
@@ -40,9 +41,7 @@ class SlidePlan:
         """The thumbnail pixels just outside the tissue mask (the thumbnail's green line), found once: glass
         pixels with a tissue pixel above, below or beside them (skimage's ``find_boundaries(mode="outer")`` on a
         binary mask, without its label-image machinery)."""
-        from scipy.ndimage import binary_dilation
-
-        return binary_dilation(self.mask) & ~self.mask
+        return binary_dilation(self.mask, CROSS) & ~self.mask
 
     def add_tissue(self, r: "TileResult") -> None:
         frac, secs = self.tissue.get(r.key, (None, 0.0))

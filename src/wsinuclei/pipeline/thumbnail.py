@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..morphology import sum3
 from ..outputs import atomic_write_bytes
 from .plan import SlidePlan
 
@@ -66,11 +67,9 @@ def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) ->
         return np.asarray(im).copy(), f"{len(boxes)} nuclei (green boxes)"
     cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
     cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
-    from scipy.ndimage import convolve
-
     per_pixel = np.bincount(cy * w + cx, minlength=h * w).reshape(h, w)
     # a dot is crowded when another shares its pixel or touches it: then dots merge into blobs
-    near = convolve(per_pixel, np.ones((3, 3), per_pixel.dtype), mode="constant")
+    near = sum3(per_pixel)
     occupied = per_pixel > 0
     crowded = (near[occupied] > 1).sum() / max(1, occupied.sum())
     if crowded <= DOTS_MAX_CROWDING:
