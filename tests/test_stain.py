@@ -131,3 +131,18 @@ def test_reinhard_table_is_exactly_reinhard():
     # a tile with more new colours than the sorting path takes (an upsampled tile's interpolated colours)
     big = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
     np.testing.assert_array_equal(table(big), stain.reinhard(big, *args))
+
+
+def test_reinhard_table_shared_by_threads():
+    """Reader threads share one table; each has its own scratch for finding new colours, so tiles full of new
+    colours, converted at the same time, still come out as reinhard() gives them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    args = (stain.DEFAULT_TARGET_MU, stain.DEFAULT_TARGET_SIGMA, [8.4, -0.12, 0.035], [0.61, 0.09, 0.016])
+    table = stain.ReinhardTable(*args)
+    tiles = [rng.integers(0, 256, (360, 360, 3), dtype=np.uint8) for _ in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(table, tiles))
+    for tile, out in zip(tiles, outs):
+        np.testing.assert_array_equal(out, stain.reinhard(tile, *args))

@@ -10,6 +10,7 @@ Every function takes numpy arrays. The pipeline normalises tiles in its reader t
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,15 +127,16 @@ def reinhard(
     return out.astype(np.uint8)
 
 
-def _distinct(codes: np.ndarray) -> np.ndarray:
-    """The distinct 24-bit colour codes, sorted. Many (an upsampled tile's interpolated colours: up to a
-    million) are marked in a 16 MiB table and read back in order, ten times as fast as sorting them; few are
-    sorted (``np.unique``), cheaper than scanning the table."""
+def _distinct(codes: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The distinct 24-bit colour codes among ``codes``, in no particular order. Few are sorted (``np.unique``);
+    many (an upsampled tile's interpolated colours: up to a million) go through ``owner``, a scratch table of
+    2^24 int32 that each code's positions write their index to: the one position whose index survives
+    represents its code. Two passes over the codes instead of a sort, or a scan of 2^24 entries per tile."""
     if len(codes) < 100_000:
         return np.unique(codes)
-    seen = np.zeros(1 << 24, bool)
-    seen[codes] = True
-    return np.flatnonzero(seen).astype(np.uint32)
+    index = np.arange(len(codes), dtype=np.int32)
+    owner[codes] = index
+    return codes[owner[codes] == index]
 
 
 class ReinhardTable:
@@ -150,6 +152,7 @@ class ReinhardTable:
     def __init__(self, target_mu, target_sigma, src_mu, src_sigma):
         self.args = (target_mu, target_sigma, src_mu, src_sigma)
         self.table = np.full(1 << 24, self.UNKNOWN, np.uint32)
+        self._scratch = threading.local()  # each reader thread's ``_distinct`` table (never shared: it is written)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         rgb = np.asarray(rgb)[..., :3]
@@ -157,11 +160,15 @@ class ReinhardTable:
         packed = self.table[codes]
         unknown = packed == self.UNKNOWN
         if unknown.any():
-            new = _distinct(codes[unknown])
+            missing = codes[unknown]
+            owner = getattr(self._scratch, "owner", None)
+            if owner is None and len(missing) >= 100_000:
+                owner = self._scratch.owner = np.empty(1 << 24, np.int32)  # pages are touched only where written
+            new = _distinct(missing, owner)
             cols = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], axis=-1).astype(np.uint8)[None]
             out = reinhard(cols, *self.args)[0].astype(np.uint32)
             self.table[new] = (out[:, 0] << 16) | (out[:, 1] << 8) | out[:, 2]
-            packed = self.table[codes]
+            packed[unknown] = self.table[missing]
         result = np.empty(rgb.shape, np.uint8)
         result[..., 0] = packed >> 16
         result[..., 1] = (packed >> 8) & 255
