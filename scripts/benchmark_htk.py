@@ -2,7 +2,8 @@
 """wsinuclei against HistomicsTK's classical NucleiDetection CLI, side by side in one run, on the same slides:
 a generated 40x slide (real MoNuSeg H&E images at 0.25 µm/px, 4,300 px square by default) and
 CMU-1-Small-Region (20x, 0.499 µm/px). After one untimed run of each, the commands alternate (wsinuclei,
-HistomicsTK, wsinuclei, ...) so drifts in machine speed hit both; the median of each is reported.
+HistomicsTK, wsinuclei, ...) so drifts in machine speed hit both. Each tool's median and best (fastest) run are
+reported, and the ratio of each: the speed issue asks for the best of 3; the median is the steadier figure.
 
 HistomicsTK runs as the speed issue prescribes: every core in threads (`--scheduler multithreading --num_workers
 N`), box output, and at the slide's own magnification on the 40x slide (`--analysis_mag 40`; at its default 20 it
@@ -134,10 +135,13 @@ def main() -> None:
             counts["histomicstk"] = len(htk_boxes(anot))
             print(name, k, {t: round(v[-1], 1) for t, v in times.items()}, flush=True)
         med = {t: statistics.median(v) for t, v in times.items()}
+        best = {t: min(v) for t, v in times.items()}
         results["slides"][name] = {
             "slide": str(slide), "wall_s": {t: [round(x, 2) for x in v] for t, v in times.items()},
             "median_s": {t: round(v, 2) for t, v in med.items()}, "nuclei": counts,
             "ratio_wsinuclei_over_htk": round(med["wsinuclei"] / med["histomicstk"], 3),
+            "best_s": {t: round(v, 2) for t, v in best.items()},
+            "best_ratio_wsinuclei_over_htk": round(best["wsinuclei"] / best["histomicstk"], 3),
             "wsinuclei_read_mpp": report.get("read_mpp"),
         }
         truth_csv = Path(slide).with_suffix(".truth.csv")
@@ -152,11 +156,13 @@ def main() -> None:
                                                    "histomicstk": accuracy(htk_boxes(out / f"{name}_htk.anot"), truth, mpp)}
     (out / "htk_side_by_side.json").write_text(json.dumps(results, indent=1))
     print(f"\nMachine: {results['machine']}; model: {results['model']}; HistomicsTK: {results['histomicstk_args']}\n")
-    print("| slide | wsinuclei s (median) | HistomicsTK s (median) | ratio | nuclei wsinuclei / HistomicsTK |")
-    print("|---|---|---|---|---|")
+    print("| slide | wsinuclei s (median) | HistomicsTK s (median) | ratio | best of each: ratio | "
+          "nuclei wsinuclei / HistomicsTK |")
+    print("|---|---|---|---|---|---|")
     for name, r in results["slides"].items():
         print(f"| {name} | {r['median_s']['wsinuclei']} | {r['median_s']['histomicstk']} | "
-              f"{r['ratio_wsinuclei_over_htk']} | {r['nuclei']['wsinuclei']} / {r['nuclei']['histomicstk']} |")
+              f"{r['ratio_wsinuclei_over_htk']} | {r['best_s']['wsinuclei']} / {r['best_s']['histomicstk']}: "
+              f"{r['best_ratio_wsinuclei_over_htk']} | {r['nuclei']['wsinuclei']} / {r['nuclei']['histomicstk']} |")
     for name, r in results["slides"].items():
         if "accuracy" in r:
             print(f"\nAccuracy on {name} (its truth): " + "; ".join(
