@@ -57,3 +57,55 @@ def test_auto_falls_back_to_torch_and_openvino_insists(random_model, monkeypatch
         backends.use_backend(model, "openvino", "cpu", "k")
     with pytest.raises(WsinucleiError, match="runs on the CPU"):
         backends.use_backend(model, "openvino", "cuda", "k")
+
+
+def test_thread_infer_first_call_runs_alone():
+    """OpenVINO's binding can deadlock when two threads make their first infer call at once (a whole-slide run
+    hung that way about one run in ten): ThreadInfer lets the first call finish before any other starts, then
+    lets calls overlap (one infer request per thread)."""
+    import threading
+    import time
+
+    from wsinuclei.models.openvino_star import ThreadInfer
+
+    state = {"now": 0, "peak_during_first": 0, "peak": 0, "calls": 0, "requests": 0}
+    lock = threading.Lock()
+
+    class Request:
+        def infer(self, x, share_inputs):
+            with lock:
+                state["now"] += 1
+                state["calls"] += 1
+                first = state["calls"] == 1
+                state["peak"] = max(state["peak"], state["now"])
+            time.sleep(0.05)
+            with lock:
+                if first:
+                    state["peak_during_first"] = state["peak"]
+                state["now"] -= 1
+            return x * 2
+
+    class Compiled:
+        def create_infer_request(self):
+            with lock:
+                state["requests"] += 1
+            return Request()
+
+    infer = ThreadInfer(Compiled())
+    barrier = threading.Barrier(4)
+    results = [None] * 8
+
+    def work(k):
+        barrier.wait()
+        for j in (k, k + 4):
+            results[j] = infer(np.full(2, j))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r[0] for r in results] == [2 * j for j in range(8)]
+    assert state["peak_during_first"] == 1  # nothing else ran while the first call did
+    assert state["peak"] > 1  # afterwards the threads' calls overlapped
+    assert state["requests"] == 4  # one request per thread

@@ -75,8 +75,23 @@ class ThreadInfer:
     def __init__(self, compiled):
         self.compiled = compiled
         self._local = threading.local()
+        # The first call runs alone: OpenVINO's Python binding initialises function-local statics the first time
+        # it turns a numpy array into a tensor, and two threads doing that at once can deadlock (one holds the
+        # GIL while it waits for the static's guard; the other, inside the initialisation, waits for the GIL).
+        # Seen as a whole-slide run that hung at its first tiles, about one run in ten, with two streams.
+        self._first_call = threading.Lock()
+        self._warm = False
 
     def __call__(self, x: np.ndarray):
+        if not self._warm:
+            with self._first_call:  # a waiting thread releases the GIL while it waits here
+                if not self._warm:
+                    result = self._infer(x)
+                    self._warm = True
+                    return result
+        return self._infer(x)
+
+    def _infer(self, x: np.ndarray):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
