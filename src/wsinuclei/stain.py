@@ -144,8 +144,9 @@ class ReinhardTable:
     function of each pixel's RGB alone, so every colour met is computed once and looked up after: a slide's
     tiles share most of their colours, and a 1024² tile costs a gather instead of two colour-space
     conversions. Exactly :func:`reinhard`'s output (the same function, on the same colours). A 2^24 table of
-    packed RGB (64 MiB) per slide and process; safe to share between reader threads (a colour computed twice
-    is written twice with the same value)."""
+    packed RGB (64 MiB) per slide and process, and for each reader thread that meets many new colours at once a
+    2^24 scratch table (up to 64 MiB more, touched only where written: ``_distinct``); safe to share between
+    reader threads (a colour computed twice is written twice with the same value)."""
 
     UNKNOWN = np.uint32(0xFFFFFFFF)
 
