@@ -345,3 +345,22 @@ def test_a_deeper_trunk_warm_started_computes_what_the_shallower_one_did():
     with torch.inference_mode():
         c = plain.eval()([x])[0]
     assert len(c["boxes"]) != len(b["boxes"]) or not torch.equal(c["boxes"], b["boxes"])
+
+
+def test_set_weights_override_the_prepared_shares():
+    """`[train] set_weights` in a preset replaces the prepared data's share of the sets it names; a set without a
+    training part, a bad share or a one-set folder is refused in words."""
+    from wsinuclei.errors import WsinucleiError
+    from wsinuclei.train import sampling_weights
+
+    sets = {"monuseg": {"weight": 0.35}, "nuinsseg": {"weight": 0.35}, "consep": {"weight": 0.3},
+            "crchisto": {"weight": 1.0, "use": "val"}}
+    assert sampling_weights(sets) == {"monuseg": 0.35, "nuinsseg": 0.35, "consep": 0.3}
+    assert sampling_weights(sets, {"consep": 0.5}) == {"monuseg": 0.35, "nuinsseg": 0.35, "consep": 0.5}
+    assert sampling_weights({"monuseg": {"weight": 1.0}}) is None
+    for bad, words in (({"crchisto": 1.0}, "no training part"), ({"consep": -1}, "non-negative"),
+                       ({"monuseg": 0, "nuinsseg": 0, "consep": 0}, "not all zero"), ({"consep": "many"}, "numbers")):
+        with pytest.raises(WsinucleiError, match=words):
+            sampling_weights(sets, bad)
+    with pytest.raises(WsinucleiError, match="one set"):
+        sampling_weights({"monuseg": {"weight": 1.0}}, {"monuseg": 2.0})

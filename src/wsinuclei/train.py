@@ -176,6 +176,31 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+
+def sampling_weights(sets: dict, override: dict | None = None) -> dict[str, float] | None:
+    """Each training set's share of the crops: the prepared folder's (``weight`` in its recipe, kept in
+    ``manifest.json``), or a preset's ``[train] set_weights`` table, which replaces the shares of the sets it names
+    (an experiment can reweight sets without preparing the data again). None: a prepared folder of one set,
+    drawn tile by tile."""
+    if len(sets) <= 1:
+        if override:
+            raise WsinucleiError("[train] set_weights: the prepared data holds one set; there is nothing to reweight")
+        return None
+    weights = {n: float(v["weight"]) for n, v in sets.items() if v.get("use") != "val"}
+    if override:
+        try:
+            shares = {str(k): float(v) for k, v in dict(override).items()}
+        except (TypeError, ValueError):
+            raise WsinucleiError("[train] set_weights: a table of set name = share (numbers)") from None
+        unknown = sorted(set(shares) - set(weights))
+        if unknown:
+            raise WsinucleiError(f"[train] set_weights names sets the prepared data has no training part of: {unknown} "
+                                 f"(it has {sorted(weights)})")
+        weights.update(shares)
+        if not all(v >= 0 for v in weights.values()) or not sum(weights.values()) > 0:
+            raise WsinucleiError("[train] set_weights: shares must be non-negative, not all zero")
+    return weights
+
 def train(
     config: DetectorConfig,
     prepared: str | Path,
@@ -210,7 +235,7 @@ def train(
     torch.manual_seed(seed)
     sampler_rng = np.random.default_rng(seed)
     sets = manifest.get("sets", {})
-    weights = {n: float(v["weight"]) for n, v in sets.items() if v.get("use") != "val"} if len(sets) > 1 else None
+    weights = sampling_weights(sets, tcfg.get("set_weights"))
     train_tiles = load_tiles(prepared, "train")
     _set_glass_colour(train_tiles, manifest)
     if config.has_masks and any(t.labels is None for t in train_tiles):
