@@ -3,9 +3,9 @@ in numpy: each is exactly the scipy.ndimage or scikit-image call it stands for, 
 checks them against those calls.
 
 Why not call them: importing ``scipy.ndimage`` (which ``skimage.filters`` and ``skimage.measure`` import too)
-costs about 0.2 s in every process on this 2-core machine, most of it scipy's array-API layer (numpy.testing,
-numpy.f2py), a twentieth of a whole run on a small slide; these few operations on thumbnail-sized arrays take
-milliseconds. Training and evaluation keep using scipy and scikit-image.
+costs every process a noticeable share of a small slide's whole run, most of it scipy's array-API layer
+(numpy.testing, numpy.f2py); BENCHMARKS.md (session 12) gives the command that measures it. These few operations
+on thumbnail-sized arrays are cheap in numpy. Training and evaluation keep using scipy and scikit-image.
 """
 
 from __future__ import annotations

@@ -176,7 +176,6 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-
 def sampling_weights(sets: dict, override: dict | None = None) -> dict[str, float] | None:
     """Each training set's share of the crops: the prepared folder's (``weight`` in its recipe, kept in
     ``manifest.json``), or a preset's ``[train] set_weights`` table, which replaces the shares of the sets it names
@@ -200,6 +199,7 @@ def sampling_weights(sets: dict, override: dict | None = None) -> dict[str, floa
         if not all(v >= 0 for v in weights.values()) or not sum(weights.values()) > 0:
             raise WsinucleiError("[train] set_weights: shares must be non-negative, not all zero")
     return weights
+
 
 def train(
     config: DetectorConfig,
