@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -238,3 +240,51 @@ def test_validation_read_at_20x_scales_images_boxes_and_the_centroid_radius():
     assert v["val_monuseg_0.5mpp_centroid_f1"] == 0.0
     v = score_predictions([Tile("m", "monuseg", half.image, half.boxes)], [pred], score_threshold=0.5)
     assert v["val_monuseg_centroid_f1"] == 1.0
+
+
+def test_centre_discs_split_touching_centres_halfway_and_keep_their_radius():
+    from wsinuclei.data import centre_discs
+
+    labels = centre_discs(np.array([[20.5, 20.5], [28.5, 20.5], [60.2, 40.9]]), (50, 80), 5.0)
+    assert labels[20, 20] == 1 and labels[20, 28] == 2 and labels[40, 60] == 3
+    assert labels[20, 23] == 1 and labels[20, 25] == 2  # the two discs meet halfway (x = 24)
+    assert labels[20, 14] == 0 and labels[20, 15] == 1  # 5 px from its centre still in, 6 px out
+    assert labels[35, 60] == 3 and labels[34, 60] == 0
+    assert (labels == 3).sum() == 81  # a whole disc of radius 5: 81 pixels
+    assert not centre_discs(np.zeros((0, 2)), (10, 10), 3.0).any()
+
+
+def test_a_centre_only_training_set_becomes_discs_at_the_models_resolution(tmp_path):
+    """Centres of a 20x set (use = "train") are read on the model's 0.25 µm/px grid: the image upsampled 2x, each
+    centre a 2.5-µm (10-px) disc around the pixel its point falls in, tiles marked ``centre_only``."""
+    from wsinuclei.data import CENTRE_RADIUS_UM, load_recipe, load_tiles, prepare_sources
+
+    pts = tmp_path / "c"
+    pts.mkdir()
+    img, _ = synthetic_he(100, 100, seed=3, n_nuclei=4)
+    Image.fromarray(img).save(pts / "p0.png")
+    (pts / "p0_points.csv").write_text("x,y\n10,20\n70,45\n")
+    _labelled_folder(tmp_path / "a", 2)
+    (tmp_path / "r.toml").write_text(
+        '[[source]]\nname = "a"\npath = "a"\nkind = "labels"\nuse = "train"\n'
+        '[[source]]\nname = "c"\npath = "c"\nkind = "points"\nmpp = 0.5\nuse = "train"\n')
+    sources, _ = load_recipe(tmp_path / "r.toml")
+    m = prepare_sources(sources, tmp_path / "prep", tile=256, progress=False)
+    assert m["sets"]["c"]["train"] == ["p0"] and m["sets"]["c"]["nuclei"]["train"] == 2
+    tiles = {t.set: t for t in load_tiles(tmp_path / "prep", "train")}
+    c, a = tiles["c"], tiles["a"]
+    assert c.centre_only and not a.centre_only
+    assert c.image.shape == (200, 200, 3) and sorted(np.unique(c.labels)) == [0, 1, 2]
+    assert c.labels[41, 21] == 1 and c.labels[91, 141] == 2  # (10, 20) -> pixel (21, 41); (70, 45) -> (141, 91)
+    r = CENTRE_RADIUS_UM / 0.25
+    assert (c.labels == 1).sum() == np.sum(np.hypot(*np.mgrid[-12:13, -12:13]) <= r)
+
+
+def test_centre_only_sets_cannot_be_split():
+    import pytest
+
+    from wsinuclei.data import Source
+    from wsinuclei.errors import WsinucleiError
+
+    with pytest.raises(WsinucleiError, match="one side"):
+        Source.from_dict({"name": "c", "path": "/x", "kind": "points", "use": "split"}, Path("."))

@@ -364,3 +364,36 @@ def test_set_weights_override_the_prepared_shares():
             sampling_weights(sets, bad)
     with pytest.raises(WsinucleiError, match="one set"):
         sampling_weights({"monuseg": {"weight": 1.0}}, {"monuseg": 2.0})
+
+
+def _with_centre_only_tile(prepared, folder):
+    """A copy of a prepared folder whose first training tile is marked as centre discs."""
+    import shutil
+
+    shutil.copytree(prepared, folder)
+    first = sorted((folder / "train").glob("*.npz"))[0]
+    with np.load(first) as z:
+        arrays = dict(z)
+    np.savez(first, **arrays, centre_only=np.bool_(True))
+    return folder
+
+
+def test_centre_only_tiles_reach_a_star_models_loss_and_stop_other_presets(tiny_data, tmp_path, monkeypatch):
+    from wsinuclei.models.star import StarNet
+    from wsinuclei.train import train
+
+    prepared = _with_centre_only_tile(tiny_data, tmp_path / "prep")
+    with pytest.raises(WsinucleiError, match="centres only"):
+        train(_tiny_config(5), prepared, tmp_path / "fast", steps=2, progress=False, threads=2)
+    seen = []
+    losses = StarNet.losses
+
+    def spy(self, out, images, targets):
+        seen.extend(bool(t.get("centre_only", False)) for t in targets)
+        return losses(self, out, images, targets)
+
+    monkeypatch.setattr(StarNet, "losses", spy)
+    cfg = load_preset("star")
+    cfg.train.update(warmup_steps=1, batch_size=2, crop_size=128, eval_every=100, lr_milestones=[])
+    train(cfg, prepared, tmp_path / "star", steps=4, progress=False, threads=2)
+    assert len(seen) == 8 and 0 < sum(seen) < 8  # one of the training tiles is centre-only

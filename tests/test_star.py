@@ -220,3 +220,40 @@ def test_a_stride_2_head_decodes_its_own_targets_as_well():
         ids, counts = np.unique(lab[drawn], return_counts=True)
         truth = lab == ids[np.argmax(counts)]
         assert (drawn & truth).sum() / (drawn | truth).sum() > 0.9
+
+
+def test_a_centre_only_crop_trains_the_centre_probability_inside_its_discs_only():
+    """Masks that are only discs at annotated centres (``centre_only``): what the network says outside the discs
+    changes no loss, the distances of that crop are not trained, and a batch without such crops has the plain
+    mean loss."""
+    torch.manual_seed(0)
+    model = small_star_net().train()
+    discs = torch.zeros(2, 96, 96, dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
+    discs[0] = ((xx - 30) ** 2 + (yy - 30) ** 2 <= 100).to(torch.uint8)
+    discs[1] = ((xx - 70) ** 2 + (yy - 60) ** 2 <= 100).to(torch.uint8)
+    outlined = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    outlined[0, 10:40, 50:80] = 1
+    x = model.batch([torch.rand(3, 96, 96), torch.rand(3, 96, 96)])
+    out = model.backbone(x)
+    images = [torch.zeros(3, 96, 96)] * 2
+    targets = [{"masks": outlined}, {"masks": discs, "centre_only": True}]
+    base = model.losses(out, images, targets)
+    prob_t, _ = star_targets(instance_label_image(discs, (96, 96)), model.stride, model.ray_dirs, model.max_dist)
+    inside = prob_t > 0
+    assert 0 < inside.sum() < inside.numel() // 4
+    moved = {k: v.clone() for k, v in out.items()}
+    moved["prob"][1, 0][~inside] += 5.0  # outside the discs of the centre-only crop
+    moved["dist"][1] += 3.0  # its distances
+    after = model.losses(moved, images, targets)
+    assert torch.allclose(after["loss_prob"], base["loss_prob"]) and torch.allclose(after["loss_dist"], base["loss_dist"])
+    moved["prob"][1, 0][inside] -= 5.0  # inside the discs: trained
+    assert model.losses(moved, images, targets)["loss_prob"] > base["loss_prob"] + 0.01
+    moved = {k: v.clone() for k, v in out.items()}
+    moved["prob"][0, 0] += 5.0  # the outlined crop is trained everywhere
+    assert model.losses(moved, images, targets)["loss_prob"] > base["loss_prob"] + 0.1
+    # without centre-only crops: the mean over every cell, as before
+    plain = model.losses(out, images, [{"masks": outlined}, {"masks": outlined[:0]}])
+    p0, _ = star_targets(instance_label_image(outlined, (96, 96)), model.stride, model.ray_dirs, model.max_dist)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(out["prob"][:, 0], torch.stack([p0, torch.zeros_like(p0)]))
+    assert torch.allclose(plain["loss_prob"], want)

@@ -17,6 +17,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -181,8 +182,9 @@ class Source:
                   group=d.get("group"), use=d.get("use", "split"), weight=float(d.get("weight", 1.0)))
         if src.use not in ("split", "train", "val"):
             raise WsinucleiError(f"recipe source {src.name}: use must be split, train or val")
-        if src.kind == "points" and src.use != "val":
-            raise WsinucleiError(f"recipe source {src.name}: centre-only annotations are for validation (use = 'val')")
+        if src.kind == "points" and src.use == "split":
+            raise WsinucleiError(f"recipe source {src.name}: centre-only annotations go wholly to one side "
+                                 "(use = 'train' or 'val')")
         return src
 
 
@@ -270,16 +272,25 @@ def prepare_sources(
             ann = read_annotation(s, src.kind)
             image = load_image(s.image)
             points = ann["points"] is not None
-            # points sets are validated at their own resolution (20x slides run at 20x); others at the model's
-            scale = 1.0 if points else src.mpp / mpp
-            stats = image_tissue_stats(s.image, src.mpp, src.mpp if points else mpp)
+            # points sets are validated at their own resolution (20x slides run at 20x); the rest, and points sets
+            # trained on, at the model's
+            own = points and split == "val"
+            scale = 1.0 if own else src.mpp / mpp
+            stats = image_tissue_stats(s.image, src.mpp, src.mpp if own else mpp)
             norm = stain.reinhard(image, target_mu, target_sigma, src_mu=stats.mean, src_sigma=stats.std)
             labels = ann["labels"]
-            if points:
+            if own:
                 n = len(ann["points"])
                 _save_npz(out_dir / "val_full" / f"{key}.npz", norm, np.zeros((0, 4)), points=ann["points"],
                           mpp=np.float64(src.mpp))
                 n_tiles = 0
+            elif points:  # centre-only training tiles: at the model's µm/px, each centre a small disc (see centre_discs)
+                centres = np.tile(ann["points"] + 0.5, 2).astype(np.float64)  # pixel centres, as box corners scale
+                norm, centres = resample(norm, centres, scale)
+                labels = centre_discs(centres[:, :2], norm.shape[:2], CENTRE_RADIUS_UM / mpp)
+                n = len(centres)
+                n_tiles = _write_tiles(out_dir / split, key, norm, label_image_boxes(labels)[0], labels, tile,
+                                       min_visible, min_size, manifest, split, centre_only=np.bool_(True))
             else:
                 norm, boxes, labels = resample_annotated(norm, ann["boxes"], labels, scale)
                 n = len(boxes)
@@ -312,7 +323,8 @@ def resample_annotated(image, boxes, labels, scale: float):
     return out, out_boxes, labels
 
 
-def _write_tiles(folder: Path, key: str, image, boxes, labels, tile, min_visible, min_size, manifest, split) -> int:
+def _write_tiles(folder: Path, key: str, image, boxes, labels, tile, min_visible, min_size, manifest, split,
+                 **flags) -> int:
     h, w = image.shape[:2]
     full_area = np.bincount(labels.ravel()) if labels is not None else None
     n_tiles = 0
@@ -326,11 +338,35 @@ def _write_tiles(folder: Path, key: str, image, boxes, labels, tile, min_visible
                 extra = {"labels": lab.astype(np.uint16 if lab.max() < 65536 else np.int32), "full_area": full_area}
             else:
                 b = clip_boxes(boxes, x, y, crop.shape[1], crop.shape[0], min_visible, min_size)
-            _save_npz(folder / f"{key}_{y}_{x}.npz", crop, b, **extra)
+            _save_npz(folder / f"{key}_{y}_{x}.npz", crop, b, **extra, **flags)
             manifest["boxes"][split] += len(b)
             manifest["tiles"][split] += 1
             n_tiles += 1
     return n_tiles
+
+
+#: radius of the disc that stands for a nucleus known only by its centre: the core of a small nucleus (a
+#: lymphocyte's is ~3.5 µm), so the disc stays inside the nucleus it marks
+CENTRE_RADIUS_UM = 2.5
+
+
+def centre_discs(centres: np.ndarray, shape, radius: float) -> np.ndarray:
+    """(N, 2) x, y centres -> an (H, W) int32 label image: centre ``i`` labels (``i + 1``) the pixels within
+    ``radius`` px that are nearer to it than to any other centre (discs of touching nuclei split halfway). A
+    centre-only set trains a star model's centre probability inside these discs and nowhere else (the star
+    model's loss, ``centre_only``): unannotated nuclei are never taught as background."""
+    h, w = int(shape[0]), int(shape[1])
+    ids = np.zeros((h, w), np.int32)
+    if len(centres):
+        xs = np.clip(np.floor(centres[:, 0]).astype(np.int64), 0, w - 1)
+        ys = np.clip(np.floor(centres[:, 1]).astype(np.int64), 0, h - 1)
+        ids[ys, xs] = np.arange(1, len(centres) + 1, dtype=np.int32)
+    if not ids.any():
+        return ids
+    dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
+    labels = ids[iy, ix]
+    labels[dist > radius] = 0
+    return labels
 
 
 def keep_visible_instances(labels: np.ndarray, full_area: np.ndarray, min_visible: float, min_size: float) -> np.ndarray:
@@ -374,6 +410,7 @@ class Tile:
     points: np.ndarray | None = None
     mpp: float | None = None
     glass: tuple | None = None  # what white glass becomes after this image's normalisation (RGB)
+    centre_only: bool = False  # labels are discs at annotated centres (centre_discs), not outlines
 
 
 def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
@@ -388,7 +425,8 @@ def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
                             z["labels"] if "labels" in z else None,
                             z["full_area"] if "full_area" in z else None,
                             z["points"] if "points" in z else None,
-                            float(z["mpp"]) if "mpp" in z else None))
+                            float(z["mpp"]) if "mpp" in z else None,
+                            centre_only=bool(z["centre_only"]) if "centre_only" in z else False))
     return out
 
 
@@ -542,6 +580,11 @@ class CropSampler:
 
     def sample_instances(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(image uint8 HWC, boxes (N, 4), masks (N, H, W) uint8 or None for box-only tiles)."""
+        crop = self.sample_crop()
+        return crop.image, crop.boxes, crop.masks
+
+    def sample_crop(self) -> "Crop":
+        """One training crop: :meth:`sample_instances`'s three, and whether its masks are centre discs."""
         rng = self.rng
         t = self._pick()
         image = t.image
@@ -600,4 +643,11 @@ class CropSampler:
             gain = 1 + rng.uniform(-self.color_jitter, self.color_jitter, size=3)
             bias = rng.uniform(-self.color_jitter, self.color_jitter, size=3) * 255 * 0.5
             img = np.clip(img * gain + bias, 0, 255).astype(np.uint8)
-        return stain.model_input(img, self.input_channels), b.reshape(-1, 4), masks
+        return Crop(stain.model_input(img, self.input_channels), b.reshape(-1, 4), masks, t.centre_only)
+
+
+class Crop(NamedTuple):
+    image: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray | None
+    centre_only: bool = False  # masks are discs at annotated centres (centre_discs): train the centre probability only

@@ -241,6 +241,10 @@ def train(
     if config.has_masks and any(t.labels is None for t in train_tiles):
         raise WsinucleiError(f"preset {config.name} learns contours: every training set needs instance labels "
                              "(label images or binary masks), not boxes alone")
+    centre_sets = sorted({t.set for t in train_tiles if t.centre_only})
+    if centre_sets and not config.is_star:
+        raise WsinucleiError(f"the training sets {centre_sets} give nucleus centres only, which train star presets "
+                             f"alone (not {config.name}); prepare the data without them")
     sampler = CropSampler(train_tiles, int(tcfg["crop_size"]), sampler_rng, config.input_channels, color_jitter,
                           manifest["min_visible"], manifest["min_size"], Augment.from_dict(tcfg.get("augment")),
                           weights)
@@ -343,12 +347,14 @@ def train(
                 g["lr"] = lr
             images, targets = [], []
             for _ in range(batch):
-                img, boxes, masks = sampler.sample_instances()
-                images.append(to_tensor(img).to(device))
-                target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32, device=device),
-                          "labels": torch.ones(len(boxes), dtype=torch.int64, device=device)}
+                crop = sampler.sample_crop()
+                images.append(to_tensor(crop.image).to(device))
+                target = {"boxes": torch.as_tensor(crop.boxes, dtype=torch.float32, device=device),
+                          "labels": torch.ones(len(crop.boxes), dtype=torch.int64, device=device)}
                 if config.has_masks:
-                    target["masks"] = torch.from_numpy(masks).to(device)
+                    target["masks"] = torch.from_numpy(crop.masks).to(device)
+                if crop.centre_only:
+                    target["centre_only"] = True
                 targets.append(target)
             losses = model(images, targets)
             loss = sum(losses.values())

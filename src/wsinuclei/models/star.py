@@ -65,7 +65,8 @@ class StarTrunk(nn.Module):
 
 class StarNet(nn.Module):
     """The detector: called like torchvision's detection models. Training mode takes a list of images (3, H,
-    W in 0-1) and targets with ``masks`` (N, H, W) and returns the losses; eval mode returns per image a dict
+    W in 0-1) and targets with ``masks`` (N, H, W) (and ``centre_only``: True where the masks are only discs at
+    annotated centres) and returns the losses; eval mode returns per image a dict
     of ``boxes`` (N, 4), ``scores``, ``labels`` and ``outlines`` (N, n_rays, 2 of x, y), in input pixels."""
 
     def __init__(self, backbone: BackboneWithFPN, head: dict[str, Any], image_mean, image_std):
@@ -110,9 +111,22 @@ class StarNet(nn.Module):
             p, d = star_targets(label, self.stride, self.ray_dirs, self.max_dist)
             prob_t[k, : p.shape[0], : p.shape[1]] = p
             dist_t[k, :, : p.shape[0], : p.shape[1]] = d
-        loss_prob = F.binary_cross_entropy_with_logits(prob_logits[:, 0], prob_t)
+        # a crop whose nuclei are known by their centres alone (``centre_only``: discs at the centres) trains the
+        # centre probability inside its discs, nowhere else (its unannotated nuclei are not background), and no
+        # distances (a disc's edge is not the nucleus')
+        centre_only = [bool(t.get("centre_only", False)) for t in targets]
+        if any(centre_only):
+            known = torch.ones_like(prob_t)
+            for k in (k for k, c in enumerate(centre_only) if c):
+                known[k] = (prob_t[k] > 0).to(known.dtype)
+            bce = F.binary_cross_entropy_with_logits(prob_logits[:, 0], prob_t, reduction="none")
+            loss_prob = (bce * known).sum() / known.sum().clamp(min=1.0)
+            outlined = torch.tensor([not c for c in centre_only], dtype=prob_t.dtype, device=prob_t.device)
+            weight = (prob_t * outlined[:, None, None])[:, None]
+        else:
+            loss_prob = F.binary_cross_entropy_with_logits(prob_logits[:, 0], prob_t)
+            weight = prob_t[:, None]
         # distances matter where the cell is inside a nucleus, most near its centre (where decoding reads them)
-        weight = prob_t[:, None]
         l1 = (dist - dist_t / self.dist_scale).abs() * weight
         loss_dist = self.dist_weight * l1.sum() / (weight.sum() * self.n_rays).clamp(min=1.0)
         return {"loss_prob": loss_prob, "loss_dist": loss_dist}
