@@ -257,3 +257,56 @@ def test_a_centre_only_crop_trains_the_centre_probability_inside_its_discs_only(
     p0, _ = star_targets(instance_label_image(outlined, (96, 96)), model.stride, model.ray_dirs, model.max_dist)
     want = torch.nn.functional.binary_cross_entropy_with_logits(out["prob"][:, 0], torch.stack([p0, torch.zeros_like(p0)]))
     assert torch.allclose(plain["loss_prob"], want)
+
+
+def test_the_deeper_star_recipe_starts_as_the_model_it_is_warm_started_from():
+    """recipes/star_deeper.toml's added stride-16 blocks start as the identity: loaded from the shipped file, it
+    outputs exactly what the shipped network does; without zero_init_residual it would not."""
+    from wsinuclei.train import load_init
+
+    shipped = "src/wsinuclei/weights/star_default.safetensors"
+    cfg = load_preset("recipes/star_deeper.toml")
+    assert cfg.backbone["blocks"] == [1, 2, 4]
+    deeper, base = build_detector(cfg).eval(), build_detector("star").eval()
+    load_init(deeper, shipped)
+    load_init(base, shipped)
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = deeper.backbone(x), base.backbone(x)
+    for k in ("prob", "dist"):
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    cfg.backbone["zero_init_residual"] = False
+    plain = build_detector(cfg).eval()
+    load_init(plain, shipped)
+    with torch.no_grad():
+        assert not torch.equal(plain.backbone(x)["prob"], b["prob"])
+
+
+def test_small_nuclei_weigh_more_in_the_centre_loss_when_the_preset_asks():
+    """``small_area_px``: a cell of a nucleus of A < small_area_px pixels weighs small_area_px / A (at most
+    ``small_weight_max``) in the centre-probability loss; larger nuclei and background weigh 1."""
+    from wsinuclei.models.star import small_nucleus_weight
+
+    lab = torch.zeros(64, 64, dtype=torch.int64)
+    lab[0:8, 0:8] = 1  # 64 px
+    lab[20:40, 20:40] = 2  # 400 px
+    lab[50:52, 50:52] = 3  # 4 px
+    w = small_nucleus_weight(lab, 4, 320.0, 3.0)
+    assert w.shape == (16, 16)
+    assert w[0, 0] == 3.0 and w[1, 1] == 3.0  # 320 / 64 = 5, capped at 3
+    assert w[6, 6] == 1.0 and w[15, 15] == 1.0  # the 400-px nucleus; background
+    assert small_nucleus_weight(lab, 4, 128.0, 3.0)[0, 0] == 2.0
+    torch.manual_seed(0)
+    model = small_star_net(small_area_px=320.0, small_weight_max=3.0).train()
+    plain = small_star_net().train()
+    plain.load_state_dict(model.state_dict())
+    masks = torch.stack([lab == 1, lab == 2]).to(torch.uint8)
+    out = model.backbone(model.batch([torch.rand(3, 64, 64)]))
+    weighted = model.losses(out, [torch.zeros(3, 64, 64)], [{"masks": masks}])
+    unweighted = plain.losses(out, [torch.zeros(3, 64, 64)], [{"masks": masks}])
+    prob_t, _ = star_targets(lab * (lab < 3), 4, model.ray_dirs, model.max_dist)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out["prob"][0, 0], prob_t, reduction="none")
+    small = small_nucleus_weight(lab * (lab < 3), 4, 320.0, 3.0)
+    torch.testing.assert_close(weighted["loss_prob"], (bce * small).mean())
+    torch.testing.assert_close(unweighted["loss_prob"], bce.mean())
+    torch.testing.assert_close(weighted["loss_dist"], unweighted["loss_dist"])

@@ -78,6 +78,10 @@ class StarNet(nn.Module):
         self.stride, self.dist_scale = self.decoding.stride, self.decoding.dist_scale
         self.max_dist = int(head.get("max_dist", 64))  # longest ray measured for the targets, in pixels
         self.dist_weight = float(head.get("dist_weight", 1.0))
+        # centre-probability loss weight of a nucleus below ``small_area_px`` pixels: area_px / its area, at most
+        # ``small_weight_max`` (0: every cell weighs 1); small nuclei have few cells and are the ones missed
+        self.small_area_px = float(head.get("small_area_px", 0.0))
+        self.small_weight_max = float(head.get("small_weight_max", 3.0))
         self.register_buffer("image_mean", torch.tensor(image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(3, 1, 1), persistent=False)
         self.register_buffer("ray_dirs", torch.from_numpy(ray_directions(self.n_rays)), persistent=False)
@@ -106,26 +110,30 @@ class StarNet(nn.Module):
         prob_logits, dist = out["prob"], out["dist"]
         prob_t = torch.zeros_like(prob_logits[:, 0])
         dist_t = torch.zeros_like(dist)
+        cell_w = torch.ones_like(prob_t)
         for k, (img, tgt) in enumerate(zip(images, targets)):
             label = instance_label_image(tgt["masks"], img.shape[-2:])
             p, d = star_targets(label, self.stride, self.ray_dirs, self.max_dist)
             prob_t[k, : p.shape[0], : p.shape[1]] = p
             dist_t[k, :, : p.shape[0], : p.shape[1]] = d
+            if self.small_area_px > 0:
+                cell_w[k, : p.shape[0], : p.shape[1]] = small_nucleus_weight(label, self.stride, self.small_area_px,
+                                                                             self.small_weight_max)
         # a crop whose nuclei are known by their centres alone (``centre_only``: discs at the centres) trains the
         # centre probability inside its discs, nowhere else (its unannotated nuclei are not background), and no
         # distances (a disc's edge is not the nucleus')
         centre_only = [bool(t.get("centre_only", False)) for t in targets]
-        if any(centre_only):
+        weight = prob_t[:, None]
+        if any(centre_only) or self.small_area_px > 0:
             known = torch.ones_like(prob_t)
             for k in (k for k, c in enumerate(centre_only) if c):
                 known[k] = (prob_t[k] > 0).to(known.dtype)
             bce = F.binary_cross_entropy_with_logits(prob_logits[:, 0], prob_t, reduction="none")
-            loss_prob = (bce * known).sum() / known.sum().clamp(min=1.0)
+            loss_prob = (bce * known * cell_w).sum() / known.sum().clamp(min=1.0)
             outlined = torch.tensor([not c for c in centre_only], dtype=prob_t.dtype, device=prob_t.device)
             weight = (prob_t * outlined[:, None, None])[:, None]
         else:
             loss_prob = F.binary_cross_entropy_with_logits(prob_logits[:, 0], prob_t)
-            weight = prob_t[:, None]
         # distances matter where the cell is inside a nucleus, most near its centre (where decoding reads them)
         l1 = (dist - dist_t / self.dist_scale).abs() * weight
         loss_dist = self.dist_weight * l1.sum() / (weight.sum() * self.n_rays).clamp(min=1.0)
@@ -154,6 +162,18 @@ def instance_label_image(masks: torch.Tensor, size) -> torch.Tensor:
         return torch.zeros((h, w), dtype=torch.int64)
     ids = torch.arange(1, len(masks) + 1, dtype=torch.int64, device=masks.device)
     return (masks.to(torch.int64) * ids[:, None, None]).amax(0)
+
+
+def small_nucleus_weight(label: torch.Tensor, stride: int, area_px: float, max_weight: float) -> torch.Tensor:
+    """On the stride grid of an (H, W) instance label image (cells sampled as in :func:`star_targets`): for a cell
+    inside a nucleus of A pixels, ``area_px / A`` clamped to [1, ``max_weight``]; 1 outside nuclei."""
+    label = label.to(torch.int64)
+    H, W = label.shape
+    own = label[torch.arange(stride // 2, H, stride, device=label.device)][:, torch.arange(stride // 2, W, stride,
+                                                                                         device=label.device)]
+    area = torch.bincount(label.flatten()).to(torch.float32)
+    w = (area_px / area[own].clamp(min=1.0)).clamp(1.0, max_weight)
+    return torch.where(own > 0, w, torch.ones_like(w))
 
 
 def star_targets(label: torch.Tensor, stride: int, ray_dirs: torch.Tensor, max_dist: int,
