@@ -164,13 +164,17 @@ def instance_label_image(masks: torch.Tensor, size) -> torch.Tensor:
     return (masks.to(torch.int64) * ids[:, None, None]).amax(0)
 
 
+def _cell_centres(length: int, stride: int, device) -> torch.Tensor:
+    """Pixel rows (or columns) at which the cells of the stride grid are sampled."""
+    return torch.arange(stride // 2, length, stride, device=device)
+
+
 def small_nucleus_weight(label: torch.Tensor, stride: int, area_px: float, max_weight: float) -> torch.Tensor:
     """On the stride grid of an (H, W) instance label image (cells sampled as in :func:`star_targets`): for a cell
     inside a nucleus of A pixels, ``area_px / A`` clamped to [1, ``max_weight``]; 1 outside nuclei."""
     label = label.to(torch.int64)
-    H, W = label.shape
-    own = label[torch.arange(stride // 2, H, stride, device=label.device)][:, torch.arange(stride // 2, W, stride,
-                                                                                         device=label.device)]
+    own = label[_cell_centres(label.shape[0], stride, label.device)][:, _cell_centres(label.shape[1], stride,
+                                                                                       label.device)]
     area = torch.bincount(label.flatten()).to(torch.float32)
     w = (area_px / area[own].clamp(min=1.0)).clamp(1.0, max_weight)
     return torch.where(own > 0, w, torch.ones_like(w))
@@ -188,8 +192,7 @@ def star_targets(label: torch.Tensor, stride: int, ray_dirs: torch.Tensor, max_d
     Returns prob (h, w) and dist (R, h, w), both 0 outside nuclei."""
     label = label.to(torch.int64)
     H, W = label.shape
-    ys = torch.arange(stride // 2, H, stride, device=label.device)
-    xs = torch.arange(stride // 2, W, stride, device=label.device)
+    ys, xs = _cell_centres(H, stride, label.device), _cell_centres(W, stride, label.device)
     own = label[ys][:, xs]
     n_rays = ray_dirs.shape[0]
     prob = torch.zeros(own.shape, dtype=torch.float32, device=label.device)
