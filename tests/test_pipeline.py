@@ -105,16 +105,20 @@ def test_resume_after_kill_gives_identical_output(pyramid_slide, random_model, t
     cmd = _cli("detect", pyramid_slide[0], "--out", tmp_path, "--model", random_model, "--tile-size", 256,
                "--overlap", 32, "--quiet")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finished_parts():  # a part being written is ".<key>.tmp.npz" until os.replace names it: not yet done
+        return [p for p in tmp_path.glob(f".{name}.parts/*/*.npz") if not p.name.startswith(".")]
+
     deadline = time.time() + 120
     while time.time() < deadline:
-        parts = list(tmp_path.glob(f".{name}.parts/*/*.npz"))
+        parts = finished_parts()
         if len(parts) >= 5:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / f"{name}.csv").exists()  # an interrupted run leaves no result that looks complete
-    done = len(list(tmp_path.glob(f".{name}.parts/*/*.npz")))
+    done = len(finished_parts())
     assert done >= 5
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
