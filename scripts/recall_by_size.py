@@ -13,20 +13,22 @@ Validation sets only (the staged folders of `evaluate_sets.py`); a diagnostic, n
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from wsinuclei.annotations import read_csv_boxes
+from wsinuclei.evaluate import centres
+
 BINS = [0, 10, 20, 30, 40, 60, 100, float("inf")]
 
 
-def tally(labels: np.ndarray, centres: np.ndarray, mpp: float, rows: dict) -> None:
+def tally(labels: np.ndarray, points: np.ndarray, mpp: float, rows: dict) -> None:
     """Add one image's nuclei to ``rows``: {(touches the edge, bin): [nuclei, found, split]}."""
     h, w = labels.shape
-    cx = np.clip(centres[:, 0].astype(np.int64), 0, w - 1)
-    cy = np.clip(centres[:, 1].astype(np.int64), 0, h - 1)
+    cx = np.clip(points[:, 0].astype(np.int64), 0, w - 1)
+    cy = np.clip(points[:, 1].astype(np.int64), 0, h - 1)
     area = np.bincount(labels.ravel()) * mpp * mpp
     hits = np.bincount(labels[cy, cx], minlength=len(area))
     edge = np.zeros(len(area), bool)
@@ -53,11 +55,8 @@ def main() -> int:
     rows: dict = {}
     for f in labels_files:
         name = f.name[: -len("_labels.png")]
-        with open(args.run / args.set / "pred" / f"{name}.csv") as fh:
-            boxes = np.array([[float(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in csv.DictReader(fh)])
-        boxes = boxes.reshape(-1, 4)
-        centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-        tally(np.array(Image.open(f)).astype(np.int64), centres, args.mpp, rows)
+        boxes = read_csv_boxes(args.run / args.set / "pred" / f"{name}.csv").boxes
+        tally(np.array(Image.open(f)).astype(np.int64), centres(boxes), args.mpp, rows)
     print(f"| nuclei | area (µm²) | n | found | split (2+ detections inside) |\n|---|---|---|---|---|")
     for (edge, b), (n, found, split) in sorted(rows.items()):
         hi = "" if np.isinf(BINS[b + 1]) else f"{BINS[b + 1]:g}"

@@ -289,8 +289,8 @@ def prepare_sources(
                 norm, centres = resample(norm, centres, scale)
                 labels = centre_discs(centres[:, :2], norm.shape[:2], CENTRE_RADIUS_UM / mpp)
                 n = len(centres)
-                n_tiles = _write_tiles(out_dir / split, key, norm, label_image_boxes(labels)[0], labels, tile,
-                                       min_visible, min_size, manifest, split, centre_only=np.bool_(True))
+                n_tiles = _write_tiles(out_dir / split, key, norm, None, labels, tile, min_visible, min_size, manifest,
+                                       split, centre_only=np.bool_(True))
             else:
                 norm, boxes, labels = resample_annotated(norm, ann["boxes"], labels, scale)
                 n = len(boxes)
