@@ -153,6 +153,40 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert run["steps"] == 6 and run["seed"] == 0
 
 
+def test_crop_workers_draw_the_same_steps_whatever_their_number_and_a_resume(tiny_data, tmp_path):
+    """--workers: each step's crops come from its own seeded generator, so one worker, two workers and a run
+    stopped and resumed train the same weights; the one-generator stream of --workers 0 is another. (Run as the
+    command, as users run it: worker processes and their signal handlers stay out of the test process.)"""
+    import subprocess
+    import sys
+
+    preset = tmp_path / "tiny.toml"
+    preset.write_text('base = "fast"\n[train]\nlr = 0.01\nwarmup_steps = 5\nbatch_size = 2\ncrop_size = 128\n'
+                      "eval_every = 3\nlr_milestones = []\n")
+
+    def train_cli(run, steps, *extra):
+        proc = subprocess.run([sys.executable, "-m", "wsinuclei.cli", "train", "--preset", preset, "--data", tiny_data,
+                               "--run-dir", tmp_path / run, "--steps", str(steps), "--threads", "2", "--quiet",
+                               *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def weights(run):
+        return torch.load(tmp_path / run / "last.pt", weights_only=True)["model"]
+
+    train_cli("one", 6, "--workers", "1")
+    train_cli("two", 6, "--workers", "2")
+    train_cli("cut", 3, "--workers", "2")
+    train_cli("cut", 6, "--workers", "3", "--resume")
+    train_cli("zero", 6)
+    one, zero = weights("one"), weights("zero")
+    for run in ("two", "cut"):
+        other = weights(run)
+        for k in one:
+            torch.testing.assert_close(one[k], other[k], rtol=0, atol=0)
+    assert any(not torch.equal(one[k], zero[k]) for k in one if one[k].is_floating_point())
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["workers"] == 3
+
+
 def test_fine_tune_logs_its_starting_weights_at_step_0(tiny_data, tmp_path):
     """With --init, the log's first validation row is step 0: the loaded weights' own score (the bar the
     fine-tune must beat), computed on the same validation images as every later row, the 20x read included."""
@@ -397,3 +431,32 @@ def test_centre_only_tiles_reach_a_star_models_loss_and_stop_other_presets(tiny_
     cfg.train.update(warmup_steps=1, batch_size=2, crop_size=128, eval_every=100, lr_milestones=[])
     train(cfg, prepared, tmp_path / "star", steps=4, progress=False, threads=2)
     assert len(seen) == 8 and 0 < sum(seen) < 8  # one of the training tiles is centre-only
+
+
+def test_a_stop_signalled_to_the_whole_process_group_checkpoints_with_crop_workers(tiny_data, tmp_path):
+    """Slurm's time limit and `timeout` signal every process of the job: the crop workers live on until the
+    training process has finished its step and saved it, and the command ends cleanly, resumable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    preset = tmp_path / "tiny.toml"
+    preset.write_text('base = "fast"\n[train]\nlr = 0.01\nwarmup_steps = 5\nbatch_size = 2\ncrop_size = 128\n'
+                      "eval_every = 1000\nlr_milestones = []\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "wsinuclei.cli", "train", "--preset", preset, "--data", tiny_data,
+                             "--run-dir", run_dir, "--steps", "5000", "--workers", "2", "--threads", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = run_dir / "log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    assert len(log.read_text().splitlines()) >= 2, "no training step was logged"
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "continue with --resume" in out + err
+    step = torch.load(run_dir / "last.pt", weights_only=True)["step"]
+    assert 20 <= step < 5000

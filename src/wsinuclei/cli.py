@@ -137,6 +137,8 @@ def _cmd_train(args) -> int:
     from .models import load_preset
     from .train import train
 
+    if args.workers < 0:
+        raise WsinucleiError(f"--workers {args.workers}: give 0 or more crop workers")
     config = load_preset(args.preset)
     if args.input_channels:
         config.input_channels = args.input_channels
@@ -145,7 +147,7 @@ def _cmd_train(args) -> int:
     command = "wsinuclei " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     best = train(config, args.data, args.run_dir, steps=args.steps, resume=args.resume, seed=args.seed,
                  device=args.device, threads=args.threads, color_jitter=args.color_jitter, init=args.init,
-                 command=command, progress=not args.quiet)
+                 command=command, progress=not args.quiet, workers=args.workers)
     if best.get("step") is None:  # stopped before the first validation: no best model yet
         print(f"no validation yet (stopped before the first); the state is in {args.run_dir}/last.pt: continue "
               "with --resume")
@@ -338,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sp.add_argument("--workers", type=int, default=0,
+                    help="processes drawing training crops ahead of each step (for a GPU: about one per spare "
+                         "core; default 0: drawn in the training process, the crop stream of earlier runs)")
     sp.add_argument("--input-channels", choices=["rgb", "hematoxylin"], default=None,
                     help="override the preset's input channels")
     sp.add_argument("--color-jitter", type=float, default=0.0, help="colour jitter strength (default 0: off)")

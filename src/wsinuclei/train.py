@@ -201,6 +201,47 @@ def sampling_weights(sets: dict, override: dict | None = None) -> dict[str, floa
     return weights
 
 
+class _StepBatches(torch.utils.data.IterableDataset):
+    """The crops of steps ``start..steps-1``, each step's drawn from its own generator seeded by (seed, step), so
+    the crops of a step are the same whichever worker draws them and however often the run was resumed. Worker
+    ``w`` of ``n`` draws the steps ``start + w``, ``start + w + n``, ...: the DataLoader hands its workers'
+    batches out in that round-robin order, so the training loop sees the steps in order."""
+
+    def __init__(self, sampler: CropSampler, batch: int, seed: int, start: int, steps: int):
+        self.sampler, self.batch, self.seed, self.start, self.steps = sampler, batch, seed, start, steps
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)  # many workers beside the training process: one core each
+        for step in range(self.start + w, self.steps, n):
+            self.sampler.rng = np.random.default_rng([self.seed, step])
+            yield [self.sampler.sample_crop() for _ in range(self.batch)]
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    # A stop (Slurm's time limit, `timeout`, kill -- -PGID) signals the whole process group: the workers must
+    # live on until the training process has finished its step and checkpointed; they end with it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def crop_batches(sampler: CropSampler, batch: int, seed: int, start: int, steps: int, workers: int = 0):
+    """The training crops, one list of ``batch`` crops per step from ``start``. ``workers == 0``: drawn here from
+    the sampler's one generator (checkpointed, so --resume draws the same crops). ``workers > 0``: drawn by that
+    many processes ahead of the training step (a GPU waits for no crop), each step's from its own seeded
+    generator (:class:`_StepBatches`), so the crops depend on neither the number of workers nor a resume; they
+    differ from the one-generator stream of ``workers == 0``."""
+    if workers <= 0:
+        return ([sampler.sample_crop() for _ in range(batch)] for _ in range(start, steps))
+    loader = torch.utils.data.DataLoader(_StepBatches(sampler, batch, seed, start, steps), batch_size=None,
+                                         num_workers=workers, collate_fn=lambda crops: crops, prefetch_factor=4,
+                                         generator=torch.Generator(),  # not the training's torch generator
+                                         worker_init_fn=_ignore_sigterm)
+
+    return iter(loader)
+
+
 def train(
     config: DetectorConfig,
     prepared: str | Path,
@@ -216,6 +257,7 @@ def train(
     log_every: int = 20,
     command: str = "",
     progress: bool = True,
+    workers: int = 0,
 ) -> dict:
     from tqdm import tqdm
 
@@ -280,7 +322,7 @@ def train(
         raise WsinucleiError(f"{run_dir} holds a run already: add --resume to continue it, or pick another --run-dir")
 
     settings = {"preset": config.to_dict(), "prepared": str(prepared), "steps": steps, "seed": seed,
-                "device": device, "threads": torch.get_num_threads(), "color_jitter": color_jitter,
+                "device": device, "threads": torch.get_num_threads(), "workers": workers, "color_jitter": color_jitter,
                 "init": str(init) if init else None, "command": command}
     if init_info is not None:
         settings["init_left"], settings["frozen"] = init_info["left"], init_info.get("frozen", [])
@@ -336,6 +378,7 @@ def train(
                   f"centroid F1 {v['val_centroid_f1']:.3f} (best {best['val_f1']:.3f} at {best['step']})")
         return row
 
+    batches = crop_batches(sampler, batch, seed, start, steps, workers)
     try:
         if init and start == 0:  # a fine-tune's step 0: the loaded weights' own figures, the bar to beat
             with open(log_path, "a", newline="") as fh:
@@ -346,8 +389,7 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             images, targets = [], []
-            for _ in range(batch):
-                crop = sampler.sample_crop()
+            for crop in next(batches):
                 images.append(to_tensor(crop.image).to(device))
                 target = {"boxes": torch.as_tensor(crop.boxes, dtype=torch.float32, device=device),
                           "labels": torch.ones(len(crop.boxes), dtype=torch.int64, device=device)}
@@ -392,4 +434,5 @@ def train(
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, old)
+        batches = None  # crop workers stop and are joined now, not whenever the collector gets to them
     return best
