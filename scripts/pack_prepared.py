@@ -7,6 +7,11 @@ recorded when packing. Made to carry a prepared set to a lent GPU machine, whose
 
     .venv/bin/python scripts/pack_prepared.py pack runs/prepared prepared.tar
     python3 scripts/pack_prepared.py unpack prepared.tar runs/prepared
+
+A set too large for that (all four sets of recipes/contours_data.toml: about 350 million pixels) can be packed
+lossy, ``pack --lossy 78`` (50 MB): images as WebP at that quality (the training's JPEG augmentation goes to 40),
+every other array still exact and checked; the images are then not the prepared ones bit for bit, so figures of a
+model trained on them are re-measured on the original validation images.
 """
 
 from __future__ import annotations
@@ -36,13 +41,16 @@ def _npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
-def _webp_bytes(image: np.ndarray) -> bytes:
+def _webp_bytes(image: np.ndarray, lossy: int | None = None) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "WEBP", lossless=True, quality=100, method=6)
+    if lossy:
+        Image.fromarray(image).save(buf, "WEBP", quality=lossy, method=4)
+    else:
+        Image.fromarray(image).save(buf, "WEBP", lossless=True, quality=100, method=6)
     return buf.getvalue()
 
 
-def pack(prepared: Path, out: Path) -> None:
+def pack(prepared: Path, out: Path, lossy: int | None = None) -> None:
     index: dict[str, dict] = {}
     wholes: dict[str, np.ndarray] = {}
     members: dict[str, bytes] = {}
@@ -51,7 +59,7 @@ def pack(prepared: Path, out: Path) -> None:
             with np.load(f) as z:
                 arrays = {k: z[k] for k in z.files}
             rel = f"{split}/{f.name}"
-            entry: dict = {"sha256": _digest(arrays)}
+            entry: dict = {"sha256": _digest({k: v for k, v in arrays.items() if not (lossy and k == "image")})}
             image = arrays.get("image")
             m = TILE_NAME.match(f.stem)
             if split == "val_full" and image is not None and image.ndim == 3:
@@ -73,22 +81,25 @@ def pack(prepared: Path, out: Path) -> None:
             members[rel] = _npz_bytes(arrays)
             index[rel] = entry
     for key, whole in wholes.items():
-        members[f"whole/{key}.webp"] = _webp_bytes(whole)
+        members[f"whole/{key}.webp"] = _webp_bytes(whole, lossy)
     members["manifest.json"] = (prepared / "manifest.json").read_bytes()
-    members["pack_index.json"] = json.dumps(index).encode()
+    members["pack_index.json"] = json.dumps({"lossy": lossy, "files": index}).encode()
     with tarfile.open(out, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     _rebuild(out, None)  # overlapping tiles must agree, or the whole image could not give them back
-    print(f"packed {len(index)} files of {prepared} into {out} ({out.stat().st_size / 1e6:.1f} MB); checked")
+    what = f"images lossy (WebP {lossy}), every other array checked" if lossy else "checked"
+    print(f"packed {len(index)} files of {prepared} into {out} ({out.stat().st_size / 1e6:.1f} MB); {what}")
 
 
-def _rebuild(archive: Path, prepared: Path | None) -> int:
+def _rebuild(archive: Path, prepared: Path | None) -> tuple[int, int | None]:
     with tarfile.open(archive, "r") as tar:
         data = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     index = json.loads(data["pack_index.json"])
+    lossy = index.get("lossy") if "files" in index else None
+    index = index.get("files", index)
     wholes: dict[str, np.ndarray] = {}
     for rel, entry in index.items():
         with np.load(io.BytesIO(data[rel])) as z:
@@ -99,7 +110,7 @@ def _rebuild(archive: Path, prepared: Path | None) -> int:
                 wholes[key] = np.array(Image.open(io.BytesIO(data[f"whole/{key}.webp"])).convert("RGB"))
             y, x, h, w = entry["y"], entry["x"], entry["h"], entry["w"]
             arrays = {"image": wholes[key][y : y + h, x : x + w].copy(), **arrays}
-        if _digest(arrays) != entry["sha256"]:
+        if _digest({k: v for k, v in arrays.items() if not (lossy and k == "image")}) != entry["sha256"]:
             sys.exit(f"{archive}: {rel} does not match what was packed")
         if prepared is not None:
             path = prepared / rel
@@ -107,15 +118,24 @@ def _rebuild(archive: Path, prepared: Path | None) -> int:
             np.savez(path, **arrays)
     if prepared is not None:
         (prepared / "manifest.json").write_bytes(data["manifest.json"])
-    return len(index)
+    return len(index), lossy
 
 
 def unpack(archive: Path, prepared: Path) -> None:
-    n = _rebuild(archive, prepared)
-    print(f"unpacked {n} files into {prepared}; every array matches what was packed")
+    n, lossy = _rebuild(archive, prepared)
+    what = f"every array but the (WebP {lossy}) images" if lossy else "every array"
+    print(f"unpacked {n} files into {prepared}; {what} matches what was packed")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("pack", "unpack"):
+    args = sys.argv[1:]
+    quality = None
+    if len(args) == 5 and args[0] == "pack" and args[1] == "--lossy" and args[2].isdigit():
+        quality = int(args[2])
+        args = [args[0], *args[3:]]
+    if len(args) != 3 or args[0] not in ("pack", "unpack"):
         sys.exit(__doc__)
-    (pack if sys.argv[1] == "pack" else unpack)(Path(sys.argv[2]), Path(sys.argv[3]))
+    if args[0] == "pack":
+        pack(Path(args[1]), Path(args[2]), quality)
+    else:
+        unpack(Path(args[1]), Path(args[2]))

@@ -56,6 +56,35 @@ def test_pack_and_unpack_give_back_every_array(overlapping_prepared, tmp_path):
     assert (tmp_path / "back" / "manifest.json").read_text() == (overlapping_prepared / "manifest.json").read_text()
 
 
+def test_lossy_pack_keeps_every_other_array_exact_and_the_images_close(overlapping_prepared, tmp_path):
+    archive = tmp_path / "lossy.tar"
+    pack_prepared.pack(overlapping_prepared, archive, lossy=92)
+    pack_prepared.pack(overlapping_prepared, tmp_path / "exact.tar")
+    assert archive.stat().st_size < 0.7 * (tmp_path / "exact.tar").stat().st_size
+    pack_prepared.unpack(archive, tmp_path / "back")
+    before, after = _arrays(overlapping_prepared), _arrays(tmp_path / "back")
+    assert before.keys() == after.keys()
+    changed = 0
+    for rel, arrays in before.items():
+        assert arrays.keys() == after[rel].keys()
+        for k in arrays:
+            if k == "image":
+                diff = np.abs(arrays[k].astype(int) - after[rel][k].astype(int))
+                assert diff.mean() < 6, rel  # WebP at quality 92: close, not equal
+                changed += int(diff.any())
+            else:
+                np.testing.assert_array_equal(arrays[k], after[rel][k])
+    assert changed > 0
+    # overlapping tiles still agree: both are crops of the one decoded image
+    train = tmp_path / "back" / "train"
+    a = _arrays(train)
+    keys = sorted(a)
+    first = next(k for k in keys if k.endswith("_0_0.npz"))
+    shifted = first.replace("_0_0.npz", "_44_44.npz")
+    np.testing.assert_array_equal(a[first]["image"][44:, 44:], a[shifted]["image"][: a[first]["image"].shape[0] - 44,
+                                                                                    : a[first]["image"].shape[1] - 44])
+
+
 def test_pack_refuses_tiles_whose_overlap_disagrees(overlapping_prepared, tmp_path):
     import shutil
 
