@@ -30,6 +30,11 @@ from PIL import Image
 TILE_NAME = re.compile(r"^(?P<key>.+)_(?P<y>\d+)_(?P<x>\d+)$")
 
 
+def _checked(arrays: dict, lossy: int | None) -> dict:
+    """The arrays a pack vouches for bit for bit: all of them, or all but the lossy-coded image."""
+    return {k: v for k, v in arrays.items() if not (lossy and k == "image")}
+
+
 def _digest(arrays: dict) -> dict:
     return {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() + f":{v.dtype}:{v.shape}"
             for k, v in sorted(arrays.items())}
@@ -59,7 +64,7 @@ def pack(prepared: Path, out: Path, lossy: int | None = None) -> None:
             with np.load(f) as z:
                 arrays = {k: z[k] for k in z.files}
             rel = f"{split}/{f.name}"
-            entry: dict = {"sha256": _digest({k: v for k, v in arrays.items() if not (lossy and k == "image")})}
+            entry: dict = {"sha256": _digest(_checked(arrays, lossy))}
             image = arrays.get("image")
             m = TILE_NAME.match(f.stem)
             if split == "val_full" and image is not None and image.ndim == 3:
@@ -110,7 +115,7 @@ def _rebuild(archive: Path, prepared: Path | None) -> tuple[int, int | None]:
                 wholes[key] = np.array(Image.open(io.BytesIO(data[f"whole/{key}.webp"])).convert("RGB"))
             y, x, h, w = entry["y"], entry["x"], entry["h"], entry["w"]
             arrays = {"image": wholes[key][y : y + h, x : x + w].copy(), **arrays}
-        if _digest({k: v for k, v in arrays.items() if not (lossy and k == "image")}) != entry["sha256"]:
+        if _digest(_checked(arrays, lossy)) != entry["sha256"]:
             sys.exit(f"{archive}: {rel} does not match what was packed")
         if prepared is not None:
             path = prepared / rel

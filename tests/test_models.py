@@ -460,3 +460,18 @@ def test_a_stop_signalled_to_the_whole_process_group_checkpoints_with_crop_worke
     assert "Traceback" not in err and "continue with --resume" in out + err
     step = torch.load(run_dir / "last.pt", weights_only=True)["step"]
     assert 20 <= step < 5000
+
+
+def test_a_recipe_may_start_from_another_recipe_beside_it(tmp_path):
+    (tmp_path / "net.toml").write_text('base = "star"\n[backbone]\nwidths = [48, 96, 192]\n[train]\nlr = 0.02\nsteps = 10\n')
+    (tmp_path / "stage2.toml").write_text('base = "net.toml"\n[train]\nlr = 0.01\n')
+    cfg = load_preset(tmp_path / "stage2.toml")
+    assert cfg.backbone["widths"] == [48, 96, 192] and cfg.backbone["blocks"] == [1, 2, 2]  # net's, then star's
+    assert cfg.train["lr"] == 0.01 and cfg.train["steps"] == 10
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(WsinucleiError, match="loop"):
+        load_preset(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('base = "missing.toml"\n')
+    with pytest.raises(WsinucleiError, match="not found"):
+        load_preset(tmp_path / "c.toml")

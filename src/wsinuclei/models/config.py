@@ -97,11 +97,12 @@ def list_presets() -> list[str]:
 def load_preset(name_or_path: str | Path) -> DetectorConfig:
     """A preset by name (``fast``, ``resnet50``, ``resnet101``) or by the path of a TOML file. A file with
     ``base = "NAME"`` starts from that packaged preset and changes only what it sets (a training recipe that
-    keeps the architecture, e.g. ``recipes/study/resnet50_scratch.toml``)."""
+    keeps the architecture, e.g. ``recipes/study/resnet50_scratch.toml``); ``base = "other.toml"`` starts from
+    another recipe in the same folder."""
     return DetectorConfig.from_dict(_preset_dict(name_or_path))
 
 
-def _preset_dict(name_or_path: str | Path) -> dict[str, Any]:
+def _preset_dict(name_or_path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
         try:
@@ -111,6 +112,13 @@ def _preset_dict(name_or_path: str | Path) -> dict[str, Any]:
         base = d.pop("base", None)
         if base is None:
             return d
+        if str(base).endswith(".toml"):  # another recipe, beside this one: an experiment's stages share one network
+            base_path = path.parent / str(base)
+            if not base_path.is_file():
+                raise WsinucleiError(f"{path}: base recipe '{base}' not found beside it")
+            if base_path.resolve() in _seen:
+                raise WsinucleiError(f"{path}: base recipes form a loop through '{base}'")
+            return _merged(_preset_dict(base_path, (*_seen, path.resolve())), d)
         if str(base) not in list_presets():
             raise WsinucleiError(f"{path}: base preset '{base}' unknown (known: {', '.join(list_presets())})")
         return _merged(_preset_dict(base), d)
