@@ -13,7 +13,9 @@ Sets (read from ../shared/data; see recipes/contours_data.toml for the training 
     .venv/bin/python scripts/evaluate_sets.py --model runs/contours/best.safetensors --out out/sets/contours
     .venv/bin/python scripts/evaluate_sets.py ... --read-mpp 0.5        # every set read at 20x resolution
 
-Writes OUT/<set>/report/metrics.json per set and OUT/sets.json, and prints a Markdown table.
+Writes OUT/<set>/report/metrics.json (and score_cuts.csv) per set and OUT/sets.json, and prints a Markdown
+table; then, for the validation sets only (a test set never chooses anything), the score cuts with the best F1
+and with the highest recall at precision >= --min-precision (default 0.75, the "Model 2" issue's target).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def _stage(samples, folder: Path, kind: str) -> Path:
 
 
 def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None,
-            read_mpp: float | None = None, model_resolution: bool = False) -> dict:
+            read_mpp: float | None = None, model_resolution: bool = False, min_precision: float = 0.75) -> dict:
     pred = out / name / "pred"
     opts = RunOptions(mpp=mpp, tissue_mask=False, model=model, progress=False, read_mpp=read_mpp,
                       native_resolution=not model_resolution)
@@ -69,10 +71,10 @@ def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, m
     for img in images:
         run_slide(img, pred, opts, log=lambda *_: None)
     seconds = (time.perf_counter() - t0) / max(1, len(images))
-    res = evaluate_folders(pred, truth, out / name / "report", mpp=mpp, overlays=False)
+    res = evaluate_folders(pred, truth, out / name / "report", mpp=mpp, overlays=False, min_precision=min_precision)
     m = res["metrics"]
     row = {"set": name, "images": len(images), "s_per_image": seconds, "mpp": mpp,
-           "centroid": m["pooled_centroid"]}
+           "centroid": m["pooled_centroid"], "operating_points": m["operating_points"]}
     if "pooled" in m:
         row["boxes"] = m["pooled"]
         row["ap50"] = m["AP@0.5"]
@@ -92,6 +94,8 @@ def main() -> int:
                     help="read every image at this µm/px (e.g. 0.5: the 40x sets at a 20x slide's resolution)")
     ap.add_argument("--model-resolution", action="store_true",
                     help="read every image at the model's own µm/px (CRCHisto upsampled to 0.25)")
+    ap.add_argument("--min-precision", type=float, default=0.75,
+                    help="the validation table's precision floor (default 0.75)")
     args = ap.parse_args()
     data, out, recipe = Path(args.shared) / "data", Path(args.out), Path(args.recipe)
     staged = out / "staged"
@@ -110,7 +114,8 @@ def main() -> int:
     for name, (images, truth, mpp) in plan.items():
         if args.sets and name not in args.sets:
             continue
-        row = run_set(name, images, truth, out, mpp, args.model, args.read_mpp, args.model_resolution)
+        row = run_set(name, images, truth, out, mpp, args.model, args.read_mpp, args.model_resolution,
+                      args.min_precision)
         row["read_mpp"] = args.read_mpp or ("model" if args.model_resolution else "native")
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("set", "images", "s_per_image")}), flush=True)
@@ -122,7 +127,26 @@ def main() -> int:
         print(f"| {r['set']} | {r['images']} | " + (f"{b['f1']:.3f} | {b['precision']:.3f} | {b['recall']:.3f}" if b else
               f"– | {c['precision']:.3f} | {c['recall']:.3f}") + f" | {c['f1']:.3f} | "
               + (f"{sg['aji']:.3f} | {sg['pq']:.3f}" if sg else "– | –") + f" | {r['s_per_image']:.2f} |")
+    print_cuts([r for r in rows if r["set"].endswith("_val")], args.min_precision)
     return 0
+
+
+def print_cuts(rows: list[dict], min_precision: float) -> None:
+    """Validation sets: the best-F1 cut, and the highest recall at the precision floor, per pairing."""
+    if not rows:
+        return
+    print(f"\n| set | pairing | best F1 (cut) | P | R | highest R with P >= {min_precision:g} (cut) | P |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ops = r["operating_points"]
+        for pairing, label in (("boxes", "IoU 0.5"), ("centroid", "centroid 3 µm")):
+            if pairing not in ops:
+                continue
+            b, h = ops[pairing]["best_f1"], ops[pairing]["highest_recall"]
+            best = f"{b[pairing]['f1']:.3f} ({b['score']:.2f}) | {b[pairing]['precision']:.3f} | {b[pairing]['recall']:.3f}"
+            high = "none reaches it | –" if h is None else \
+                f"{h[pairing]['recall']:.3f} ({h['score']:.2f}) | {h[pairing]['precision']:.3f}"
+            print(f"| {r['set']} | {label} | {best} | {high} |")
 
 
 if __name__ == "__main__":

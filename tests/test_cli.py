@@ -268,6 +268,30 @@ def test_evaluate_centre_annotations_reports_centroid_figures_only(tmp_path):
     assert m["annotation"] == "points" and "pooled" not in m and "AP@0.5" not in m
     c = m["pooled_centroid"]
     assert (c["tp"], c["fp"], c["fn"]) == (1, 0, 1)
+    # the score-cut table has no IoU columns either
+    assert (tmp_path / "rep" / "score_cuts.csv").read_text().splitlines()[0].startswith("score,centroid_tp,")
+
+
+def test_evaluate_min_precision_names_the_cut(tmp_path):
+    """Two nuclei; a match at 0.9, a stray box at 0.7, a match at 0.4. Cuts 0.10-0.40 keep all three
+    (precision 2/3, recall 1), 0.45-0.70 two (1/2, 1/2), 0.75-0.90 one (1, 1/2): only those reach 0.75."""
+    import json
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    (truth / "a.csv").write_text("x0,y0,x1,y1\n0,0,10,10\n50,50,60,60\n")
+    (pred / "a.csv").write_text("x0,y0,x1,y1,score\n0,0,10,10,0.9\n100,100,110,110,0.7\n50,50,60,60,0.4\n")
+    proc = run("evaluate", "--pred", pred, "--truth", truth, "--out", tmp_path / "rep", "--no-overlays",
+               "--min-precision", "0.75")
+    assert proc.returncode == 0, proc.stderr
+    assert "highest recall with precision >= 0.75: by IoU 0.500 at 0.75 (precision 1.000)" in proc.stdout
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["operating_points"]["boxes"]["highest_recall"]["score"] == 0.75
+    assert m["operating_points"]["boxes"]["best_f1"]["score"] == 0.1  # F1 0.8 against 0.667
+    lines = (tmp_path / "rep" / "score_cuts.csv").read_text().splitlines()
+    assert len(lines) == 18 and lines[1].startswith("0.10,2,1,0,0.6667,1.0000,0.8000,")
+    proc = run("evaluate", "--pred", pred, "--truth", truth, "--out", tmp_path / "rep2", "--min-precision", "0")
+    assert_clean_error(proc, "--min-precision")
 
 
 def test_a_closed_stdout_ends_the_command_quietly(pyramid_slide):

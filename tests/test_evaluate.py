@@ -134,6 +134,44 @@ def test_centroid_pairing_radius():
     assert ev.count(near, [1.0], truth, iou_threshold=0.5).tp == 0
 
 
+def test_score_cuts_hand_computed():
+    """Truth at 0, 20, 40; predictions: a match at 0.9, a stray box at 0.8, a match at 0.6 (IoU 0.82) and one
+    at 0.3. Each cut keeps the predictions at or above it."""
+    truth = np.array([row(0), row(20), row(40)])
+    pred = np.array([row(100), row(0), row(41), row(21)])  # not in score order: the cuts sort them
+    scores = np.array([0.8, 0.9, 0.3, 0.6])
+    rows = {r["score"]: r for r in ev.score_cuts([("x", pred, scores, truth)], (0.2, 0.5, 0.7, 0.85))}
+    got = {c: (r["boxes"]["tp"], r["boxes"]["fp"], r["boxes"]["fn"]) for c, r in rows.items()}
+    assert got == {0.85: (1, 0, 2), 0.7: (1, 1, 2), 0.5: (2, 1, 1), 0.2: (3, 1, 0)}
+    assert {c: r["centroid"]["tp"] for c, r in rows.items()} == {0.85: 1, 0.7: 1, 0.5: 2, 0.2: 3}
+    table = list(rows.values())
+    assert ev.best_cut(table, "boxes")["score"] == 0.2  # F1 0.857
+    assert ev.best_cut(table, "boxes", min_precision=0.7)["score"] == 0.2  # precision 0.75, recall 1
+    assert ev.best_cut(table, "boxes", min_precision=0.8)["score"] == 0.85  # the only cut at precision 1
+    only_strays = ev.score_cuts([("x", np.array([row(200)]), np.array([0.9]), truth)], (0.5,))
+    assert ev.best_cut(only_strays, "boxes", min_precision=0.5) is None
+
+
+def test_score_cuts_agree_with_the_operating_point_counts():
+    """Every cut's counts are those `count` gives at that score threshold, for both pairings, pooled over
+    images (the table reuses one IoU and one distance matrix per image: this checks the reuse)."""
+    rng = np.random.default_rng(4)
+    items = []
+    for k in range(3):
+        truth = np.concatenate([rng.uniform(0, 200, (40, 2)), rng.uniform(6, 16, (40, 2))], 1)
+        truth[:, 2:] += truth[:, :2]
+        pred = truth[rng.permutation(40)[:30]] + rng.normal(0, 3, (30, 4))
+        pred = np.concatenate([pred, truth[:10] + rng.normal(0, 6, (10, 4))])
+        items.append((f"i{k}", pred, rng.uniform(0.05, 1, len(pred)), truth))
+    cuts = (0.1, 0.35, 0.6, 0.85)
+    table = ev.score_cuts(items, cuts, iou_threshold=0.5, radius_px=5.0)
+    for r, cut in zip(table, cuts):
+        for pairing, kw in (("boxes", {"iou_threshold": 0.5}), ("centroid", {"radius": 5.0})):
+            want = sum((ev.count(p, s, t, score_threshold=cut, **kw) for _, p, s, t in items), ev.Counts())
+            assert (r[pairing]["tp"], r[pairing]["fp"], r[pairing]["fn"]) == (want.tp, want.fp, want.fn)
+    assert len({r["boxes"]["tp"] for r in table}) > 1  # the cuts do cut
+
+
 def test_map_and_per_threshold_ap():
     truth = np.array([row(0), row(30)])
     pred = np.array([row(1), row(34)])  # IoU .82 and .43

@@ -103,11 +103,13 @@ def _cmd_info(args) -> int:
 def _cmd_evaluate(args) -> int:
     from .report import evaluate_folders, format_table
 
+    if args.min_precision is not None and not 0 < args.min_precision <= 1:
+        raise WsinucleiError(f"--min-precision is a precision, from 0 (exclusive) to 1, got {args.min_precision}")
     res = evaluate_folders(args.pred, args.truth, args.out, score_threshold=args.score_threshold,
                            iou_threshold=args.iou, radius_um=args.radius_um, mpp=args.mpp, border=args.border,
-                           images=args.images, overlays=not args.no_overlays)
+                           images=args.images, overlays=not args.no_overlays, min_precision=args.min_precision)
     print(format_table(res))
-    print(f"report: {args.out}/metrics.json, per_image.csv, pr_curve.png"
+    print(f"report: {args.out}/metrics.json, per_image.csv, score_cuts.csv, pr_curve.png"
           + ("" if args.no_overlays else ", overlay_*.png"))
     return 0
 
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--border", type=int, default=0, help="ignore boxes whose centre is within N px of the border")
     sp.add_argument("--images", default=None, help="folder of the images, for overlays (default: beside the truth)")
     sp.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
+    sp.add_argument("--min-precision", type=float, default=None, metavar="P",
+                    help="also name the score cut with the highest recall at precision >= P (score_cuts.csv holds "
+                    "every cut from 0.10 to 0.90)")
     sp.set_defaults(func=_cmd_evaluate)
 
     sp = sub.add_parser("prepare", help="cut annotated images into normalised training tiles with boxes")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.1, 0.9001, 0.05), 2))
+SCORE_CUTS = tuple(np.round(np.arange(0.1, 0.9001, 0.05), 2))  # 0.1: the lowest score `detect` writes
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,16 +53,24 @@ def match(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5, *, ra
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     if radius is None:
         return match_iou(box_iou(pred, truth), iou_threshold)
+    return match_distance(centre_distances(pred, truth), radius)
+
+
+def centre_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Distance matrix (len(pred), len(truth)) between box centres."""
     pc, tc = centres(pred), centres(truth)
-    dist = np.hypot(pc[:, None, 0] - tc[None, :, 0], pc[:, None, 1] - tc[None, :, 1])
-    admissible = dist <= radius + 1e-12
-    return _assign(dist, admissible, 1.0 - dist / max(radius, 1e-12))
+    return np.hypot(pc[:, None, 0] - tc[None, :, 0], pc[:, None, 1] - tc[None, :, 1])
 
 
 def match_iou(iou: np.ndarray, threshold: float):
     """:func:`match` on a precomputed IoU matrix (AP reuses one matrix for every IoU threshold)."""
     admissible = iou >= threshold - 1e-12
     return _assign(iou, admissible, iou)
+
+
+def match_distance(dist: np.ndarray, radius: float):
+    """:func:`match` by centre distance on a precomputed distance matrix."""
+    return _assign(dist, dist <= radius + 1e-12, 1.0 - dist / max(radius, 1e-12))
 
 
 def _assign(quality: np.ndarray, admissible: np.ndarray, tie_break: np.ndarray):
@@ -155,6 +164,40 @@ def pr_auc(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2))
 
 
+def score_cuts(items, cuts=SCORE_CUTS, *, iou_threshold: float = 0.5, radius_px: float = 12.0) -> list[dict]:
+    """Pooled counts at each score cut, by IoU and by centroid pairing: the table an operating point is
+    chosen from. Each cut pairs its own predictions afresh, as the figures at the operating point do (the AP
+    curve instead pairs every prediction once, whatever its score). ``items``: (name, pred, scores, truth)."""
+    tally = {float(c): [Counts(), Counts()] for c in cuts}
+    for _, pred, scores, truth in items:
+        pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+        truth = np.asarray(truth, dtype=np.float64).reshape(-1, 4)
+        scores = np.ones(len(pred)) if scores is None else np.asarray(scores, dtype=np.float64)
+        # best first, so each cut keeps a prefix: one IoU and one distance matrix serve every cut
+        order = np.argsort(-scores, kind="mergesort")
+        pred, scores = pred[order], scores[order]
+        iou, dist = box_iou(pred, truth), centre_distances(pred, truth)
+        for cut, (boxes, centroid) in tally.items():
+            k = int(np.count_nonzero(scores >= cut))
+            if k and len(truth):
+                tp_iou = len(match_iou(iou[:k], iou_threshold)[0])
+                tp_c = len(match_distance(dist[:k], radius_px)[0])
+            else:
+                tp_iou = tp_c = 0
+            tally[cut] = [boxes + Counts(tp_iou, k - tp_iou, len(truth) - tp_iou),
+                          centroid + Counts(tp_c, k - tp_c, len(truth) - tp_c)]
+    return [{"score": cut, "boxes": b.as_dict(), "centroid": c.as_dict()} for cut, (b, c) in tally.items()]
+
+
+def best_cut(rows: list[dict], pairing: str, *, min_precision: float | None = None) -> dict | None:
+    """The :func:`score_cuts` row with the highest F1 by ``pairing`` ("boxes" or "centroid"), or with
+    ``min_precision`` the highest recall among the cuts whose precision reaches it (None when none does).
+    Ties go to the higher precision, then to the lower cut."""
+    pool = rows if min_precision is None else [r for r in rows if r[pairing]["precision"] >= min_precision - 1e-12]
+    first = "f1" if min_precision is None else "recall"
+    return max(pool, key=lambda r: (r[pairing][first], r[pairing]["precision"], -r["score"])) if pool else None
+
+
 def apply_border_margin(boxes, scores, shape_hw, margin):
     """Drop boxes whose centre lies within ``margin`` px of the image border."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -179,6 +222,7 @@ def evaluate_set(
     Returns a dict with per-image counts, pooled counts at the score threshold (IoU and centroid pairing),
     AP per IoU threshold, mAP, AP@0.1 and AP@0.5, PR-AUC and the PR curves at IoU 0.1 and 0.5.
     """
+    items = list(items)
     per_image, pooled, pooled_c = [], Counts(), Counts()
     n_truth = 0
     flags = {t: [] for t in iou_thresholds}
@@ -221,4 +265,5 @@ def evaluate_set(
         "n_truth": n_truth,
         "n_pred": int(len(scores_all)),
         "curves": curves,
+        "score_cuts": score_cuts(items, iou_threshold=iou_threshold, radius_px=radius_px),
     }

@@ -74,8 +74,10 @@ def plot_pr(curves: dict, path: Path) -> None:
 
 
 def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, score_threshold=0.5, iou_threshold=0.5,
-                     radius_um=3.0, mpp=0.25, border=0, images: str | Path | None = None, overlays=True) -> dict:
-    """Pair prediction and truth files by stem, compute metrics, write the report into ``out``."""
+                     radius_um=3.0, mpp=0.25, border=0, images: str | Path | None = None, overlays=True,
+                     min_precision: float | None = None) -> dict:
+    """Pair prediction and truth files by stem, compute metrics, write the report into ``out``. With
+    ``min_precision``, the report also names the score cut with the highest recall at that precision."""
     pred_files = collect_box_files(pred, PRED_SUFFIXES)
     truth_files = collect_box_files(truth)
     only_pred = sorted(set(pred_files) - set(truth_files))
@@ -126,6 +128,9 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     if points_only:  # centres only: IoU figures mean nothing, centroid pairing is the measure
         for key in ("pooled", "ap", "mAP", "AP@0.1", "AP@0.5", "PR-AUC"):
             metrics.pop(key, None)
+        for row in metrics["score_cuts"]:
+            row.pop("boxes")
+    metrics["operating_points"] = _operating_points(metrics["score_cuts"], min_precision)
     metrics["annotation"] = "points" if points_only else ("outlines" if len(seg_items) == len(items) else "boxes")
     seg = None
     if seg_items and len(seg_items) == len(items):
@@ -146,6 +151,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
                     f"{r['f1']:.4f}", f"{r['centroid_f1']:.4f}"]
                    + ([f"{sr[k]:.4f}" for k in ("aji", "aji_plus", "pq", "dice")] if sr else []))
     atomic_write_bytes(out / "per_image.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "score_cuts.csv", _score_cuts_csv(metrics["score_cuts"]).encode())
     plot_pr(res["curves"], out / "pr_curve.png")
     if overlays:
         from .data import load_image
@@ -156,6 +162,50 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
                              out / f"overlay_{stem}.png")
     res["metrics"] = metrics
     return res
+
+
+def _operating_points(rows: list[dict], min_precision: float | None) -> dict:
+    """Per pairing present in ``rows``: the cut with the best F1 and, with ``min_precision``, the cut with the
+    highest recall at that precision (None when no cut reaches it)."""
+    points = {"min_precision": min_precision}
+    for pairing in ("boxes", "centroid"):
+        if rows and pairing in rows[0]:
+            points[pairing] = {"best_f1": evaluate.best_cut(rows, pairing)}
+            if min_precision is not None:
+                points[pairing]["highest_recall"] = evaluate.best_cut(rows, pairing, min_precision=min_precision)
+    return points
+
+
+def _score_cuts_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    pairings = [k for k in ("boxes", "centroid") if rows and k in rows[0]]
+    names = {"boxes": "iou", "centroid": "centroid"}
+    w.writerow(["score"] + [f"{names[k]}_{c}" for k in pairings for c in ("tp", "fp", "fn", "precision", "recall", "f1")])
+    for r in rows:
+        w.writerow([f"{r['score']:.2f}"] + [v for k in pairings for v in
+                                           (r[k]["tp"], r[k]["fp"], r[k]["fn"], f"{r[k]['precision']:.4f}",
+                                            f"{r[k]['recall']:.4f}", f"{r[k]['f1']:.4f}")])
+    return buf.getvalue()
+
+
+def _operating_lines(points: dict) -> list[str]:
+    """The report's summary of score_cuts.csv: best F1 per pairing, and the recall at --min-precision."""
+    if not points:
+        return []
+    label = {"boxes": "by IoU", "centroid": "by centroid pairing"}
+    best = [f"{label[k]} {points[k]['best_f1'][k]['f1']:.3f} at {points[k]['best_f1']['score']:.2f}"
+            for k in ("boxes", "centroid") if k in points]
+    lines = ["score cuts (score_cuts.csv): best F1 " + ", ".join(best)]
+    if points.get("min_precision") is not None:
+        parts = []
+        for k in ("boxes", "centroid"):
+            if k in points:
+                r = points[k]["highest_recall"]
+                parts.append(f"{label[k]} " + ("none reaches it" if r is None else
+                                                f"{r[k]['recall']:.3f} at {r['score']:.2f} (precision {r[k]['precision']:.3f})"))
+        lines.append(f"highest recall with precision >= {points['min_precision']:g}: " + ", ".join(parts))
+    return lines
 
 
 def _segmentation(seg_items, score_threshold: float) -> dict:
@@ -198,7 +248,7 @@ def format_table(res: dict) -> str:
         rows = [f"{'image':<32} {'cF1':>6}"] + [f"{r['image'][:32]:<32} {r['centroid_f1']:>6.3f}" for r in res["per_image"]]
         rows.append(f"pooled centroid pairing: TP {c['tp']}, FP {c['fp']}, FN {c['fn']}, precision {c['precision']:.3f}, "
                     f"recall {c['recall']:.3f}, F1 {c['f1']:.3f} (centre annotations: no IoU figures)")
-        return "\n".join(rows)
+        return "\n".join(rows + _operating_lines(m.get("operating_points")))
     rows = [f"{'image':<32} {'TP':>6} {'FP':>6} {'FN':>6} {'prec':>6} {'rec':>6} {'F1':>6} {'cF1':>6}"]
     for r in res["per_image"]:
         rows.append(f"{r['image'][:32]:<32} {r['tp']:>6} {r['fp']:>6} {r['fn']:>6} {r['precision']:>6.3f} "
@@ -214,6 +264,7 @@ def format_table(res: dict) -> str:
         rows.append(f"segmentation ({', '.join(m['segmentation']['predictions'])}): AJI {sp['aji']:.3f} "
                     f"(mean over images {sm['aji']:.3f})  AJI+ {sp['aji_plus']:.3f}  PQ {sp['pq']:.3f} "
                     f"(DQ {sp['dq']:.3f}, SQ {sp['sq']:.3f}; mean {sm['pq']:.3f})  Dice {sp['dice']:.3f}")
+    rows += _operating_lines(m.get("operating_points"))
     if m.get("only_in_predictions"):
         rows.append(f"no truth for: {', '.join(m['only_in_predictions'])}")
     if m.get("only_in_truth"):
