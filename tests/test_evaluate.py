@@ -148,6 +148,8 @@ def test_score_cuts_hand_computed():
     assert ev.best_cut(table, "boxes")["score"] == 0.2  # F1 0.857
     assert ev.best_cut(table, "boxes", min_precision=0.7)["score"] == 0.2  # precision 0.75, recall 1
     assert ev.best_cut(table, "boxes", min_precision=0.8)["score"] == 0.85  # the only cut at precision 1
+    unscored = ev.score_cuts([("x", pred, None, truth)], (0.2, 0.9))  # no scores: every cut keeps every box
+    assert [(r["boxes"]["tp"], r["boxes"]["fp"], r["boxes"]["fn"]) for r in unscored] == [(3, 1, 0), (3, 1, 0)]
     only_strays = ev.score_cuts([("x", np.array([row(200)]), np.array([0.9]), truth)], (0.5,))
     assert ev.best_cut(only_strays, "boxes", min_precision=0.5) is None
 

@@ -177,13 +177,14 @@ def score_cuts(items, cuts=SCORE_CUTS, *, iou_threshold: float = 0.5, radius_px:
         order = np.argsort(-scores, kind="mergesort")
         pred, scores = pred[order], scores[order]
         iou, dist = box_iou(pred, truth), centre_distances(pred, truth)
+        # prefix length -> true positives (IoU, centroid): cuts that keep the same predictions pair them once
+        paired = {0: (0, 0)}
         for cut, (boxes, centroid) in tally.items():
             k = int(np.count_nonzero(scores >= cut))
-            if k and len(truth):
-                tp_iou = len(match_iou(iou[:k], iou_threshold)[0])
-                tp_c = len(match_distance(dist[:k], radius_px)[0])
-            else:
-                tp_iou = tp_c = 0
+            if k not in paired:
+                paired[k] = ((len(match_iou(iou[:k], iou_threshold)[0]), len(match_distance(dist[:k], radius_px)[0]))
+                             if len(truth) else (0, 0))
+            tp_iou, tp_c = paired[k]
             tally[cut] = [boxes + Counts(tp_iou, k - tp_iou, len(truth) - tp_iou),
                           centroid + Counts(tp_c, k - tp_c, len(truth) - tp_c)]
     return [{"score": cut, "boxes": b.as_dict(), "centroid": c.as_dict()} for cut, (b, c) in tally.items()]
@@ -222,7 +223,6 @@ def evaluate_set(
     Returns a dict with per-image counts, pooled counts at the score threshold (IoU and centroid pairing),
     AP per IoU threshold, mAP, AP@0.1 and AP@0.5, PR-AUC and the PR curves at IoU 0.1 and 0.5.
     """
-    items = list(items)
     per_image, pooled, pooled_c = [], Counts(), Counts()
     n_truth = 0
     flags = {t: [] for t in iou_thresholds}
@@ -265,5 +265,4 @@ def evaluate_set(
         "n_truth": n_truth,
         "n_pred": int(len(scores_all)),
         "curves": curves,
-        "score_cuts": score_cuts(items, iou_threshold=iou_threshold, radius_px=radius_px),
     }

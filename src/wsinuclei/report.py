@@ -123,6 +123,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     res = evaluate.evaluate_set(items, score_threshold=score_threshold, iou_threshold=iou_threshold, radius_px=radius_px)
     settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "radius_um": radius_um,
                 "radius_px": radius_px, "mpp": mpp, "border_px": border, "pred": str(pred), "truth": str(truth)}
+    res["score_cuts"] = evaluate.score_cuts(items, iou_threshold=iou_threshold, radius_px=radius_px)
     metrics = {k: v for k, v in res.items() if k not in ("curves", "per_image")}
     points_only = all(k == "points" for k in kinds.values())
     if points_only:  # centres only: IoU figures mean nothing, centroid pairing is the measure
@@ -181,11 +182,11 @@ def _score_cuts_csv(rows: list[dict]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     pairings = [k for k in ("boxes", "centroid") if rows and k in rows[0]]
     names = {"boxes": "iou", "centroid": "centroid"}
-    w.writerow(["score"] + [f"{names[k]}_{c}" for k in pairings for c in ("tp", "fp", "fn", "precision", "recall", "f1")])
+    columns = ("tp", "fp", "fn", "precision", "recall", "f1")
+    w.writerow(["score"] + [f"{names[k]}_{c}" for k in pairings for c in columns])
     for r in rows:
-        w.writerow([f"{r['score']:.2f}"] + [v for k in pairings for v in
-                                           (r[k]["tp"], r[k]["fp"], r[k]["fn"], f"{r[k]['precision']:.4f}",
-                                            f"{r[k]['recall']:.4f}", f"{r[k]['f1']:.4f}")])
+        w.writerow([f"{r['score']:.2f}"] + [r[k][c] if c in ("tp", "fp", "fn") else f"{r[k][c]:.4f}"
+                                           for k in pairings for c in columns])
     return buf.getvalue()
 
 
@@ -203,7 +204,8 @@ def _operating_lines(points: dict) -> list[str]:
             if k in points:
                 r = points[k]["highest_recall"]
                 parts.append(f"{label[k]} " + ("none reaches it" if r is None else
-                                                f"{r[k]['recall']:.3f} at {r['score']:.2f} (precision {r[k]['precision']:.3f})"))
+                                                f"{r[k]['recall']:.3f} at {r['score']:.2f} "
+                                                f"(precision {r[k]['precision']:.3f})"))
         lines.append(f"highest recall with precision >= {points['min_precision']:g}: " + ", ".join(parts))
     return lines
 
