@@ -63,7 +63,7 @@ def _stage(samples, folder: Path, kind: str) -> Path:
 
 
 def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None,
-            read_mpp: float | None = None, model_resolution: bool = False, min_precision: float = 0.75) -> dict:
+            read_mpp: float | None, model_resolution: bool, min_precision: float) -> dict:
     pred = out / name / "pred"
     opts = RunOptions(mpp=mpp, tissue_mask=False, model=model, progress=False, read_mpp=read_mpp,
                       native_resolution=not model_resolution)

@@ -16,9 +16,11 @@ model trained on them are re-measured on the original validation images.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 import tarfile
@@ -89,12 +91,18 @@ def pack(prepared: Path, out: Path, lossy: int | None = None) -> None:
         members[f"whole/{key}.webp"] = _webp_bytes(whole, lossy)
     members["manifest.json"] = (prepared / "manifest.json").read_bytes()
     members["pack_index.json"] = json.dumps({"lossy": lossy, "files": index}).encode()
-    with tarfile.open(out, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    _rebuild(out, None)  # overlapping tiles must agree, or the whole image could not give them back
+    partial = out.with_name(out.name + ".partial")  # the archive takes its name only once it has been checked
+    try:
+        with tarfile.open(partial, "w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        _rebuild(partial, None)  # overlapping tiles must agree, or the whole image could not give them back
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
     what = f"images lossy (WebP {lossy}), every other array checked" if lossy else "checked"
     print(f"packed {len(index)} files of {prepared} into {out} ({out.stat().st_size / 1e6:.1f} MB); {what}")
 
@@ -132,15 +140,26 @@ def unpack(archive: Path, prepared: Path) -> None:
     print(f"unpacked {n} files into {prepared}; {what} matches what was packed")
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    quality = None
-    if len(args) == 5 and args[0] == "pack" and args[1] == "--lossy" and args[2].isdigit():
-        quality = int(args[2])
-        args = [args[0], *args[3:]]
-    if len(args) != 3 or args[0] not in ("pack", "unpack"):
-        sys.exit(__doc__)
-    if args[0] == "pack":
-        pack(Path(args[1]), Path(args[2]), quality)
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Pack a prepared folder into one archive, or unpack one, every array checked.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("pack", help="a prepared folder into one archive")
+    sp.add_argument("prepared", type=Path)
+    sp.add_argument("archive", type=Path)
+    sp.add_argument("--lossy", type=int, default=None, metavar="Q",
+                    help="images as WebP at quality Q (1-100); every other array stays exact and checked")
+    sp = sub.add_parser("unpack", help="an archive back into a prepared folder, every array checked")
+    sp.add_argument("archive", type=Path)
+    sp.add_argument("prepared", type=Path)
+    args = ap.parse_args()
+    if args.command == "pack":
+        if args.lossy is not None and not 1 <= args.lossy <= 100:
+            ap.error(f"--lossy is a WebP quality from 1 to 100, got {args.lossy}")
+        pack(args.prepared, args.archive, args.lossy)
     else:
-        unpack(Path(args[1]), Path(args[2]))
+        unpack(args.archive, args.prepared)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

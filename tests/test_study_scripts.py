@@ -85,6 +85,22 @@ def test_lossy_pack_keeps_every_other_array_exact_and_the_images_close(overlappi
                                                                                     : a[first]["image"].shape[1] - 44])
 
 
+def test_pack_command_line_as_a_device_run_uses_it(overlapping_prepared, tmp_path):
+    script = str(ROOT / "scripts" / "pack_prepared.py")
+    archive = tmp_path / "p.tar"
+    r = subprocess.run([sys.executable, script, "pack", str(overlapping_prepared), str(archive), "--lossy", "92"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "images lossy (WebP 92)" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, script, "unpack", str(archive), str(tmp_path / "back")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "every array but the (WebP 92) images" in r.stdout, r.stderr
+    assert _arrays(tmp_path / "back").keys() == _arrays(overlapping_prepared).keys()
+    r = subprocess.run([sys.executable, script, "pack", str(overlapping_prepared), str(tmp_path / "q.tar"),
+                        "--lossy", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "WebP quality from 1 to 100" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "q.tar").exists()
+
+
 def test_pack_refuses_tiles_whose_overlap_disagrees(overlapping_prepared, tmp_path):
     import shutil
 
@@ -97,6 +113,8 @@ def test_pack_refuses_tiles_whose_overlap_disagrees(overlapping_prepared, tmp_pa
     np.savez(tile, **arrays)
     with pytest.raises(SystemExit, match="does not match"):
         pack_prepared.pack(bad, tmp_path / "bad.tar")
+    # nothing left behind that looks like an archive
+    assert not (tmp_path / "bad.tar").exists() and not (tmp_path / "bad.tar.partial").exists()
 
 
 def test_device_time_cuts_resnet_units_and_leaves_other_presets_whole(random_model, tmp_path):

@@ -238,7 +238,6 @@ def crop_batches(sampler: CropSampler, batch: int, seed: int, start: int, steps:
                                          num_workers=workers, collate_fn=lambda crops: crops, prefetch_factor=4,
                                          generator=torch.Generator(),  # not the training's torch generator
                                          worker_init_fn=_ignore_sigterm)
-
     return iter(loader)
 
 
