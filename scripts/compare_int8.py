@@ -55,7 +55,7 @@ def main() -> None:
             t0 = time.perf_counter()
             net.compiled(x)
             times.append(time.perf_counter() - t0)
-        preds = [(b.astype(np.float64), s.astype(np.float64)) for b, s, _ in (net([t.image])[0] for t in val)]
+        preds = [(b.astype(np.float64), s.astype(np.float64)) for b, s, *_ in (net([t.image])[0] for t in val)]
         v = score_predictions(val, preds)
         res["variants"][name] = {"network_s_per_1024_tile": round(statistics.median(times), 4),
                                  "val_score": round(v["val_f1"], 4), "val_threshold": v["val_threshold"],

@@ -8,6 +8,8 @@ Sets (read from ../shared/data; see recipes/contours_data.toml for the training 
 - consep_val / monuseg_val: the recipe's validation parts of the training sets
 - crchisto_val: CRCHisto validation, 10 images at 20x with centres only: detected at the slide's own 0.5 µm/px,
   scored by centroid pairing within 3 µm (some nuclei are not annotated: precision is only indicative)
+- brca_val: BRCA-M2C validation, 10 breast images at 20x (0.51 µm/px), every cell centre typed
+Where the truth has types (CoNSeP, CRCHisto, BRCA-M2C) and the model a type head, HoVer-Net's F_t per type too.
 
     .venv/bin/python scripts/evaluate_sets.py --out out/sets/fast                        # the shipped model
     .venv/bin/python scripts/evaluate_sets.py --model runs/contours/best.safetensors --out out/sets/contours
@@ -30,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from wsinuclei.data import find_samples, load_recipe, read_annotation, split_by_image, group_of
+from wsinuclei.nucleus_types import types_path
 from wsinuclei.pipeline import RunOptions, run_slide
 from wsinuclei.report import evaluate_folders
 
@@ -59,6 +62,9 @@ def _stage(samples, folder: Path, kind: str) -> Path:
             t = folder / s.truth.name
             if not t.exists():
                 os.symlink(s.truth.resolve(), t)
+        typed = types_path(s.truth)
+        if typed.is_file() and not (folder / typed.name).exists():  # types beside the truth: scored too
+            os.symlink(typed.resolve(), folder / typed.name)
     return folder
 
 
@@ -80,6 +86,8 @@ def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, m
         row["ap50"] = m["AP@0.5"]
     if "segmentation" in m:
         row["segmentation"] = m["segmentation"]
+    if m.get("types", {}).get("images"):
+        row["types"] = m["types"]
     return row
 
 
@@ -109,6 +117,8 @@ def main() -> int:
         plan[set_name] = ([folder / s.image.name for s in val], folder, src.mpp)
     crc = find_samples(data / "crchisto/validation", "points")
     plan["crchisto_val"] = ([s.image for s in crc], data / "crchisto/validation", 0.5)
+    brca = find_samples(data / "brca/validation", "points")
+    plan["brca_val"] = ([s.image for s in brca], data / "brca/validation", 0.51)
 
     rows = []
     for name, (images, truth, mpp) in plan.items():
@@ -128,7 +138,21 @@ def main() -> int:
               f"– | {c['precision']:.3f} | {c['recall']:.3f}") + f" | {c['f1']:.3f} | "
               + (f"{sg['aji']:.3f} | {sg['pq']:.3f}" if sg else "– | –") + f" | {r['s_per_image']:.2f} |")
     print_cuts([r for r in rows if r["set"].endswith("_val")], args.min_precision)
+    print_types([r for r in rows if "types" in r])
     return 0
+
+
+def print_types(rows: list[dict]) -> None:
+    """Sets with typed truth: HoVer-Net's F_d and F_t per type (centres within 3 µm), accuracy among paired."""
+    if not rows:
+        return
+    names = rows[0]["types"]["types"][:4]
+    print("\n| set | F_d | " + " | ".join(f"F_t {n}" for n in names) + " | accuracy |")
+    print("|---|---|" + "---|" * len(names) + "---|")
+    for r in rows:
+        t = r["types"]
+        cells = " | ".join("–" if t[f"f_t_{n}"] != t[f"f_t_{n}"] else f"{t[f'f_t_{n}']:.3f}" for n in names)
+        print(f"| {r['set']} | {t['f_d']:.3f} | {cells} | {t['type_accuracy']:.3f} |")
 
 
 def print_cuts(rows: list[dict], min_precision: float) -> None:

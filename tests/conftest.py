@@ -17,6 +17,11 @@ SHARED_SVS = SHARED / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 
 
 def need(path: Path):
+    """A skip mark for tests that read ``path`` under ../shared: ``@need(PATH)`` above the test. Called inside a
+    test body it would build a mark and do nothing (the test would then fail where ../shared is absent), so
+    there it raises instead."""
+    if os.environ.get("PYTEST_CURRENT_TEST"):
+        raise RuntimeError("need() is a decorator: write @need(PATH) above the test, not need(PATH) inside it")
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (the shared data folder); not present here")
 
 
@@ -104,8 +109,23 @@ class StubDetector:
     tiles_at_once = 1  # as a Detector: one tile per call unless --batch-size asks for more
     outlines = False  # True: also give each blob an outline (its box's corners), as a contour model would
 
+    #: True: also type each blob, as a typed model would: 'epithelial' (probability 0.8) when its box is at least
+    #: ``big_px`` wide, else 'inflammatory' (0.7), the rest of the probability spread evenly
+    types = False
+    big_px = 14
+
     def predict(self, tiles):
         return [(b, s) for b, s, _ in self.predict_instances(tiles)]
+
+    def predict_typed(self, tiles):
+        out = []
+        for b, s, o in self.predict_instances(tiles):
+            probs = None
+            if self.types:
+                big = (b[:, 2] - b[:, 0]) >= self.big_px
+                probs = np.where(big[:, None], [0.8, 0.2 / 3, 0.2 / 3, 0.2 / 3], [0.1, 0.7, 0.1, 0.1])
+            out.append((b, s, o, probs))
+        return out
 
     def predict_instances(self, tiles):
         from scipy import ndimage

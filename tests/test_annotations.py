@@ -77,3 +77,42 @@ def test_monuseg_totals():
     train = sorted((MONUSEG / "train").glob("*_labels.png"))
     assert len(train) == 30
     assert sum(len(read_boxes(p)) for p in train) == 16958
+
+
+@pytest.mark.parametrize("body, message", [
+    ('<Vertex Y="1"/><Vertex X="3" Y="4"/><Vertex X="5" Y="9"/>', "Vertex's X is missing"),
+    ('<Vertex X="abc" Y="1"/><Vertex X="3" Y="4"/><Vertex X="5" Y="9"/>', "Vertex's X is 'abc'"),
+    ('<Vertex X="nan" Y="1"/><Vertex X="3" Y="4"/><Vertex X="5" Y="9"/>', "not a finite number"),
+    ('<Vertex X="1" Y="inf"/><Vertex X="3" Y="4"/><Vertex X="5" Y="9"/>', "not a finite number"),
+])
+def test_bad_xml_vertices_are_one_clear_error(tmp_path, body, message):
+    p = tmp_path / "a.xml"
+    p.write_text(f'<Annotations><Annotation><Regions><Region><Vertices>{body}</Vertices></Region></Regions>'
+                 '</Annotation></Annotations>')
+    with pytest.raises(WsinucleiError, match=message) as e:
+        read_boxes(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_microns_per_pixel_is_one_clear_error(tmp_path):
+    p = tmp_path / "a.xml"
+    p.write_text('<Annotations MicronsPerPixel="abc"><Annotation><Regions></Regions></Annotation></Annotations>')
+    with pytest.raises(WsinucleiError, match="MicronsPerPixel is 'abc'"):
+        read_boxes(p)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.csv", "x0,y0,x1,y1,score\n0,0,10,10,0.9\n5,5,inf,20,0.8\n", "a box of row 2"),
+    ("p.csv", "x0,y0,x1,y1,score\n0,0,10,10,nan\n", "the score of row 1"),
+    ("t.csv", "x0,y0,x1,y1\nnan,0,10,10\n", "a box of row 1"),
+    ("a_points.csv", "x,y\n1,2\nnan,4\n", "a centre of row 2"),
+    ("g.geojson", '{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"Polygon",'
+                  '"coordinates":[[[0,0],[NaN,0],[5,5],[0,0]]]}}]}', "a coordinate"),
+    ("s.geojson", '{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"Polygon",'
+                  '"coordinates":[[[0,0],[9,0],[5,5],[0,0]]]},"properties":{"score":"abc"}}]}', "score is not a number"),
+])
+def test_non_finite_boxes_and_scores_are_refused_not_scored(tmp_path, name, text, message):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(WsinucleiError, match=message):
+        read_boxes(p)

@@ -164,6 +164,14 @@ def test_cuda_without_gpu_is_a_clear_error(bad_inputs, tmp_path, random_model):
     ("--mpp", "nan", "--mpp"),
     ("--batch-size", "abc", "--batch-size"),    # argparse's own errors are one line too
     ("--device", "tpu", "--device"),
+    ("--mpp", "1e9", "--mpp must be from 0.05 to 20"),   # listed ~10^12 tiles for ever
+    ("--mpp", "1e-9", "--mpp must be from 0.05 to 20"),  # ran out of memory
+    ("--mpp", "5", "enlarge it 20x"),                    # a 0.25 µm/px image enlarged 20 times unseen
+    ("--roi", "0.5,0,100,100", "whole base pixels"),     # was cut to 0 unseen
+    ("--roi", "-10,0,100,100", "x and y must be >= 0"),  # argparse took the value for an option
+    ("--workers", "1000", "this machine has"),           # no tile ran, memory fell by 14 GB
+    ("--overlap", "48", "multiple of 32"),
+    ("--tile-size", "1000", "multiple of 32"),
 ])
 def test_every_numeric_option_is_validated(bad_inputs, tmp_path, option, value, needle, capsys):
     assert_clean_error(run_here(capsys, "detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25",
@@ -302,3 +310,18 @@ def test_a_closed_stdout_ends_the_command_quietly(pyramid_slide):
                        text=True, timeout=300)
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "141"
+
+
+def test_a_folder_given_as_the_model_is_one_clear_error(bad_inputs, tmp_path, capsys):
+    assert_clean_error(run_here(capsys, "detect", bad_inputs / "region.png", "--out", tmp_path / "o", "--mpp", "0.25",
+                                "--model", tmp_path), "is a folder, not a model file")
+
+
+def test_an_image_with_no_tissue_says_why(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.full((300, 300, 3), 250, np.uint8)).save(tmp_path / "white.png")
+    for extra in ((), ("--no-tissue-mask",)):
+        proc = run_here(capsys, "detect", tmp_path / "white.png", "--out", tmp_path / "o", "--mpp", "0.25", *extra)
+        assert_clean_error(proc, "no tissue found", "mean colour is RGB 250, 250, 250")
+    assert "colour normalisation is measured on tissue" in proc.stderr

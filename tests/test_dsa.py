@@ -141,6 +141,8 @@ def test_real_model_through_the_docker_entrypoint(pyramid_slide, tmp_path):
     ("--analysis_roi", "10, 10, 0, 50", "width and height > 0"),
     ("--score_cut", "1.5", "--score-cut must be a number from 0 to 1"),
     ("--analysis_tile_size", "abc", "invalid"),
+    ("--analysis_roi", "nan,nan,nan,nan", "every value must be a finite number"),  # was a ValueError traceback
+    ("--mpp", "1e9", "--mpp must be from 0.05 to 20"),  # listed ~10^12 tiles
 ])
 def test_bad_arguments_give_one_line(flag, value, message, pyramid_slide, tmp_path):
     r = run_entry("NucleiDetection", flag, value, str(pyramid_slide[0]), str(tmp_path / "x.anot"))

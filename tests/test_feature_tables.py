@@ -128,3 +128,28 @@ def test_viewer_matches_the_measurements_to_the_nuclei(featured_run):
         assert len(srv.measurements) == 4 * len(det.scores) * len(info["measurements"])
     finally:
         srv.server_close()
+
+
+def test_a_slide_without_nuclei_gives_the_same_columns_as_one_with_them(tmp_path, stub_detector):
+    """A cohort's tables concatenate: the nuclei table of an image where nothing was found has every column
+    (area_um2 included, for a contour model) of one where nuclei were found."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from wsinuclei.pipeline import RunOptions, run_slide
+    from conftest import synthetic_he
+
+    stub_detector.outlines = True
+    stub_detector.loaded.config.star_head = {"n_rays": 4}  # a contour model's settings
+    with_nuclei, _ = synthetic_he(256, 256, seed=8)
+    empty, _ = synthetic_he(256, 256, seed=8, n_nuclei=0)
+    columns = []
+    for name, img in (("with", with_nuclei), ("empty", empty)):
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+        report = run_slide(tmp_path / f"{name}.png", tmp_path / "out", RunOptions(mpp=0.25, features=True,
+                                                                                   progress=False),
+                           log=lambda *_: None)
+        table = pq.read_table(tmp_path / "out" / f"{name}.nuclei.parquet")
+        assert table.num_rows == report.nuclei and (report.nuclei == 0) == (name == "empty")
+        columns.append(table.schema.names)
+    assert columns[1] == columns[0] and "area_um2" in columns[0]

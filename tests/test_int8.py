@@ -199,3 +199,40 @@ def test_a_coarser_read_shares_the_network_with_its_own_budgets(tmp_path, monkey
     (b1, s1, _), = native.predict_instances([tile])
     (b2, s2, _), = coarse.predict_instances([tile])
     np.testing.assert_array_equal(b1, b2)  # a budget far above the tile's nuclei: the same detections
+
+
+def test_non_finite_weights_and_an_int8_network_of_other_weights_are_refused(tmp_path):
+    """A model file whose float weights hold NaN is refused on every backend; one whose INT8 network was made
+    from other float weights (the digest stored beside it differs) is refused before it runs."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from wsinuclei import stain
+    from wsinuclei.checkpoint import read_model_file, save_model
+    from wsinuclei.errors import WsinucleiError
+    from wsinuclei.inference import load_detector
+    from wsinuclei.models import build_detector, load_preset
+
+    torch.manual_seed(0)
+    cfg = load_preset("star")
+    model = build_detector(cfg)
+    path = save_model(model, cfg, tmp_path / "m.safetensors", target_mu=stain.DEFAULT_TARGET_MU,
+                      target_sigma=stain.DEFAULT_TARGET_SIGMA, int8=(b"<net/>", b"\x00" * 16))
+    read_model_file(path)  # consistent: read
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    name = next(k for k, v in tensors.items() if v.dtype.kind == "f" and v.ndim == 4)
+    other = dict(tensors)
+    other[name] = tensors[name] + np.float16(0.01)
+    save_file(other, str(tmp_path / "mixed.safetensors"), metadata=meta)
+    with pytest.raises(WsinucleiError, match="INT8 network was not made from the float weights"):
+        read_model_file(tmp_path / "mixed.safetensors")
+
+    nan = dict(tensors)
+    nan[name] = np.full_like(tensors[name], np.nan)
+    save_file(nan, str(tmp_path / "nan.safetensors"), metadata=meta)
+    for backend in ("torch", "auto"):
+        with pytest.raises(WsinucleiError, match="NaN or infinite"):
+            load_detector(tmp_path / "nan.safetensors", backend=backend)

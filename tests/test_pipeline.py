@@ -399,3 +399,90 @@ def test_post_processing_runs_beside_inference_in_tile_order(pyramid_slide, rand
     with pytest.raises(RuntimeError, match="features failed"):
         run_slide(pyramid_slide[0], tmp_path / "b", RunOptions(model=str(random_model), roi=roi, **OPTS),
                   log=lambda *_: None)
+
+
+def _parts(out, name):
+    (folder,) = (out / f".{name}.parts").iterdir()
+    return folder
+
+
+def test_parts_of_other_tiles_or_with_bad_arrays_are_recomputed(tmp_path, stub_detector, pyramid_slide, caplog):
+    """Two finished parts swapped on disk, and a part whose boxes have the wrong shape: each is run again (the
+    log says why) and the result is the uninterrupted run's, nucleus for nucleus."""
+    import logging
+
+    path = pyramid_slide[0]
+    first = tmp_path / "first"
+    run_slide(path, first, RunOptions(keep_parts=True, **OPTS), log=lambda *_: None)
+    parts = _parts(first, path.stem)
+    names = sorted(p.name for p in parts.glob("*.npz"))
+    a, b, c = parts / names[0], parts / names[1], parts / names[2]
+    tmp = parts / "swap.tmp"
+    a.rename(tmp), b.rename(a), tmp.rename(b)
+    with np.load(c) as z:
+        bad = dict(z)
+    bad["boxes"] = np.zeros((len(bad["scores"]) + 1, 3))
+    np.savez(c, **bad)
+    calls = stub_detector.calls
+    with caplog.at_level(logging.WARNING, logger="wsinuclei.pipeline.run"):
+        report = run_slide(path, first, RunOptions(keep_parts=True, **OPTS), log=lambda *_: None)
+    assert stub_detector.calls - calls == 3 and report.tiles_resumed == report.tiles_processed - 3
+    assert sum("does not belong here" in r.getMessage() for r in caplog.records) == 3
+    clean = tmp_path / "clean"
+    run_slide(path, clean, RunOptions(**OPTS), log=lambda *_: None)
+    assert read_csv(first / f"{path.stem}.csv") == read_csv(clean / f"{path.stem}.csv")
+
+
+def test_backend_and_device_are_in_the_parts_key_and_in_run_json(tmp_path, stub_detector, pyramid_slide):
+    path = pyramid_slide[0]
+    out = tmp_path / "out"
+    report = run_slide(path, out, RunOptions(keep_parts=True, **OPTS), log=lambda *_: None)
+    first = _parts(out, path.stem).name
+    info = json.loads((out / f"{path.stem}.run.json").read_text())
+    assert info["device"] == "cpu" and info["backend"]
+    calls = stub_detector.calls
+    again = run_slide(path, out, RunOptions(keep_parts=True, backend="torch", **OPTS), log=lambda *_: None)
+    assert again.tiles_resumed == 0 and stub_detector.calls - calls == report.tiles_processed  # nothing reused
+    assert {p.name for p in (out / f".{path.stem}.parts").iterdir()} >= {first}
+    assert json.loads((out / f"{path.stem}.run.json").read_text())["backend"] == "torch"
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_error_before_any_work(tmp_path, stub_detector, pyramid_slide):
+    from wsinuclei.errors import WsinucleiError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(WsinucleiError, match="cannot write results there") as e:
+        run_slide(pyramid_slide[0], blocker / "out", RunOptions(**OPTS), log=lambda *_: None)
+    assert "\n" not in str(e.value) and stub_detector.calls == 0
+
+
+def test_a_disk_that_fills_while_results_are_written_leaves_no_results_and_resumes(tmp_path, stub_detector,
+                                                                                    pyramid_slide, monkeypatch):
+    """ENOSPC after the CSV is written: no NAME.* file is left to look like a finished run, the tiles are kept,
+    and the rerun writes what an uninterrupted run writes."""
+    import errno
+
+    from wsinuclei import outputs
+    from wsinuclei.errors import WsinucleiError
+
+    path = pyramid_slide[0]
+    out = tmp_path / "out"
+    real = outputs.write_geojson
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs, "write_geojson", full_disk)
+    with pytest.raises(WsinucleiError, match="No space left on device") as e:
+        run_slide(path, out, RunOptions(**OPTS), log=lambda *_: None)
+    assert "rerun" in str(e.value)
+    assert not [f.name for f in out.iterdir() if f.name.startswith(path.stem + ".")]
+    assert list(_parts(out, path.stem).glob("*.npz"))
+    monkeypatch.setattr(outputs, "write_geojson", real)
+    calls = stub_detector.calls
+    report = run_slide(path, out, RunOptions(**OPTS), log=lambda *_: None)
+    assert stub_detector.calls == calls and report.tiles_resumed == report.tiles_processed
+    clean = tmp_path / "clean"
+    run_slide(path, clean, RunOptions(**OPTS), log=lambda *_: None)
+    assert read_csv(out / f"{path.stem}.csv") == read_csv(clean / f"{path.stem}.csv")

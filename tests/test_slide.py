@@ -227,9 +227,9 @@ def test_a_held_base_level_gives_the_pixels_the_file_gives(pyramid_slide):
     assert not Slide(pyramid_slide[0]).hold_base_level(max_pixels=2100 * 1500 - 1)
 
 
+@need(SHARED_SVS)
 def test_a_held_base_level_of_a_real_svs_gives_the_file_s_pixels():
     """The same on a real Aperio slide (JPEG 2000 tiles, two levels)."""
-    need(SHARED_SVS)
     rng = np.random.default_rng(4)
     regions = [(float(rng.uniform(-50, 4443)), float(rng.uniform(-50, 3567)), int(rng.integers(8, 300)),
                 float(rng.choice([0.25, 0.125]))) for _ in range(20)]
@@ -273,3 +273,40 @@ def test_colour_map_mpp_is_where_read_region_applies_the_map(pyramid_slide):
         seen = []
         s.read_region(300, 200, 64, 64, target, colour_map=lambda px: seen.append(px.shape[0]) or px)
         assert (seen[0] < 64) == (expected > target)
+
+
+def test_a_plain_tiff_with_non_square_pixels_is_refused(tmp_path):
+    import tifffile
+
+    path = tmp_path / "rect.tif"
+    tifffile.imwrite(path, np.full((64, 64, 3), 200, np.uint8), resolution=(40000, 20000),
+                     resolutionunit="CENTIMETER")
+    s = Slide(path)
+    with pytest.raises(WsinucleiError, match="not square"):
+        s.require_mpp()
+    square = tmp_path / "square.tif"
+    tifffile.imwrite(square, np.full((64, 64, 3), 200, np.uint8), resolution=(40000, 40000),
+                     resolutionunit="CENTIMETER")
+    assert Slide(square).require_mpp() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("mpp", [1e9, 1e-9, 0.0, float("nan"), 25.0])
+def test_an_implausible_mpp_is_refused(tmp_path, mpp):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(path)
+    with pytest.raises(WsinucleiError, match="--mpp must be from 0.05 to 20"):
+        Slide(path, mpp=mpp)
+
+
+def test_16_bit_grey_and_transparent_images_read_as_a_slide_would(tmp_path):
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    img = Slide(tmp_path / "g16.png")._image
+    assert img.shape == (64, 64, 3) and img[0, 0].tolist() == [0, 0, 0]
+    assert img[-1, -1, 0] == round(65520 / 65535 * 255) and img[32, 0, 0] == round(32 * 64 * 16 / 65535 * 255)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = (40, 20, 60)  # dark purple, but fully transparent: white, as OpenSlide composites it
+    rgba[0, 0, 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "t.png")
+    img = Slide(tmp_path / "t.png")._image
+    assert img[0, 0].tolist() == [40, 20, 60] and (img.reshape(-1, 3)[1:] == 255).all()

@@ -67,6 +67,30 @@ def test_routes_serve_only_the_slide_and_its_results(server, detected):
     assert get(server.url + "static/openseadragon/LICENSE.txt")[1].startswith(b"Copyright")
 
 
+def test_requests_for_another_host_name_are_refused(server):
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
+    import http.client
+
+    port = server.server_address[1]
+
+    def status(host):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("GET", "/api/info", skip_host=True)
+        conn.putheader("Host", host)
+        conn.endheaders()
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        return r.status, body
+
+    assert status("evil.example")[0] == 403
+    assert status(f"evil.example:{port}")[0] == 403
+    assert status("127.0.0.1")[0] == 403  # no port: not how a browser addresses this server
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        code, body = status(host)
+        assert code == 200 and b'"nuclei"' in body, host
+
+
 def test_targets_resolve_or_fail_in_one_line(detected, pyramid_slide, tmp_path):
     out, _ = detected
     assert resolve_source(out).slide == Path(pyramid_slide[0]).resolve()
@@ -188,3 +212,46 @@ def test_view_command_serves_prints_its_address_and_stops_on_sigterm(detected):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_typed_run_is_coloured_by_type_with_a_legend_and_a_toggle_per_type(pyramid_slide, stub_detector,
+                                                                             browser, tmp_path):
+    from PIL import Image
+
+    stub_detector.types = True  # wide blobs epithelial, narrow ones inflammatory (conftest.StubDetector)
+    stub_detector.loaded.config.star_head = {"n_types": 4}
+    out = tmp_path / "typed"
+    report = run_slide(pyramid_slide[0], out, RunOptions(tile_size=256, overlap=32, progress=False),
+                       log=lambda *_: None)
+    by_type = report.nuclei_by_type
+    assert by_type["epithelial"] > 0 and by_type["inflammatory"] > 0
+    srv = ViewerServer(resolve_source(out))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        info = json.loads(get(srv.url + "api/info")[1])
+        assert [t["name"] for t in info["types"]] == ["epithelial", "inflammatory", "stromal", "other"]
+        assert info["columns"][-1] == "type"
+        page = browser.new_page(viewport={"width": 1000, "height": 760})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(srv.url)
+        page.wait_for_function("window.wsinuclei && window.wsinuclei.ready", timeout=60_000)
+        for k, name in enumerate(info["types"]):
+            assert int(page.inner_text(f"#count-type-{k}").replace(",", "")) == by_type[name["name"]]
+        assert int(page.inner_text("#count-total").replace(",", "")) == report.nuclei
+
+        def pixels(rgb):  # in the slide's pane only: the legend's swatches keep their colours
+            page.locator("#osd").screenshot(path=str(tmp_path / "shot.png"))
+            img = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(int)
+            return int((np.abs(img - np.array(rgb)).max(axis=2) < 30).sum())
+
+        epithelial, inflammatory = (220, 50, 47), (38, 139, 210)
+        assert pixels(epithelial) > 100 and pixels(inflammatory) > 100
+        page.click("input[data-type='0']")  # hide the epithelial nuclei
+        assert int(page.inner_text("#count-total").replace(",", "")) == report.nuclei - by_type["epithelial"]
+        assert pixels(epithelial) < 20 and pixels(inflammatory) > 100
+        assert not errors, errors
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -1,3 +1,3 @@
 """wsinuclei: find every cell nucleus in a whole-slide H&E image."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

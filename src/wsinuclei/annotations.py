@@ -34,6 +34,7 @@ class Boxes:
     polygons: list | None = None  # outlines (K, 2), one per box, when the file has them
     labels: np.ndarray | None = None  # the instance label image, for label-image annotations
     points: bool = False  # centre-only annotations (boxes are zero-size at the centres)
+    types: np.ndarray | None = None  # (N,) type name of each box (a typed model's CSV ``type`` column)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -64,8 +65,9 @@ def read_aperio_xml(path: str | Path) -> Boxes:
     except Exception as exc:  # ParseError, DefusedXmlException
         raise WsinucleiError(f"{path}: not a readable annotation XML ({exc.__class__.__name__}: {exc})") from None
     boxes, polygons, skipped = [], [], 0
-    for region in root.iter("Region"):
-        pts = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+    for k, region in enumerate(root.iter("Region")):
+        pts = [(_number(v.get("X"), path, f"region {k + 1}: a Vertex's X"),
+                _number(v.get("Y"), path, f"region {k + 1}: a Vertex's Y")) for v in region.iter("Vertex")]
         box = polygon_box(np.array(pts)) if pts else None
         if box is None:
             skipped += 1
@@ -73,8 +75,28 @@ def read_aperio_xml(path: str | Path) -> Boxes:
             boxes.append(box)
             polygons.append(np.array(pts))
     mpp = root.get("MicronsPerPixel")
-    meta = {"mpp": float(mpp)} if mpp else {}
+    meta = {"mpp": _number(mpp, path, "MicronsPerPixel")} if mpp else {}
     return Boxes(np.array(boxes) if boxes else _empty(), None, skipped, str(path), meta, polygons=polygons)
+
+
+def _number(text, path, what: str) -> float:
+    """A finite number from an annotation file, or a one-line error naming the file and the value."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise WsinucleiError(f"{path}: {what} is {'missing' if text is None else repr(text)}, not a number") from None
+    if not np.isfinite(value):
+        raise WsinucleiError(f"{path}: {what} is {text}, not a finite number")
+    return value
+
+
+def _finite(arr: np.ndarray, path, what: str) -> np.ndarray:
+    """``arr`` when every value is finite; else a one-line error (a NaN box would count as a miss unseen)."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row = int(np.flatnonzero(bad.reshape(len(arr), -1).any(1))[0]) if arr.ndim else 0
+        raise WsinucleiError(f"{path}: {what} of row {row + 1} is not a finite number")
+    return arr
 
 
 def label_image_boxes(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -127,13 +149,24 @@ def read_geojson(path: str | Path) -> Boxes:
         else:
             skipped += 1
             continue
-        pts = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in rings])
+        try:
+            pts = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in rings])
+        except (TypeError, ValueError):
+            raise WsinucleiError(f"{path}: feature {len(boxes) + skipped + 1}: coordinates are not pairs of "
+                                 "numbers") from None
+        _finite(pts, path, f"feature {len(boxes) + skipped + 1}: a coordinate")
         box = polygon_box(pts)
         if box is None:
             skipped += 1
             continue
         boxes.append(box)
-        scores.append(_feature_score(feat))
+        try:
+            score = _feature_score(feat)
+        except (TypeError, ValueError, AttributeError):
+            raise WsinucleiError(f"{path}: feature {len(boxes) + skipped}: its score is not a number") from None
+        if score is not None and not np.isfinite(score):
+            raise WsinucleiError(f"{path}: feature {len(boxes) + skipped}: its score is not a finite number")
+        scores.append(score)
         ring = max((np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in rings), key=len)
         polygons.append(ring[:-1] if len(ring) > 3 and np.allclose(ring[0], ring[-1]) else ring)
     has_scores = any(s is not None for s in scores)
@@ -181,9 +214,13 @@ def read_csv_boxes(path: str | Path) -> Boxes:
         scores = np.array([float(r["score"]) for r in rows]) if "score" in cols else None
     except (TypeError, ValueError) as exc:
         raise WsinucleiError(f"{path}: a box CSV row is not numeric ({exc})") from None
-    arr = arr.reshape(-1, 4)
+    arr = _finite(arr.reshape(-1, 4), path, "a box")
+    if scores is not None:
+        _finite(scores, path, "the score")
+    types = np.array([r["type"] or "" for r in rows], dtype=object) if "type" in cols else None
     keep = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
-    return Boxes(arr[keep], None if scores is None else scores[keep], int((~keep).sum()), str(path))
+    return Boxes(arr[keep], None if scores is None else scores[keep], int((~keep).sum()), str(path),
+                 types=None if types is None else types[keep])
 
 
 def read_points_csv(path: str | Path) -> Boxes:
@@ -199,7 +236,7 @@ def read_points_csv(path: str | Path) -> Boxes:
                     continue  # the header, or a blank line
     except OSError as exc:
         raise WsinucleiError(f"{path}: not a readable CSV ({exc})") from None
-    pts = np.array(rows, dtype=np.float64).reshape(-1, 2)
+    pts = _finite(np.array(rows, dtype=np.float64).reshape(-1, 2), path, "a centre")
     return Boxes(np.hstack([pts, pts]), None, 0, str(path), points=True)
 
 
@@ -245,7 +282,7 @@ def collect_box_files(path: str | Path, suffixes=TRUTH_SUFFIXES) -> dict[str, Pa
     for f in sorted(path.iterdir()):
         n = f.name.lower()
         rank = next((i for i, suf in enumerate(suffixes) if n.endswith(suf)), None)
-        if not f.is_file() or rank is None or n.endswith(".profile.csv") or n.startswith("per_image"):
+        if not f.is_file() or rank is None or n.endswith((".profile.csv", "_types.csv")) or n.startswith("per_image"):
             continue
         stem = stem_of(f)
         if stem not in found or rank < found[stem][0]:

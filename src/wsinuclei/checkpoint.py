@@ -44,6 +44,8 @@ def save_model(model, config: DetectorConfig, path: str | Path, *, target_mu, ta
              for k, v in model.state_dict().items()}
     extra_meta = {}
     if int8 is not None:
+        extra_meta[int8_network.FLOAT_DIGEST_KEY] = int8_network.float_digest(
+            {k: (v.view(torch.int16) if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()})
         state[int8_network.WEIGHTS_KEY] = torch.frombuffer(bytearray(int8[1]), dtype=torch.uint8)
         extra_meta[int8_network.XML_KEY] = int8[0].decode()
     meta = {
@@ -117,7 +119,8 @@ def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]
     if not path.is_file():
         if path == DEFAULT_MODEL:
             raise WsinucleiError(f"no model installed (expected {path}); train one with 'wsinuclei train'")
-        raise WsinucleiError(f"{path}: no such model file")
+        raise WsinucleiError(f"{path}: is a folder, not a model file (a .safetensors file)" if path.is_dir()
+                             else f"{path}: no such model file")
     try:
         from safetensors import safe_open
 
@@ -126,11 +129,18 @@ def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
             network = int8.read(fh, meta)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys() if k != int8.WEIGHTS_KEY}
         data = path.read_bytes()
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise WsinucleiError(f"{path}: not a readable model file ({exc})") from None
     if meta.get("format") != "wsinuclei-model-1":
         raise WsinucleiError(f"{path}: not a wsinuclei model file (no wsinuclei metadata)")
+    bad = next((k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise WsinucleiError(f"{path}: its weights hold NaN or infinite values ({bad}); not a usable model")
+    if network is not None and int8.FLOAT_DIGEST_KEY in meta and meta[int8.FLOAT_DIGEST_KEY] != int8.float_digest(tensors):
+        raise WsinucleiError(f"{path}: its INT8 network was not made from the float weights beside it; re-export "
+                             "the model (wsinuclei export --int8)")
     config = DetectorConfig.from_dict(json.loads(meta["preset"]))
     return LoadedModel(None, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
                        json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest(), network), data
@@ -157,7 +167,10 @@ def with_network(loaded: LoadedModel, data: bytes, device: str = "cpu") -> Loade
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise WsinucleiError(f"{loaded.path}: weights do not fit preset '{loaded.config.name}' ({str(exc)[:200]})") from None
+        problems = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        first = problems[0] if problems else str(exc).splitlines()[0]
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise WsinucleiError(f"{loaded.path}: weights do not fit preset '{loaded.config.name}' ({first}{more})") from None
     loaded.model = model.eval().to(device)
     return loaded
 

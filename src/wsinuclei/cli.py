@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -14,11 +15,35 @@ from .errors import WsinucleiError
 
 
 def _roi(text: str):
+    usage = "--roi takes x,y,w,h in whole base pixels, e.g. 1000,2000,4096,4096"
     try:
-        x, y, w, h = (int(float(v)) for v in text.split(","))
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError("--roi takes x,y,w,h in base pixels, e.g. 1000,2000,4096,4096") from None
+        raise argparse.ArgumentTypeError(f"{usage}, got '{text}'") from None
+    if len(values) != 4 or not all(math.isfinite(v) and v == int(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{usage}, got '{text}'")  # 0.5 would be cut to 0 unseen
+    x, y, w, h = (int(v) for v in values)
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"--roi {text}: x and y must be >= 0, w and h > 0")
     return (x, y, w, h)
+
+
+def _joined_negative_values(argv: list[str]) -> list[str]:
+    """``--roi -10,0,100,100`` as ``--roi=-10,0,100,100``: argparse takes a value starting with '-' for an option
+    and says only "expected one argument"; joined, the value reaches its own check and error."""
+    out, it = [], iter(argv)
+    for a in it:
+        if a in ("--roi", "--analysis-roi"):
+            nxt = next(it, None)
+            if nxt is not None and nxt[:1] == "-" and nxt[1:2].isdigit():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
 
 
 def _run_options(args):
@@ -37,7 +62,7 @@ def _run_options(args):
 
 
 def _cmd_detect(args) -> int:
-    from .pipeline import format_report, run_slide
+    from .pipeline import format_report, plan_only, run_slide
 
     opts = _run_options(args)
     if len(args.slides) > 1 and opts.roi is not None:
@@ -45,6 +70,9 @@ def _cmd_detect(args) -> int:
     failed = 0
     for path in args.slides:
         try:
+            if args.dry_run:
+                print(plan_only(path, opts))
+                continue
             report = run_slide(path, args.out, opts)
         except WsinucleiError as exc:
             if len(args.slides) == 1:
@@ -213,6 +241,8 @@ def _cmd_build_slide(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wsinuclei", description="Find every cell nucleus in whole-slide H&E images.")
+    p.add_argument("--version", action="version", version=_version_line(),
+                   help="print the version and the default model's name, then exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("detect", help="detect nuclei in slides or image regions",
@@ -265,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--memory", default="16GB", help="with --cluster slurm: memory per job (default 16GB)")
     sp.add_argument("--walltime", default="02:00:00", help="with --cluster slurm: time limit per job (default 02:00:00)")
     sp.add_argument("--force", action="store_true", help="recompute every tile instead of resuming")
+    sp.add_argument("--dry-run", action="store_true", help="plan each slide (µm/px, tissue, tiles) and print the "
+                    "plan; no tile runs and nothing is written")
     sp.add_argument("--gzip", action="store_true", help="write NAME.geojson.gz (QuPath >= 0.4 reads it); the "
                     "DSA file stays plain JSON, which is all the DSA ingests")
     sp.add_argument("--features", action="store_true", help="measure every nucleus at the score cut (HistomicsTK's "
@@ -305,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="match predictions to annotations one-to-one and report metrics",
                         description="Pairs prediction files (CSV/GeoJSON) with truth files (Aperio XML, *_labels.png, "
                         "GeoJSON, CSV) by name; writes metrics.json, per_image.csv, pr_curve.png and overlays "
-                        "(TP green, FP blue, FN red).")
+                        "(TP green, FP blue, FN red). Where NAME_types.csv lies beside the truth (label,type beside "
+                        "a label image; x,y,type beside centres) and the predictions have a 'type' column, it also "
+                        "scores the types: HoVer-Net's F_t per type, accuracy and a confusion matrix.")
     sp.add_argument("--pred", required=True, help="prediction file or folder")
     sp.add_argument("--truth", required=True, help="annotation file or folder")
     sp.add_argument("--out", required=True, help="report folder")
@@ -392,6 +426,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version_line() -> str:
+    """``wsinuclei VERSION (default model: NAME, FILE)``, the name read from the default model file's metadata."""
+    from . import __version__
+    from .checkpoint import DEFAULT_MODEL
+
+    model = "none installed"
+    if DEFAULT_MODEL.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(DEFAULT_MODEL), "np") as fh:
+                model = f"{json.loads(fh.metadata()['preset'])['name']}, {DEFAULT_MODEL.name}"
+        except Exception:  # noqa: BLE001 - a damaged file must not stop --version; loading it says what is wrong
+            model = f"unreadable file {DEFAULT_MODEL.name}"
+    return f"wsinuclei {__version__} (default model: {model})"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes as one line on stderr and exit 2, like every other user error."""
 
@@ -401,7 +452,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.func(args)
     except WsinucleiError as exc:

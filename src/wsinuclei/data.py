@@ -27,6 +27,7 @@ from . import stain
 from .annotations import label_image_boxes, read_boxes, read_points_csv
 from .colour_stats import image_tissue_stats
 from .errors import WsinucleiError
+from .nucleus_types import read_label_types, read_point_types, types_of_points, types_path
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -85,17 +86,23 @@ def split_merged_nuclei(mask: np.ndarray, h: float = 1.0, smooth: float = 1.0) -
 
 def read_annotation(sample: Sample, kind: str = "auto") -> dict:
     """A sample's annotation: ``labels`` (instance label image) when it has one, ``boxes`` always (except for
-    points), ``points`` for centre-only sets."""
+    points), ``points`` for centre-only sets, and ``types`` where a ``NAME_types.csv`` lies beside it
+    (:mod:`wsinuclei.nucleus_types`): a look-up table by label for label images, one type per centre for points;
+    None otherwise."""
     name = sample.truth.name
+    typed = types_path(sample.truth)
     if kind == "points" or name.endswith("_points.csv"):
-        return {"points": read_points_csv(sample.truth).boxes[:, :2], "boxes": None, "labels": None}
+        points = read_points_csv(sample.truth).boxes[:, :2]
+        types = types_of_points(points, *read_point_types(typed)) if typed.is_file() else None
+        return {"points": points, "boxes": None, "labels": None, "types": types}
     if kind == "binary" or name.endswith("_mask.png"):
         labels = split_merged_nuclei(load_gray(sample.truth))
-        return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None}
+        return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None, "types": None}
     if name.endswith("_labels.png"):
         labels = load_gray(sample.truth).astype(np.int32)
-        return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None}
-    return {"labels": None, "boxes": read_boxes(sample.truth).boxes, "points": None}
+        types = read_label_types(typed, int(labels.max())) if typed.is_file() else None
+        return {"labels": labels, "boxes": label_image_boxes(labels)[0], "points": None, "types": types}
+    return {"labels": None, "boxes": read_boxes(sample.truth).boxes, "points": None, "types": None}
 
 
 def load_gray(path: Path) -> np.ndarray:
@@ -279,25 +286,29 @@ def prepare_sources(
             stats = image_tissue_stats(s.image, src.mpp, src.mpp if own else mpp)
             norm = stain.reinhard(image, target_mu, target_sigma, src_mu=stats.mean, src_sigma=stats.std)
             labels = ann["labels"]
+            types = ann.get("types")
             if own:
                 n = len(ann["points"])
+                extra = {} if types is None else {"point_types": types}
                 _save_npz(out_dir / "val_full" / f"{key}.npz", norm, np.zeros((0, 4)), points=ann["points"],
-                          mpp=np.float64(src.mpp))
+                          mpp=np.float64(src.mpp), **extra)
                 n_tiles = 0
             elif points:  # centre-only training tiles: at the model's µm/px, each centre a small disc (see centre_discs)
                 centres = np.tile(ann["points"] + 0.5, 2).astype(np.float64)  # pixel centres, as box corners scale
                 norm, centres = resample(norm, centres, scale)
                 labels = centre_discs(centres[:, :2], norm.shape[:2], CENTRE_RADIUS_UM / mpp)
                 n = len(centres)
+                extra = {} if types is None else {"types": np.concatenate([[-1], types]).astype(np.int8)}
                 n_tiles = _write_tiles(out_dir / split, key, norm, None, labels, tile, min_visible, min_size, manifest,
-                                       split, centre_only=np.bool_(True))
+                                       split, centre_only=np.bool_(True), **extra)
             else:
                 norm, boxes, labels = resample_annotated(norm, ann["boxes"], labels, scale)
                 n = len(boxes)
+                extra = {} if types is None else {"types": types}
                 if split == "val":
-                    _save_npz(out_dir / "val_full" / f"{key}.npz", norm, boxes, labels=labels)
+                    _save_npz(out_dir / "val_full" / f"{key}.npz", norm, boxes, labels=labels, **extra)
                 n_tiles = _write_tiles(out_dir / split, key, norm, boxes, labels, tile, min_visible, min_size, manifest,
-                                       split)
+                                       split, **extra)
             info[split].append(s.name)
             info["tiles"][split] += n_tiles
             info["nuclei"][split] += n
@@ -411,6 +422,8 @@ class Tile:
     mpp: float | None = None
     glass: tuple | None = None  # what white glass becomes after this image's normalisation (RGB)
     centre_only: bool = False  # labels are discs at annotated centres (centre_discs), not outlines
+    types: np.ndarray | None = None  # type index by label (labels' look-up table, -1 untyped); None: no types
+    point_types: np.ndarray | None = None  # type index per centre of ``points``
 
 
 def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
@@ -426,7 +439,9 @@ def load_tiles(prepared: str | Path, split: str) -> list[Tile]:
                             z["full_area"] if "full_area" in z else None,
                             z["points"] if "points" in z else None,
                             float(z["mpp"]) if "mpp" in z else None,
-                            centre_only=bool(z["centre_only"]) if "centre_only" in z else False))
+                            centre_only=bool(z["centre_only"]) if "centre_only" in z else False,
+                            types=z["types"].astype(np.int64) if "types" in z else None,
+                            point_types=z["point_types"].astype(np.int64) if "point_types" in z else None))
     return out
 
 
@@ -443,7 +458,8 @@ def as_read_at(tiles: list[Tile], read_mpp: float) -> list[Tile]:
         image, boxes = resample(t.image, t.boxes, mpp / read_mpp)
         scale = np.array([image.shape[1] / t.image.shape[1], image.shape[0] / t.image.shape[0]])
         points = None if t.points is None else t.points * scale
-        out.append(Tile(t.name, f"{t.set}_{read_mpp:g}mpp", image, boxes, points=points, mpp=read_mpp))
+        out.append(Tile(t.name, f"{t.set}_{read_mpp:g}mpp", image, boxes, points=points, mpp=read_mpp,
+                        point_types=t.point_types))
     return out
 
 
@@ -627,7 +643,7 @@ class CropSampler:
         img = np.ascontiguousarray(img)
         if labels is not None and self.augment.glass_p > 0 and rng.random() < self.augment.glass_p:
             img, labels = self._glass_band(img, labels, t.glass, rng)
-        masks = None
+        masks = types = None
         if labels is not None:
             labels = np.ascontiguousarray(labels)
             ids = np.unique(labels)
@@ -638,12 +654,14 @@ class CropSampler:
             big = ((b[:, 2] - b[:, 0]) >= 2) & ((b[:, 3] - b[:, 1]) >= 2)  # a shrunk sliver is no nucleus
             ids, b = ids[big], b[big]
             masks = (labels[None] == ids[:, None, None]).astype(np.uint8)
+            if t.types is not None:
+                types = np.asarray(t.types)[ids].astype(np.int64)
         img = self.augment.colour(img, rng)
         if self.color_jitter > 0:
             gain = 1 + rng.uniform(-self.color_jitter, self.color_jitter, size=3)
             bias = rng.uniform(-self.color_jitter, self.color_jitter, size=3) * 255 * 0.5
             img = np.clip(img * gain + bias, 0, 255).astype(np.uint8)
-        return Crop(stain.model_input(img, self.input_channels), b.reshape(-1, 4), masks, t.centre_only)
+        return Crop(stain.model_input(img, self.input_channels), b.reshape(-1, 4), masks, t.centre_only, types)
 
 
 class Crop(NamedTuple):
@@ -651,3 +669,4 @@ class Crop(NamedTuple):
     boxes: np.ndarray
     masks: np.ndarray | None
     centre_only: bool = False  # masks are discs at annotated centres (centre_discs): train the centre probability only
+    types: np.ndarray | None = None  # (N,) type index per mask (-1 untyped); None: the set has no types

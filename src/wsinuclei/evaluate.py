@@ -199,14 +199,20 @@ def best_cut(rows: list[dict], pairing: str, *, min_precision: float | None = No
     return max(pool, key=lambda r: (r[pairing][first], r[pairing]["precision"], -r["score"])) if pool else None
 
 
+def border_keep(boxes, shape_hw, margin) -> np.ndarray:
+    """True for the boxes whose centre lies at least ``margin`` px inside the image border."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if margin <= 0 or shape_hw is None:
+        return np.ones(len(boxes), bool)
+    c = centres(boxes)
+    h, w = shape_hw
+    return (c[:, 0] >= margin) & (c[:, 1] >= margin) & (c[:, 0] < w - margin) & (c[:, 1] < h - margin)
+
+
 def apply_border_margin(boxes, scores, shape_hw, margin):
     """Drop boxes whose centre lies within ``margin`` px of the image border."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if margin <= 0 or shape_hw is None:
-        return boxes, scores
-    c = centres(boxes)
-    h, w = shape_hw
-    keep = (c[:, 0] >= margin) & (c[:, 1] >= margin) & (c[:, 0] < w - margin) & (c[:, 1] < h - margin)
+    keep = border_keep(boxes, shape_hw, margin)
     return boxes[keep], (None if scores is None else np.asarray(scores)[keep])
 
 

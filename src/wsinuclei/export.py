@@ -68,10 +68,10 @@ def calibrate(m: LoadedModel, prepared: str | Path) -> dict:
 def make_int8(m: LoadedModel, prepared: str | Path, half: bool = True) -> dict:
     """Quantise a star model's network to INT8 (``models/int8.py``) from the weights as they will be stored
     (float16-rounded unless ``half`` is False), keep it in ``m.int8``; returns the check record."""
-    from .models import int8
+    from . import int8_export
 
     if half:  # the stored weights are float16: quantise what will be shipped, not what was trained
         state = m.model.state_dict()
         m.model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
-    m.int8, record = int8.make(m, prepared)
+    m.int8, record = int8_export.make(m, prepared)
     return record

@@ -48,6 +48,17 @@ class Detector:
         """(boxes, scores) per tile."""
         return [(b, s) for b, s, _ in self.predict_instances(tiles)]
 
+    @property
+    def type_names(self) -> tuple[str, ...] | None:
+        """The names of the model's types, in the order of its type probabilities; None for an untyped model."""
+        from .nucleus_types import model_type_names
+
+        return model_type_names(self.loaded.config)
+
+    def predict_typed(self, tiles: list[np.ndarray]) -> list[tuple]:
+        """(boxes, scores, outlines, type probabilities (N, types) or None) per tile."""
+        return [(b, s, o, None) for b, s, o in self.predict_instances(tiles)]
+
     def set_read_mpp(self, read_mpp: float | None) -> None:
         """Size the budgets for tiles read at ``read_mpp``. The preset's budgets are for a tile at the model's
         own µm/px; read coarser (a 20x slide at its own 0.5 µm/px for a 0.25 model), a tile of the same pixels
@@ -76,21 +87,23 @@ class Detector:
         from a mask head's masks, or drawn by a star head), None for a box model."""
         raise NotImplementedError
 
-    def _finish(self, boxes, raw_scores, outlines=None, masks=None):
-        """Calibrate, filter, and trace a mask head's masks into outlines."""
+    def _finish(self, boxes, raw_scores, outlines=None, masks=None, type_probs=None):
+        """Calibrate, filter, and trace a mask head's masks into outlines: (boxes, scores, outlines, type_probs)."""
         from .contours import polar_outlines
 
         boxes = np.asarray(boxes, np.float64)
         scores = self.loaded.calibrate(np.asarray(raw_scores, np.float32))
         outlines = None if outlines is None else np.asarray(outlines, np.float64)
+        type_probs = None if type_probs is None else np.asarray(type_probs, np.float32)
         if self.filter.active:
             keep = self.filter.keep(boxes, scores, self.loaded.mpp)
             boxes, scores = boxes[keep], scores[keep]
             masks = None if masks is None else masks[keep]
             outlines = None if outlines is None else outlines[keep]
+            type_probs = None if type_probs is None else type_probs[keep]
         if masks is not None:
             outlines = polar_outlines(masks, boxes)
-        return boxes, scores, outlines
+        return boxes, scores, outlines, type_probs
 
 
 class NucleusDetector(Detector):
@@ -131,6 +144,9 @@ class NucleusDetector(Detector):
         self.model.roi_heads.detections_per_img = det
 
     def predict_instances(self, tiles):
+        return [r[:3] for r in self.predict_typed(tiles)]
+
+    def predict_typed(self, tiles):
         import torch
 
         if not tiles:
@@ -144,7 +160,8 @@ class NucleusDetector(Detector):
             out.append(self._finish(
                 o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy(),
                 outlines=o["outlines"].float().cpu().numpy() if "outlines" in o else None,
-                masks=o["masks"].float().cpu().numpy() if "masks" in o else None))
+                masks=o["masks"].float().cpu().numpy() if "masks" in o else None,
+                type_probs=o["type_probs"].float().cpu().numpy() if "type_probs" in o else None))
         return out
 
 
@@ -188,7 +205,10 @@ class OpenVinoStarDetector(Detector):
         self.net.decoding.max_detections = int(round(budgets[0] * density))
 
     def predict_instances(self, tiles):
-        return [self._finish(b, s, outlines=o) for b, s, o in self.net(tiles)]
+        return [r[:3] for r in self.predict_typed(tiles)]
+
+    def predict_typed(self, tiles):
+        return [self._finish(b, s, outlines=o, type_probs=t) for b, s, o, t in self.net(tiles)]
 
 
 def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None,

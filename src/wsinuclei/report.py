@@ -12,6 +12,7 @@ import numpy as np
 from . import evaluate
 from .annotations import Boxes, collect_box_files, read_boxes
 from .errors import WsinucleiError
+from .nucleus_types import truth_types
 from .outputs import atomic_write_bytes
 
 PRED_SUFFIXES = (".csv", ".geojson", ".geojson.gz", ".csv.gz")
@@ -89,7 +90,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     radius_px = radius_um / mpp
-    items, skipped, shapes, kinds, seg_items = [], {}, {}, {}, []
+    items, skipped, shapes, kinds, seg_items, typed = [], {}, {}, {}, [], []
     # an annotated image without a prediction file is an image where nothing was found: its nuclei are missed
     for stem in sorted(common + only_truth):
         t = read_boxes(truth_files[stem])
@@ -105,12 +106,19 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
                 with Image.open(img_path) as im:
                     shape = (im.height, im.width)
         pb, ps, tb = p.boxes, scores, t.boxes
+        tt = truth_types(truth_files[stem], t)
+        pt = p.types if p.types is not None else (np.zeros(0, object) if stem not in pred_files else None)
         if border > 0:
             if shape is None:
                 raise WsinucleiError(f"--border needs the image size of '{stem}': put the image beside the truth or give --images")
-            pb, ps = evaluate.apply_border_margin(pb, ps, shape, border)
-            tb, _ = evaluate.apply_border_margin(tb, None, shape, border)
+            pk = evaluate.border_keep(pb, shape, border)
+            tk = evaluate.border_keep(tb, shape, border)
+            pb, ps, tb = pb[pk], ps[pk], tb[tk]
+            pt = None if pt is None else pt[pk]
+            tt = None if tt is None else tt[tk]
         items.append((stem, pb, ps, tb))
+        if tt is not None:
+            typed.append((stem, pb, ps, pt, tb, tt))
         shapes[stem] = img_path
         kinds[stem] = "points" if t.points else ("outlines" if (t.labels is not None or t.polygons) else "boxes")
         if kinds[stem] == "outlines" and shape is None and img_path is not None:
@@ -138,6 +146,8 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
         seg = _segmentation(seg_items, score_threshold)
         metrics["segmentation"] = {"pooled": seg["pooled"], "mean_over_images": seg["mean"],
                                    "predictions": sorted({r["predictions"] for r in seg["per_image"]})}
+    if typed:
+        metrics["types"] = _type_scores(typed, score_threshold, radius_px)
     metrics.update(settings=settings, images=len(items), skipped_degenerate=int(sum(skipped.values())),
                    only_in_predictions=only_pred, only_in_truth=only_truth)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1).encode())
@@ -163,6 +173,30 @@ def evaluate_folders(pred: str | Path, truth: str | Path, out: str | Path, *, sc
                              out / f"overlay_{stem}.png")
     res["metrics"] = metrics
     return res
+
+
+def _type_scores(typed: list, score_threshold: float, radius_px: float) -> dict:
+    """HoVer-Net's type figures (``type_metrics``) pooled over the images whose truth has types, predictions at
+    ``score_threshold`` or above. Images whose predictions carry no types are left out and named."""
+    from .nucleus_types import TYPE_NAMES
+    from .type_metrics import TypeCounts
+
+    untyped = sorted(stem for stem, _, _, pt, _, _ in typed if pt is None)
+    scored = [x for x in typed if x[3] is not None]
+    if not scored:
+        return {"images": 0, "predictions_without_types": untyped}
+    seen = {str(n) for x in scored for n in (*x[3], *x[5]) if n}
+    names = list(TYPE_NAMES) + sorted(seen - set(TYPE_NAMES))
+    index = {n: i for i, n in enumerate(names)}
+    tc = TypeCounts(len(names))
+    for _, pb, ps, pt, tb, tt in scored:
+        keep = np.asarray(ps) >= score_threshold
+        tc.add(evaluate.centres(pb[keep]), [index.get(str(n), -1) if n else -1 for n in pt[keep]],
+               evaluate.centres(tb), [index[str(n)] if n else -1 for n in tt], radius_px)
+    out = {"images": len(scored), "types": names, **tc.summary(names)}
+    if untyped:
+        out["predictions_without_types"] = untyped
+    return out
 
 
 def _operating_points(rows: list[dict], min_precision: float | None) -> dict:
@@ -250,7 +284,7 @@ def format_table(res: dict) -> str:
         rows = [f"{'image':<32} {'cF1':>6}"] + [f"{r['image'][:32]:<32} {r['centroid_f1']:>6.3f}" for r in res["per_image"]]
         rows.append(f"pooled centroid pairing: TP {c['tp']}, FP {c['fp']}, FN {c['fn']}, precision {c['precision']:.3f}, "
                     f"recall {c['recall']:.3f}, F1 {c['f1']:.3f} (centre annotations: no IoU figures)")
-        return "\n".join(rows + _operating_lines(m.get("operating_points")))
+        return "\n".join(rows + _operating_lines(m.get("operating_points")) + _type_lines(m.get("types")))
     rows = [f"{'image':<32} {'TP':>6} {'FP':>6} {'FN':>6} {'prec':>6} {'rec':>6} {'F1':>6} {'cF1':>6}"]
     for r in res["per_image"]:
         rows.append(f"{r['image'][:32]:<32} {r['tp']:>6} {r['fp']:>6} {r['fn']:>6} {r['precision']:>6.3f} "
@@ -267,6 +301,7 @@ def format_table(res: dict) -> str:
                     f"(mean over images {sm['aji']:.3f})  AJI+ {sp['aji_plus']:.3f}  PQ {sp['pq']:.3f} "
                     f"(DQ {sp['dq']:.3f}, SQ {sp['sq']:.3f}; mean {sm['pq']:.3f})  Dice {sp['dice']:.3f}")
     rows += _operating_lines(m.get("operating_points"))
+    rows += _type_lines(m.get("types"))
     if m.get("only_in_predictions"):
         rows.append(f"no truth for: {', '.join(m['only_in_predictions'])}")
     if m.get("only_in_truth"):
@@ -274,3 +309,18 @@ def format_table(res: dict) -> str:
     if m.get("skipped_degenerate"):
         rows.append(f"degenerate annotations skipped: {m['skipped_degenerate']}")
     return "\n".join(rows)
+
+
+def _type_lines(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    if not t.get("images"):
+        return ["types: the predictions carry no types (a model without a type head)"]
+    f_t = ", ".join(f"{n} {t[f'f_t_{n}']:.3f}" for n in t["types"] if t[f"f_t_{n}"] == t[f"f_t_{n}"])  # NaN: absent
+    lines = [f"types ({t['images']} images, centres paired within the radius): F_d {t['f_d']:.3f}; F_t {f_t}; "
+             f"accuracy among paired {t['type_accuracy']:.3f}",
+             "  confusion (rows truth, columns predicted): " + "; ".join(
+                 f"{n}: {row}" for n, row in zip(t["types"], t["confusion"]) if sum(row))]
+    if t.get("predictions_without_types"):
+        lines.append(f"  no types in the predictions for: {', '.join(t['predictions_without_types'])}")
+    return lines

@@ -19,6 +19,8 @@ from PIL import Image
 from .errors import WsinucleiError
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: the µm/px a slide may have (metadata outside it is not trusted; --mpp outside it is refused)
+MPP_RANGE = (0.05, 20.0)
 Image.MAX_IMAGE_PIXELS = 1_000_000_000  # plain regions can be large; they are ours to read, not a bomb
 
 
@@ -52,8 +54,9 @@ class Slide:
         self.name = _slide_stem(self.path)
         file_mpp, source = self._file_mpp()
         if mpp is not None:
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise WsinucleiError(f"--mpp must be a positive number, got {mpp}")
+            if not (math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
+                raise WsinucleiError(f"--mpp must be from {MPP_RANGE[0]:g} to {MPP_RANGE[1]:g} µm/px (the range of "
+                                     f"microscope slides), got {mpp:g}")
             self.mpp, self.mpp_source = float(mpp), "--mpp"
         else:
             self.mpp, self.mpp_source = file_mpp, source
@@ -77,7 +80,7 @@ class Slide:
             raise WsinucleiError(f"{self.path}: not a slide or image that wsinuclei can read")
         try:
             with Image.open(self.path) as im:
-                self._image = np.array(im.convert("RGB"))
+                self._image = plain_rgb(im)
                 self._tiff_tags = dict(getattr(im, "tag_v2", {}) or {})
         except Exception as exc:
             raise WsinucleiError(f"{self.path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
@@ -105,10 +108,14 @@ class Slide:
             return (tiff_mpp, "metadata (TIFF resolution)") if tiff_mpp else (None, "none")
         # plain images: a TIFF/PNG resolution is trusted only in the plausible microscope range
         unit = self._tiff_tags.get(296)  # ResolutionUnit: 2 inch, 3 cm
-        xres = self._tiff_tags.get(282)
+        xres, yres = self._tiff_tags.get(282), self._tiff_tags.get(283)
         if unit in (2, 3) and xres:
             per_um = float(xres) / (25400.0 if unit == 2 else 10000.0)
-            if per_um > 0 and 0.05 <= 1 / per_um <= 20:
+            if per_um > 0 and MPP_RANGE[0] <= 1 / per_um <= MPP_RANGE[1]:
+                if yres and float(yres) > 0:
+                    mpp_y = (25400.0 if unit == 2 else 10000.0) / float(yres)
+                    if abs(mpp_y - 1 / per_um) > 0.01 / per_um:
+                        self.mpp_y = mpp_y  # refused by require_mpp unless --mpp says what to assume
                 return 1 / per_um, "metadata (TIFF resolution)"
         return None, "none"
 
@@ -334,6 +341,22 @@ class Slide:
     BAND_PIXELS = 16_000_000
 
 
+def plain_rgb(im) -> np.ndarray:
+    """A plain image's pixels as 8-bit RGB, as a slide's read gives them: transparency composited on white (as
+    OpenSlide does), 16-bit and floating-point grey scaled to 0-255 by its type's full range (PIL's own
+    conversion clips 16-bit grey to white)."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) <= 65535) else \
+            max(float(a.max(initial=0)), 1.0)
+        g = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
+        return composite_on_white(np.asarray(im.convert("RGBA")))
+    return np.array(im.convert("RGB"))
+
+
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     """RGBA -> RGB over white glass. openslide-python returns *non*-premultiplied RGBA (it un-premultiplies
     OpenSlide's ARGB), so a pixel is ``rgb * a + 255 * (1 - a)``; fully transparent (outside the scanned
@@ -358,7 +381,7 @@ def _mpp_from_tiff_props(props) -> float | None:
     if not factor or per <= 0:
         return None
     mpp = factor / per
-    return mpp if 0.05 <= mpp <= 20 else None
+    return mpp if MPP_RANGE[0] <= mpp <= MPP_RANGE[1] else None
 
 
 def _slide_stem(path: Path) -> str:

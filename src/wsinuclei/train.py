@@ -26,7 +26,8 @@ from .checkpoint import save_model
 from .data import Augment, CropSampler, Tile, as_read_at, load_tiles
 from .errors import WsinucleiError
 from .models import DetectorConfig, build_detector, freeze_before_fine_tune_block
-from .models.star import STAR_LOSS_KEYS
+from .models.builder import calibrate_fixed_norms
+from .models.star import STAR_LOSS_KEYS, TYPED_STAR_LOSS_KEYS
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 MASK_LOSS_KEYS = LOSS_KEYS + ("loss_mask",)
@@ -48,14 +49,34 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_images(model, images, device="cpu"):
-    """Eval-mode predictions for whole images (already preprocessed uint8 HWC)."""
+def predict_images(model, images, device="cpu", types: bool = False):
+    """Eval-mode predictions for whole images (already preprocessed uint8 HWC): (boxes, scores) per image, and
+    with ``types`` a third entry, the type probabilities (N, types) of a model with a type head (else None)."""
     model.eval()
     out = []
     for img in images:
         res = model([to_tensor(img).to(device)])[0]
-        out.append((res["boxes"].cpu().numpy().astype(np.float64), res["scores"].cpu().numpy().astype(np.float64)))
+        pred = (res["boxes"].cpu().numpy().astype(np.float64), res["scores"].cpu().numpy().astype(np.float64))
+        if types:
+            pred += (res["type_probs"].cpu().numpy() if "type_probs" in res else None,)
+        out.append(pred)
     return out
+
+
+def typed_truth(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+    """A validation image's true centres (N, 2) and types (N,), or None when its set has no types: centres as
+    annotated for centre-only sets, box centres of the instances for label images."""
+    if tile.points is not None:
+        return (tile.points, tile.point_types) if tile.point_types is not None else None
+    if tile.types is None or tile.labels is None:
+        return None
+    from scipy import ndimage
+
+    slices = ndimage.find_objects(tile.labels.astype(np.int64))
+    ids = [i + 1 for i, sl in enumerate(slices) if sl is not None]
+    xy = np.array([((slices[i - 1][1].start + slices[i - 1][1].stop) / 2, (slices[i - 1][0].start + slices[i - 1][0].stop) / 2)
+                   for i in ids], np.float64).reshape(-1, 2)
+    return xy, np.asarray(tile.types)[ids]
 
 
 def validation_tiles(prepared: str | Path, input_channels: str, read_mpps=()) -> list[Tile]:
@@ -76,7 +97,7 @@ def validate(model, val_tiles: list[Tile], device="cpu", score_threshold=None) -
     Per set: boxed sets score the mean of F1@IoU 0.5 and centroid F1 (3 µm); centre-only sets score centroid
     F1 (their images run at their own µm/px). ``val_f1`` is the mean over sets, at the best of
     :data:`VAL_THRESHOLDS` (or at ``score_threshold``), so no single set decides the model."""
-    preds = predict_images(model, [t.image for t in val_tiles], device)
+    preds = predict_images(model, [t.image for t in val_tiles], device, types=True)
     return score_predictions(val_tiles, preds, score_threshold)
 
 
@@ -87,7 +108,8 @@ def score_predictions(val_tiles: list[Tile], preds, score_threshold=None) -> dic
     sets = sorted({t.set for t in val_tiles})
     thresholds = (score_threshold,) if score_threshold is not None else VAL_THRESHOLDS
     per = {}  # (set, threshold) -> (box Counts, centroid Counts)
-    for t, (boxes, scores) in zip(val_tiles, preds):
+    for t, pred in zip(val_tiles, preds):
+        boxes, scores = pred[0], pred[1]
         for thr in thresholds:
             key = (t.set, thr)
             bc, cc = per.get(key, (Counts(), Counts()))
@@ -117,6 +139,43 @@ def score_predictions(val_tiles: list[Tile], preds, score_threshold=None) -> dic
         if bc is not None:
             out[f"val_{n}_f1"] = bc.f1
     out["val_centroid_f1"] = total_c.f1
+    out.update(type_scores(val_tiles, preds, best_thr))
+    if "val_type_f1" in out:  # a typed model is chosen on detection and types alike
+        out["val_score"] = (out["val_f1"] + out["val_type_f1"]) / 2
+    return out
+
+
+#: the types whose F_t the validation measure averages (``other`` is rare and loosely defined in every set)
+VAL_TYPES = ("epithelial", "inflammatory", "stromal")
+
+
+def type_scores(val_tiles: list[Tile], preds, threshold: float) -> dict:
+    """Per typed validation set, HoVer-Net's F_t of each type (:mod:`wsinuclei.type_metrics`, centres paired
+    within 3 µm, predictions with score >= ``threshold``) and the accuracy among paired nuclei;
+    ``val_type_f1``: the mean over sets of the mean F_t of :data:`VAL_TYPES`. Empty when no prediction carries
+    types or no set has them."""
+    from .nucleus_types import TYPE_NAMES
+    from .type_metrics import TypeCounts
+
+    per: dict[str, TypeCounts] = {}
+    for t, pred in zip(val_tiles, preds):
+        truth = typed_truth(t)
+        if truth is None or len(pred) < 3 or pred[2] is None:
+            continue
+        boxes, scores, probs = pred
+        keep = scores >= threshold
+        pc = (boxes[keep, :2] + boxes[keep, 2:]) / 2
+        tc = per.setdefault(t.set, TypeCounts(len(TYPE_NAMES)))
+        tc.add(pc, probs[keep].argmax(1), truth[0], truth[1], 3.0 / (t.mpp or 0.25))
+    out, means = {}, []
+    for name, tc in sorted(per.items()):
+        f_ts = [tc.f_type(TYPE_NAMES.index(n)) for n in VAL_TYPES]
+        for n, f in zip(VAL_TYPES, f_ts):
+            out[f"val_{name}_ft_{n}"] = f
+        out[f"val_{name}_type_accuracy"] = tc.accuracy
+        means.append(float(np.nanmean(f_ts)) if not all(np.isnan(f_ts)) else 0.0)
+    if means:
+        out["val_type_f1"] = float(np.mean(means))
     return out
 
 
@@ -133,12 +192,27 @@ def _set_glass_colour(tiles: list[Tile], manifest: dict) -> None:
                                                       info["lab_mean"], info["lab_std"])[0, 0])
 
 
-def val_fields(val_tiles: list[Tile]) -> list[str]:
+def val_fields(val_tiles: list[Tile], typed: bool = False) -> list[str]:
     fields = ["val_f1", "val_threshold", "val_centroid_f1"]
     for n in sorted({t.set for t in val_tiles}):
         boxed = any(t.points is None for t in val_tiles if t.set == n)
         fields += ([f"val_{n}_f1"] if boxed else []) + [f"val_{n}_centroid_f1", f"val_{n}_precision", f"val_{n}_recall"]
+    if typed:
+        fields += ["val_type_f1", "val_score"]
+        for n in sorted({t.set for t in val_tiles if typed_truth(t) is not None}):
+            fields += [f"val_{n}_ft_{c}" for c in VAL_TYPES] + [f"val_{n}_type_accuracy"]
     return fields
+
+
+def calibration_batch(sampler: CropSampler, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` training crops drawn from a generator of their own (seeded by ``seed``), leaving the sampler's
+    stream as it was: the crops fixed normalisation statistics are measured on."""
+    own = sampler.rng
+    sampler.rng = np.random.default_rng([seed, 7919])
+    try:
+        return [sampler.sample_crop().image for _ in range(n)]
+    finally:
+        sampler.rng = own
 
 
 def load_init(model, path: str | Path) -> dict:
@@ -292,12 +366,20 @@ def train(
     # `val_read_mpp = [0.5]`: the validation images also read as a 20x slide is (extra sets in the mean), so
     # that the chosen model holds at both resolutions it claims
     val_tiles = validation_tiles(prepared, config.input_channels, tcfg.get("val_read_mpp", ()))
-    loss_keys = STAR_LOSS_KEYS if config.is_star else MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
+    typed = config.is_star and int(config.star_head.get("n_types", 0)) > 0
+    loss_keys = (TYPED_STAR_LOSS_KEYS if typed else STAR_LOSS_KEYS) if config.is_star else \
+        MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
+    score_key = "val_score" if typed else "val_f1"  # what picks the best checkpoint
 
     model = build_detector(config).to(device)
     init_info = None
     if init and not resume:
         init_info = load_init(model, init)
+        if config.backbone.get("norm") == "fixed":  # fixed statistics, measured on training crops
+            crops = calibration_batch(sampler, int(tcfg.get("norm_calibration_crops", 48)), seed)
+            with torch.no_grad():
+                init_info["calibrated_norms"] = calibrate_fixed_norms(
+                    model.backbone, model.batch([to_tensor(c).to(device) for c in crops]))
     if resume and not init and (run_dir / "run.json").is_file():  # resumed without --init: as first started
         init = json.loads((run_dir / "run.json").read_text()).get("init")
     if init:  # fine-tuning from loaded weights: the preset's early blocks stay as loaded
@@ -307,7 +389,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=float(tcfg["lr"]), momentum=float(tcfg["momentum"]),
                           weight_decay=float(tcfg["weight_decay"]))
-    start, best = 0, {"val_f1": -1.0}
+    start, best = 0, {"val_f1": -1.0, score_key: -1.0}
     last = run_dir / "last.pt"
     if resume:
         if not last.is_file():
@@ -331,7 +413,7 @@ def train(
             settings[key] = first.get(key)
     (run_dir / "run.json").write_text(json.dumps(settings, indent=1))
     log_path = run_dir / "log.csv"
-    fields = ["step", "lr", "loss", *loss_keys, "seconds", *val_fields(val_tiles)]
+    fields = ["step", "lr", "loss", *loss_keys, "seconds", *val_fields(val_tiles, typed)]
     if not resume or not log_path.exists():
         with open(log_path, "w", newline="") as fh:
             csv.writer(fh).writerow(fields)
@@ -368,13 +450,15 @@ def train(
         row = row or {"step": done, "lr": lr_at(max(done - 1, 0), float(tcfg["lr"]),
                                                 int(tcfg.get("warmup_steps", 0)), milestones)}
         row.update(v)
-        if v["val_f1"] > best["val_f1"]:
+        if v[score_key] > best[score_key]:
             best = {**v, "step": done}
             save_model(model, config, run_dir / "best.safetensors", target_mu=target_mu,
                        target_sigma=target_sigma, half=False,
                        extra={"command": command, "step": done, "validation": v, "seed": seed})
-        bar.write(f"step {done}: validation score {v['val_f1']:.3f} at score >= {v['val_threshold']}, "
-                  f"centroid F1 {v['val_centroid_f1']:.3f} (best {best['val_f1']:.3f} at {best['step']})")
+        types = f", type F_t {v['val_type_f1']:.3f}" if "val_type_f1" in v else ""
+        bar.write(f"step {done}: validation score {v[score_key]:.3f} (detection {v['val_f1']:.3f}{types}) at score "
+                  f">= {v['val_threshold']}, centroid F1 {v['val_centroid_f1']:.3f} (best {best[score_key]:.3f} at "
+                  f"{best['step']})")
         return row
 
     batches = crop_batches(sampler, batch, seed, start, steps, workers)
@@ -396,6 +480,8 @@ def train(
                     target["masks"] = torch.from_numpy(crop.masks).to(device)
                 if crop.centre_only:
                     target["centre_only"] = True
+                if typed and crop.types is not None:
+                    target["types"] = torch.from_numpy(crop.types).to(device)
                 targets.append(target)
             losses = model(images, targets)
             loss = sum(losses.values())

@@ -30,9 +30,10 @@ def gather_features(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx:
 
 
 def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of, keep: np.ndarray, metadata: dict,
-                       model_name: str, areas_um2=None) -> int:
-    """The nuclei ``keep`` (indices into the merged arrays), with their boxes, score, tile, model and every
-    feature column. Returns the number of rows."""
+                       model_name: str, areas_um2=None, types=None) -> int:
+    """The nuclei ``keep`` (indices into the merged arrays), with their boxes, score, tile, model, for a typed
+    model (``types``: ``outputs.Types`` of the merged nuclei) ``type`` and ``p_NAME`` per type, and every feature
+    column. Returns the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -41,6 +42,9 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
     if areas_um2 is not None:
         fields.append(pa.field("area_um2", pa.float32()))
     fields += [pa.field("tile", pa.dictionary(pa.int32(), pa.string())), pa.field("model", pa.dictionary(pa.int32(), pa.string()))]
+    if types is not None:
+        fields.append(pa.field("type", pa.dictionary(pa.int32(), pa.string())))
+        fields += [pa.field(f"p_{n}", pa.float32()) for n in types.names]
     fields += [pa.field(c, pa.float32()) for c in columns]
     schema = pa.schema(fields, metadata={b"wsinuclei": json.dumps(metadata).encode()})
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -54,6 +58,10 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
                     cols["area_um2"] = np.asarray(areas_um2)[idx].astype(np.float32)
                 cols["tile"] = pa.array(tile_of[idx].astype(str)).dictionary_encode()
                 cols["model"] = pa.array(np.full(len(idx), model_name)).dictionary_encode()
+                if types is not None:
+                    cols["type"] = pa.array(np.asarray(types.names, dtype=object)[types.index[idx]],
+                                            pa.string()).dictionary_encode()
+                    cols.update({f"p_{n}": types.probs[idx, k].astype(np.float32) for k, n in enumerate(types.names)})
                 cols.update(gather_features(results, tile_of, row_of, idx, columns))
                 writer.write_table(pa.table([cols[f.name] for f in fields], schema=schema))
         os.replace(tmp, path)
@@ -70,9 +78,12 @@ def result_feature_columns(results: dict) -> list[str]:
     return []
 
 
-def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.ndarray, metadata: dict) -> int:
-    """One row per tissue tile: where it is, its tissue, its nuclei (count, per mm² of tissue) and, per
-    feature, the mean, standard deviation and quartiles over its nuclei."""
+def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.ndarray, metadata: dict,
+                    types=None) -> int:
+    """One row per tissue tile: where it is, its tissue, its nuclei (count, per mm² of tissue), for a typed
+    model per type its count ``nuclei_NAME``, share ``fraction_NAME`` and density ``NAME_per_mm2_tissue`` (the
+    inflammatory density is the TIL density), and, per feature, the mean, standard deviation and quartiles over
+    its nuclei."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -84,6 +95,10 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
         by_tile[key] = keep[tiles_kept == key]
     rows = {n: [] for n in ("tile", "x0", "y0", "x1", "y1", "tissue_fraction", "nuclei", "nuclei_per_mm2_tissue")}
     stats = {f"{c}.{s}": [] for c in columns for s in BAG_STATS}
+    names = () if types is None else types.names
+    typed = {f"{kind}{n}{tail}": [] for n in names
+             for kind, tail in (("nuclei_", ""), ("fraction_", ""), ("", "_per_mm2_tissue"))}
+    type_idx = None if types is None else types.index
     for t in plan.tiles:
         x0, y0, x1, y1 = plan.grid.clipped_core(t)
         frac = plan.tissue.get(t.key, (None, 0.0))[0]
@@ -91,6 +106,11 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
         tissue_mm2 = (x1 - x0) * (y1 - y0) * (mpp / 1000.0) ** 2 * (frac if frac else 1.0)
         for n, v in zip(rows, (t.key, x0, y0, x1, y1, frac, len(idx), len(idx) / tissue_mm2 if tissue_mm2 else np.nan)):
             rows[n].append(v)
+        for k, n in enumerate(names):
+            c = int((type_idx[idx] == k).sum())
+            typed[f"nuclei_{n}"].append(c)
+            typed[f"fraction_{n}"].append(c / len(idx) if len(idx) else np.nan)
+            typed[f"{n}_per_mm2_tissue"].append(c / tissue_mm2 if tissue_mm2 else np.nan)
         vals = gather_features(results, tile_of, row_of, idx, columns) if len(idx) else {c: np.zeros(0, np.float32) for c in columns}
         for c in columns:
             v = vals[c][np.isfinite(vals[c])].astype(np.float64)
@@ -101,6 +121,8 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
     for n in ("x0", "y0", "x1", "y1", "tissue_fraction", "nuclei_per_mm2_tissue"):
         table[n] = pa.array(rows[n], pa.float64())
     table["nuclei"] = pa.array(rows["nuclei"], pa.int32())
+    for n, v in typed.items():
+        table[n] = pa.array(v, pa.int32() if n.startswith("nuclei_") else pa.float64())
     for n, v in stats.items():
         table[n] = pa.array(np.asarray(v, np.float32))
     tbl = pa.table(table).replace_schema_metadata({b"wsinuclei": json.dumps(metadata).encode()})

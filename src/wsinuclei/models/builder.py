@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -27,13 +28,60 @@ from .config import IMAGE_MEAN, IMAGE_STD, DetectorConfig, load_preset
 from .fast_heads import use_fast_heads
 
 
+def _groups(c: int) -> int:
+    return min(32, c // 4) if c >= 16 else 1
+
+
+class FixedNorm(nn.BatchNorm2d):
+    """Normalisation by fixed per-channel statistics (BatchNorm in eval mode, always), with a learned scale and
+    shift: a nucleus' features never depend on what else its tile or batch holds, so the same nucleus gives
+    the same output whatever the tiling (GroupNorm's statistics span the whole tile: glass or a dense patch
+    anywhere in it changes every nucleus). The statistics come from :func:`calibrate_fixed_norms`, which
+    measures them as the GroupNorm a model was trained with would have, averaged over crops; exported
+    networks fold them into the convolutions."""
+
+    def __init__(self, num_features: int, groups: int = 1):
+        super().__init__(num_features)
+        self.groups = int(groups)
+        self.calibrating = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            with torch.no_grad():
+                g = x.float().reshape(x.shape[0], self.groups, -1)
+                per = self.num_features // self.groups
+                self.running_mean.copy_(g.mean(2).mean(0).repeat_interleave(per))
+                self.running_var.copy_(g.var(2, unbiased=False).mean(0).repeat_interleave(per))
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+@torch.no_grad()
+def calibrate_fixed_norms(model: nn.Module, batch: torch.Tensor) -> int:
+    """Set every :class:`FixedNorm`'s statistics from one forward pass over ``batch`` (normalised network input,
+    (B, 3, H, W)), layer after layer: each sees its input as the already calibrated layers before it make it,
+    and takes the per-crop group means and variances (as GroupNorm computes them), averaged over the crops.
+    Run after a GroupNorm model's weights are loaded into the same network with fixed norms (``train --init``).
+    Returns the number of layers set."""
+    norms = [m for m in model.modules() if isinstance(m, FixedNorm)]
+    for m in norms:
+        m.calibrating = True
+    try:
+        model(batch)
+    finally:
+        for m in norms:
+            m.calibrating = False
+    return len(norms)
+
+
 def _norm_layer(kind: str):
     if kind == "group":
         # GroupNorm: batch statistics are meaningless with 1-4 crops per step, and nothing is pretrained.
-        return lambda c: nn.GroupNorm(min(32, c // 4) if c >= 16 else 1, c)
+        return lambda c: nn.GroupNorm(_groups(c), c)
     if kind == "batch":
         return nn.BatchNorm2d
-    raise WsinucleiError(f"unknown norm '{kind}' (group or batch)")
+    if kind == "fixed":
+        return lambda c: FixedNorm(c, _groups(c))
+    raise WsinucleiError(f"unknown norm '{kind}' (group, batch or fixed)")
 
 
 class LightTrunk(nn.Module):

@@ -99,8 +99,9 @@ class ThreadInfer:
 
 
 class OpenVinoStarNet:
-    """Tiles (uint8 HWC, the network's input colours) in; per tile boxes, raw scores and outlines (N, rays,
-    2) out, in tile pixels, as ``star.StarNet`` gives them in eval mode.
+    """Tiles (uint8 HWC, the network's input colours) in; per tile boxes, raw scores, outlines (N, rays, 2)
+    and type probabilities (N, types; None for an untyped network) out, in tile pixels, as ``star.StarNet``
+    gives them in eval mode.
 
     ``network``: an OpenVINO IR, as the path of its XML (weights beside it, ``.bin``) or as the two files'
     bytes (the INT8 network a model file carries, ``int8.py``).
@@ -132,9 +133,9 @@ class OpenVinoStarNet:
         self._pool = None  # threads that run a call's tiles at once, one per stream (made on first use)
         self._pool_lock = threading.Lock()
 
-    def _maps(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        res = self.compiled(tile_input(tile))
-        return np.asarray(res[0]), np.asarray(res[1])  # StarTrunk's outputs, in order
+    def _maps(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        res = self.compiled(tile_input(tile))  # StarTrunk's outputs, in order: prob, dist and, typed, types
+        return np.asarray(res[0]), np.asarray(res[1]), (np.asarray(res[2]) if len(res) > 2 else None)
 
     def __call__(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if self.streams > 1 and len(tiles) > 1:
@@ -146,4 +147,5 @@ class OpenVinoStarNet:
             maps = list(self._pool.map(self._maps, tiles))
         else:
             maps = [self._maps(tile) for tile in tiles]
-        return [self.decoding(prob[0, 0], dist[0], tile.shape[:2]) for (prob, dist), tile in zip(maps, tiles)]
+        return [self.decoding(prob[0, 0], dist[0], tile.shape[:2], None if types is None else types[0])
+                for (prob, dist, types), tile in zip(maps, tiles)]

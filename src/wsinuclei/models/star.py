@@ -33,6 +33,8 @@ from .star_decode import StarDecoding, ray_directions
 
 #: loss terms of a training step, as logged
 STAR_LOSS_KEYS = ("loss_prob", "loss_dist")
+#: the same with a type head
+TYPED_STAR_LOSS_KEYS = STAR_LOSS_KEYS + ("loss_type",)
 
 
 class StarTrunk(nn.Module):
@@ -40,7 +42,8 @@ class StarTrunk(nn.Module):
     h, w), dist=(B, n_rays, h, w))`` at stride 4. Its ``body`` and ``fpn`` are named as in
     :class:`BackboneWithFPN`, so weights of the R-CNN presets load into it by name."""
 
-    def __init__(self, backbone: BackboneWithFPN, channels: list[int], n_rays: int, upsample_channels: int = 0):
+    def __init__(self, backbone: BackboneWithFPN, channels: list[int], n_rays: int, upsample_channels: int = 0,
+                 n_types: int = 0, type_channels: list[int] | None = None, type_level: int = 1):
         super().__init__()
         self.body, self.fpn = backbone.body, backbone.fpn
         layers, c = [], backbone.out_channels
@@ -56,11 +59,26 @@ class StarTrunk(nn.Module):
         self.dist = nn.Conv2d(c, n_rays, 1)
         nn.init.constant_(self.prob.bias, -4.0)  # most cells are background: start near p = 0.02
         self.out_channels = 1 + n_rays
+        # types: a branch of its own on a coarser FPN level (stride 8 by default: more context per cell, a quarter
+        # of the finest level's cost), its logits upsampled onto the outputs' grid
+        self.n_types, self.type_level = int(n_types), int(type_level)
+        if self.n_types:
+            layers, c = [], backbone.out_channels
+            for width in type_channels or [64]:
+                layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+                c = width
+            self.type_head = nn.Sequential(*layers)
+            self.types = nn.Conv2d(c, self.n_types, 1)
+            self.out_channels += self.n_types
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
-        finest = next(iter(self.fpn(self.body(x)).values()))
-        f = self.head(finest)
-        return OrderedDict(prob=self.prob(f), dist=self.dist(f))
+        levels = list(self.fpn(self.body(x)).values())
+        f = self.head(levels[0])
+        out = OrderedDict(prob=self.prob(f), dist=self.dist(f))
+        if self.n_types:
+            t = self.types(self.type_head(levels[self.type_level]))
+            out["types"] = F.interpolate(t, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
 
 class StarNet(nn.Module):
@@ -72,8 +90,15 @@ class StarNet(nn.Module):
     def __init__(self, backbone: BackboneWithFPN, head: dict[str, Any], image_mean, image_std):
         super().__init__()
         self.n_rays = int(head.get("n_rays", 32))
+        self.n_types = int(head.get("n_types", 0))
         self.backbone = StarTrunk(backbone, [int(c) for c in head.get("channels", [64])], self.n_rays,
-                                  int(head.get("upsample_channels", 0)))
+                                  int(head.get("upsample_channels", 0)), self.n_types,
+                                  [int(c) for c in head.get("type_channels", [64])], int(head.get("type_level", 1)))
+        # the type loss' weight beside the centre and distance losses, and each type's weight within it
+        self.type_weight = float(head.get("type_weight", 1.0))
+        class_w = head.get("type_class_weights")
+        self.register_buffer("type_class_w", torch.tensor([float(w) for w in class_w]) if class_w else None,
+                             persistent=False)
         self.decoding = StarDecoding.from_head(head)  # shared with the torch-free runtime
         self.stride, self.dist_scale = self.decoding.stride, self.decoding.dist_scale
         self.max_dist = int(head.get("max_dist", 64))  # longest ray measured for the targets, in pixels
@@ -137,7 +162,27 @@ class StarNet(nn.Module):
         # distances matter where the cell is inside a nucleus, most near its centre (where decoding reads them)
         l1 = (dist - dist_t / self.dist_scale).abs() * weight
         loss_dist = self.dist_weight * l1.sum() / (weight.sum() * self.n_rays).clamp(min=1.0)
-        return {"loss_prob": loss_prob, "loss_dist": loss_dist}
+        losses = {"loss_prob": loss_prob, "loss_dist": loss_dist}
+        if self.n_types:
+            losses["loss_type"] = self.type_weight * self.type_loss(out["types"], images, targets)
+        return losses
+
+    def type_loss(self, type_logits: torch.Tensor, images, targets) -> torch.Tensor:
+        """Cross-entropy of the type logits at every cell inside a typed nucleus (inside its outline, or its disc
+        for centre-only sets); cells of untyped nuclei and of sets without types (no ``types`` in the target, or
+        -1) train nothing. 0 for a batch with no typed cell."""
+        type_t = torch.full(type_logits.shape[:1] + type_logits.shape[2:], -1, dtype=torch.int64,
+                            device=type_logits.device)
+        for k, (img, tgt) in enumerate(zip(images, targets)):
+            types = tgt.get("types")
+            if types is None or len(types) == 0 or bool((types < 0).all()):
+                continue
+            own = cell_labels(instance_label_image(tgt["masks"], img.shape[-2:]), self.stride)
+            lut = torch.cat([types.new_full((1,), -1), types.to(torch.int64)])
+            type_t[k, : own.shape[0], : own.shape[1]] = lut[own]
+        if not bool((type_t >= 0).any()):
+            return type_logits.sum() * 0.0
+        return F.cross_entropy(type_logits, type_t, weight=self.type_class_w, ignore_index=-1)
 
     # -- inference -----------------------------------------------------------------------------------------
     def decode(self, out: OrderedDict, sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
@@ -145,13 +190,18 @@ class StarNet(nn.Module):
         runtime), as tensors on the maps' device."""
         prob = out["prob"].detach().float().cpu().numpy()
         dist = out["dist"].detach().float().cpu().numpy()
+        types = out["types"].detach().float().cpu().numpy() if "types" in out else None
         device = out["prob"].device
         results = []
         for k, size in enumerate(sizes):
-            boxes, scores, outlines = self.decoding(prob[k, 0], dist[k], size)
-            results.append({"boxes": torch.from_numpy(boxes).to(device), "scores": torch.from_numpy(scores).to(device),
-                            "outlines": torch.from_numpy(outlines).to(device),
-                            "labels": torch.ones(len(scores), dtype=torch.int64, device=device)})
+            boxes, scores, outlines, type_probs = self.decoding(prob[k, 0], dist[k], size,
+                                                                None if types is None else types[k])
+            res = {"boxes": torch.from_numpy(boxes).to(device), "scores": torch.from_numpy(scores).to(device),
+                   "outlines": torch.from_numpy(outlines).to(device),
+                   "labels": torch.ones(len(scores), dtype=torch.int64, device=device)}
+            if type_probs is not None:
+                res["type_probs"] = torch.from_numpy(type_probs).to(device)
+            results.append(res)
         return results
 
 
@@ -169,12 +219,18 @@ def _cell_centres(length: int, stride: int, device) -> torch.Tensor:
     return torch.arange(stride // 2, length, stride, device=device)
 
 
+def cell_labels(label: torch.Tensor, stride: int) -> torch.Tensor:
+    """The instance label at each cell's sample pixel of the stride grid (as :func:`star_targets` samples)."""
+    label = label.to(torch.int64)
+    return label[_cell_centres(label.shape[0], stride, label.device)][:, _cell_centres(label.shape[1], stride,
+                                                                                       label.device)]
+
+
 def small_nucleus_weight(label: torch.Tensor, stride: int, area_px: float, max_weight: float) -> torch.Tensor:
     """On the stride grid of an (H, W) instance label image (cells sampled as in :func:`star_targets`): for a cell
     inside a nucleus of A pixels, ``area_px / A`` clamped to [1, ``max_weight``]; 1 outside nuclei."""
     label = label.to(torch.int64)
-    own = label[_cell_centres(label.shape[0], stride, label.device)][:, _cell_centres(label.shape[1], stride,
-                                                                                       label.device)]
+    own = cell_labels(label, stride)
     area = torch.bincount(label.flatten()).to(torch.float32)
     w = (area_px / area[own].clamp(min=1.0)).clamp(1.0, max_weight)
     return torch.where(own > 0, w, torch.ones_like(w))

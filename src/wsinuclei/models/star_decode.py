@@ -30,10 +30,11 @@ def ray_directions(n_rays: int) -> np.ndarray:
 
 def decode_star(prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int], *, stride: int,
                 dist_scale: float, score_thresh: float, nms_thresh: float, max_detections: int,
-                ray_dirs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ray_dirs: np.ndarray | None = None, type_logits: np.ndarray | None = None):
     """Nuclei of one image from its maps: ``prob_logits`` (h, w) and ``dist`` (rays, h, w) at ``stride``, over
     an input of ``size`` (H, W) pixels (the maps may extend past it: padding). Returns boxes (N, 4 of x0, y0,
-    x1, y1), scores (N,) and outlines (N, rays, 2 of x, y), in input pixels, best first."""
+    x1, y1), scores (N,), outlines (N, rays, 2 of x, y), in input pixels, best first, and with ``type_logits``
+    (types, h, w) each nucleus' type probabilities (N, types) (:func:`type_probabilities`), else None."""
     n_rays = dist.shape[0]
     dirs = ray_directions(n_rays) if ray_dirs is None else np.asarray(ray_dirs, np.float32)
     prob = 1.0 / (1.0 + np.exp(-np.asarray(prob_logits, np.float32)))
@@ -48,11 +49,33 @@ def decode_star(prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int]
     cx = (gx * stride + stride // 2).astype(np.float32) + 0.5
     cy = (gy * stride + stride // 2).astype(np.float32) + 0.5
     outlines = np.stack([np.clip(cx[:, None] + d * dirs[:, 0], 0, w), np.clip(cy[:, None] + d * dirs[:, 1], 0, h)], 2)
+    n_types = 0 if type_logits is None else int(type_logits.shape[0])
     if len(outlines) == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, n_rays, 2), np.float32)
+        return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, n_rays, 2), np.float32),
+                None if type_logits is None else np.zeros((0, n_types), np.float32))
     boxes = np.concatenate([outlines.min(1), outlines.max(1)], 1)
     keep = nms(boxes, scores, nms_thresh)[:max_detections]
-    return boxes[keep], scores[keep], outlines[keep]
+    types = None if type_logits is None else type_probabilities(type_logits, gy[keep], gx[keep])
+    return boxes[keep], scores[keep], outlines[keep], types
+
+
+def type_probabilities(type_logits: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
+    """(N, types) probabilities of the nuclei whose centre cells are (gy, gx): the mean of the softmax over the
+    3x3 cells around each centre (inside the map), so one noisy cell does not decide a nucleus' type."""
+    t = np.asarray(type_logits, np.float32)
+    k, h, w = t.shape
+    z = t - t.max(0, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(0, keepdims=True)
+    acc = np.zeros((len(gy), k), np.float32)
+    n = np.zeros(len(gy), np.float32)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            y, x = gy + dy, gx + dx
+            ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            acc[ok] += p[:, y[ok], x[ok]].T
+            n[ok] += 1
+    return acc / np.maximum(n, 1)[:, None]
 
 
 @dataclass
@@ -79,8 +102,9 @@ class StarDecoding:
                    nms_thresh=float(head.get("nms_thresh", 0.4)),
                    max_detections=int(head.get("detections_per_img", 5000)))
 
-    def __call__(self, prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int]):
+    def __call__(self, prob_logits: np.ndarray, dist: np.ndarray, size: tuple[int, int],
+                 type_logits: np.ndarray | None = None):
         """:func:`decode_star` with these settings."""
         return decode_star(prob_logits, dist, size, stride=self.stride, dist_scale=self.dist_scale,
                            score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-                           max_detections=self.max_detections, ray_dirs=self.ray_dirs)
+                           max_detections=self.max_detections, ray_dirs=self.ray_dirs, type_logits=type_logits)

@@ -16,7 +16,7 @@ Modules, top to bottom: ``run`` (a slide, start to end) → ``executors`` → ``
 from .executors import check_remote_workers, local_cluster_kwargs, slurm_cluster_kwargs
 from .options import OPERATING_POINT, RunOptions, RunReport, SlideContext, TileResult
 from .plan import SlidePlan, fitted_tile_shape, on_tissue, plan_slide, run_mpp
-from .run import annotation_attributes, format_report, run_slide, survey_slide
+from .run import annotation_attributes, format_report, plan_only, run_slide, survey_slide
 from .seams import merge_seams
 from .thumbnail import draw_thumbnail, overlay_nuclei
 from .worker import _STATE, postprocess, process_tile, read_and_preprocess  # noqa: F401 (_STATE: tests look in)

@@ -47,7 +47,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
             return t, None, None, None, exc
 
     def finish(good, preds):
-        return [postprocess(ctx, t, b, s, p, o, rgb) for (t, _, p, rgb), (b, s, o) in zip(good, preds)]
+        return [postprocess(ctx, t, b, s, p, o, rgb, ty) for (t, _, p, rgb), (b, s, o, ty) in zip(good, preds)]
 
     with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool, ThreadPoolExecutor(max_workers=1, initializer=_yield_to_inference) as post:
         # bounded look-ahead: memory is set by tiles in flight, not slide size
@@ -70,7 +70,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
             good = [(t, x, p, rgb) for t, x, p, rgb, e in batch if e is None]
             if good:
                 t0 = time.perf_counter()
-                preds = det.predict_instances([x for _, x, _, _ in good])
+                preds = det.predict_typed([x for _, x, _, _ in good])
                 dt = (time.perf_counter() - t0) / len(good)
                 for _, _, p, _ in good:
                     p["inference_s"] = dt
@@ -92,11 +92,17 @@ def in_process_batch(opts: RunOptions, det) -> int:
     return max(opts.batch_size, det.tiles_at_once)
 
 
+#: seconds a local Dask worker waits for its lost scheduler before it exits
+WORKER_DEATH_TIMEOUT_S = 10
+
+
 def local_cluster_kwargs(opts: RunOptions, gpus: int) -> dict:
     """LocalCluster settings. With --device cuda every worker offers one GPU resource (tiles ask for one,
     so a cluster started without it would never run a tile), and there must be a GPU for each worker."""
+    # a worker that loses its scheduler (the run killed with -9: the scheduler lives in its process) exits after
+    # this long instead of living on
     kwargs = dict(n_workers=opts.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                  silence_logs=40)
+                  silence_logs=40, death_timeout=WORKER_DEATH_TIMEOUT_S)
     if opts.device.startswith("cuda"):
         if opts.workers > gpus:
             raise WsinucleiError(f"--workers {opts.workers} --device cuda takes one GPU per worker and this machine "

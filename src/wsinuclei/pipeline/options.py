@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,9 +72,18 @@ class RunOptions:
 
         integer("tile-size", self.tile_size, 64, 16384)
         integer("overlap", self.overlap, 0, self.tile_size - 1)
+        for name, value in (("tile-size", self.tile_size), ("overlap", self.overlap)):
+            if value % 32:  # tiles start on the lattice of the network's coarsest stride (plan.lattice_area)
+                raise WsinucleiError(f"--{name} must be a multiple of 32 (the network's coarsest stride, so every "
+                                     f"tile starts on one lattice in slide coordinates), got {value}")
         integer("batch-size", self.batch_size, 1, 256)
         integer("readers", self.readers, 1, 64)
         integer("workers", self.workers, 0, 1024)
+        cores = os.cpu_count() or 1
+        if self.workers > cores and not (self.scheduler or self.cluster):
+            # local workers each hold a model and a tile batch: more than the cores only thrash
+            raise WsinucleiError(f"--workers {self.workers}: this machine has {cores} cores; use --workers {cores} "
+                                 "or fewer (one local worker per core)")
         integer("retries", self.retries, 0, 10)
         for name, value in (("min-tissue", self.min_tissue), ("min-score", self.min_score),
                             ("score-cut", self.score_cut)):
@@ -149,6 +160,7 @@ class TileResult:
     failed: str | None = None
     outlines: np.ndarray | None = None  # (N, rays, 2) nuclear contours in base pixels, for contour models
     features: dict | None = None  # column -> (N,) values, for runs with --features (NaN under the score cut)
+    type_probs: np.ndarray | None = None  # (N, types) type probabilities, for typed models
 
 
 @dataclass
@@ -159,10 +171,13 @@ class RunReport:
     read_mpp: float = 0.0  # µm/px the tiles were read at (the slide's own when the model serves it)
     outputs: dict = field(default_factory=dict)
     nuclei: int = 0  # score >= score_cut: what the model counts as nuclei (GeoJSON, DSA file)
+    nuclei_by_type: dict = field(default_factory=dict)  # type name -> nuclei of that type (typed models)
     candidates: int = 0  # boxes in the CSV: score >= min_score
     score_cut: float = OPERATING_POINT
     min_score: float = 0.1
     model: dict = field(default_factory=dict)  # file, sha1 prefix
+    device: str = "cpu"
+    backend: str = ""  # what ran the network in-process (torch, openvino, openvino-int8); the option, distributed
     tiles_total: int = 0
     tiles_processed: int = 0
     tiles_skipped_tissue: int = 0

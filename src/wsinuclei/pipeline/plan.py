@@ -78,6 +78,9 @@ def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_chann
 def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
           model_path: str | None) -> SlidePlan:
     mpp = slide.require_mpp()
+    if mpp / model_mpp > MAX_ENLARGEMENT:
+        raise WsinucleiError(f"{path}: at {mpp:g} µm/px, reading it at the model's {model_mpp:g} µm/px would enlarge "
+                             f"it {mpp / model_mpp:.0f}x (at most {MAX_ENLARGEMENT:g}x); check --mpp")
     W, H = slide.dimensions
     if opts.roi is not None:
         x, y, w, h = opts.roi
@@ -91,8 +94,13 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         # handle), not once per colour patch and tile; a large one is left as it is (Slide.HOLD_PIXELS)
         slide.hold_base_level()
     thumb, ds, mask = slide_tissue(slide)
-    if not mask.any():
-        raise WsinucleiError(f"{path}: no tissue found")
+    if not mask.any() and (opts.tissue_mask or opts.lab_stats is None):
+        mean = ", ".join(f"{v:.0f}" for v in thumb.reshape(-1, 3).mean(0))
+        why = (f"{path}: no tissue found (no stained area: the image's mean colour is RGB {mean}, its darkest "
+               f"pixel {int(thumb.min())})")
+        if not opts.tissue_mask:
+            why += "; --no-tissue-mask runs every tile, but the colour normalisation is measured on tissue"
+        raise WsinucleiError(why)
     if opts.lab_stats is not None:
         mu, sigma = opts.lab_stats
         lab_info = {"mean": [float(v) for v in mu], "std": [float(v) for v in sigma], "definition": "given"}
@@ -101,8 +109,12 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         stats = tissue_lab_stats(slide, mask, ds, slide.colour_map_mpp(model_mpp))
         mu, sigma, lab_info = stats.mean, stats.std, stats.as_dict()
     scale = model_mpp / mpp
-    tile_shape = fitted_tile_shape(opts.tile_size, opts.overlap, roi[2] / scale, roi[3] / scale)
-    grid = TileGrid(roi[2], roi[3], scale, tile_shape, opts.overlap, origin=(roi[0], roi[1]))
+    gx, gy, gw, gh = lattice_area(roi, scale)
+    tile_shape = fitted_tile_shape(opts.tile_size, opts.overlap, gw / scale, gh / scale)
+    grid = TileGrid(gw, gh, scale, tile_shape, opts.overlap, origin=(gx, gy))
+    if len(grid) > MAX_TILES:
+        raise WsinucleiError(f"{path}: at {mpp:g} µm/px the slide would be cut into {len(grid):,} tiles (at most "
+                             f"{MAX_TILES:,}); check --mpp")
     tiles, skipped, tissue = [], [], {}
     for t in grid:
         t0 = time.perf_counter()
@@ -151,6 +163,27 @@ def on_tissue(boxes: np.ndarray, mask: np.ndarray, ds: float, mpp: float, margin
             part = off[i : i + 4096]
             keep[part] = padded[cy[part, None] + r + dy, cx[part, None] + r + dx].any(axis=1)
     return keep
+
+
+#: a plan reading the slide more than this many times enlarged is refused (a wrong --mpp, not a slide)
+MAX_ENLARGEMENT = 4.0
+#: a plan of more tiles than this is refused: a 200,000 x 200,000 px 40x slide needs about 45,000
+MAX_TILES = 1_000_000
+#: the network's coarsest stride (model pixels): every tile starts on this lattice in slide coordinates
+LATTICE = 32
+
+
+def lattice_area(roi: tuple, scale: float) -> tuple[float, float, float, float]:
+    """The area the tile grid covers for ``roi`` (x, y, w, h in base pixels; ``scale`` base pixels per model
+    pixel): the ROI grown up and left to the nearest point of the lattice of :data:`LATTICE` model pixels laid
+    from the slide's origin. A nucleus is then read at the same phase of the network's strides whether the run
+    covers the whole slide or an ROI at any origin (off the lattice its decoded centres and outlines shift by up
+    to a stride, and half the nuclei of an ROI at (333, 217) changed). Only nuclei whose centre lies in the ROI
+    are reported."""
+    x, y, w, h = roi
+    step = LATTICE * scale
+    gx, gy = math.floor(x / step + 1e-9) * step, math.floor(y / step + 1e-9) * step
+    return gx, gy, w + (x - gx), h + (y - gy)
 
 
 def fitted_tile_shape(tile: int, overlap: int, width: float, height: float) -> tuple[int, int]:

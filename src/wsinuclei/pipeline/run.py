@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import stain
 from ..errors import WsinucleiError
-from ..outputs import atomic_write_bytes, write_outputs
+from ..nucleus_types import model_type_names
+from ..outputs import Types, atomic_write_bytes, write_outputs
 from ..tiles import Tile
 from . import worker
 from .executors import _run_dask, _run_in_process, in_process_batch
@@ -32,6 +33,7 @@ from .worker import _close_slide, read_and_preprocess
 def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
     key = {"path": plan.ctx.path, "mpp": plan.ctx.mpp, "run_mpp": plan.ctx.model_mpp, "roi": plan.roi, "tile": [plan.grid.tile_w, plan.grid.tile_h],
            "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
+           "backend": opts.backend, "device": opts.device,  # INT8, float32 and torch give slightly different nuclei
            "lab": [plan.ctx.src_mu, plan.ctx.src_sigma],
            "features": list(plan.ctx.features or []), "score_cut": opts.score_cut if opts.features else None}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -40,27 +42,57 @@ def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
 def _save_part(folder: Path, r: TileResult) -> None:
     tmp = folder / f".{r.key}.tmp.npz"
     extra = {} if r.outlines is None else {"outlines": r.outlines.astype(np.float32)}
+    if r.type_probs is not None:
+        extra["type_probs"] = r.type_probs.astype(np.float32)
     if r.features is not None:
         extra["feature_names"] = np.array(list(r.features), dtype=str)
         extra["feature_values"] = np.stack([r.features[k] for k in r.features], axis=1) if r.features else np.zeros((0, 0))
-    np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "", **extra)
+    # the part names its tile and the settings it was made with (its folder's name), checked when it is loaded
+    np.savez(tmp, boxes=r.boxes, scores=r.scores, profile=json.dumps(r.profile), failed=r.failed or "",
+             tile=r.key, settings=folder.name, **extra)
     os.replace(tmp, folder / f"{r.key}.npz")
 
 
+class _BadPart(ValueError):
+    pass
+
+
 def _load_part(path: Path) -> TileResult | None:
+    """A finished tile's result, or None (its tile runs again, and the log says why) for a part that is damaged,
+    belongs to another tile or other settings (a file moved or copied by hand), or whose arrays do not fit
+    together."""
     import zipfile
 
     try:
         with np.load(path) as z:
+            if str(z["tile"]) != path.stem or str(z["settings"]) != path.parent.name:
+                raise _BadPart(f"it holds tile {z['tile']} of settings {z['settings']}")
+            boxes, scores = z["boxes"], z["scores"]
+            n = len(scores)
+            if boxes.shape != (n, 4) or scores.shape != (n,) or not np.issubdtype(boxes.dtype, np.floating):
+                raise _BadPart(f"boxes {boxes.shape} and scores {scores.shape} do not fit")
             failed = str(z["failed"]) or None
             features = None
             if "feature_names" in z:
-                values = z["feature_values"].reshape(len(z["scores"]), len(z["feature_names"]))
+                values = z["feature_values"]
+                if values.shape != (n, len(z["feature_names"])):
+                    raise _BadPart(f"feature values {values.shape} for {n} nuclei")
                 features = {str(k): values[:, i] for i, k in enumerate(z["feature_names"])}
-            return TileResult(path.stem, z["boxes"], z["scores"], json.loads(str(z["profile"])), failed,
-                              z["outlines"].astype(np.float64) if "outlines" in z else None, features)
+            outlines = z["outlines"].astype(np.float64) if "outlines" in z else None
+            if outlines is not None and (outlines.ndim != 3 or outlines.shape[0] != n or outlines.shape[2] != 2):
+                raise _BadPart(f"outlines {outlines.shape} for {n} nuclei")
+            types = z["type_probs"] if "type_probs" in z else None
+            if types is not None and (types.ndim != 2 or types.shape[0] != n):
+                raise _BadPart(f"type probabilities {types.shape} for {n} nuclei")
+            return TileResult(path.stem, boxes, scores, json.loads(str(z["profile"])), failed, outlines, features,
+                              types)
+    except _BadPart as exc:
+        logging.getLogger(__name__).warning("resume: %s does not belong here (%s); its tile is run again",
+                                            path.name, exc)
+        return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        # a part damaged by a crash mid-write (parts are renamed into place, so this is rare): recompute it
+        # a part damaged by a crash mid-write (parts are renamed into place, so this is rare), or of an older
+        # version without its tile and settings: recompute it
         logging.getLogger(__name__).warning("resume: %s is unreadable (%s); its tile is run again", path.name, exc)
         return None
 
@@ -108,9 +140,11 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
     # this process's readers share the plan's handle (OpenSlide handles are thread-safe; a plain image is
     # decoded once); it is closed when the slide is done
     worker._STATE[("slide", plan.ctx.path, plan.ctx.mpp)] = plan.slide
+    lock = None
     try:
         name = plan.slide.name
-        out_dir.mkdir(parents=True, exist_ok=True)
+        writable_folder(out_dir)
+        lock = _lock_output(out_dir, name)
         if len(plan.tiles) > EARLY_THUMBNAIL_TILES:  # a long run: the plan can be checked while it runs
             draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
         model_id = loaded.digest[:12]  # the SHA-1 of the model file's bytes
@@ -134,14 +168,65 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
                            workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
                            slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, read_mpp=plan.ctx.model_mpp,
                            score_cut=opts.score_cut,
-                           min_score=opts.min_score, model={"file": str(loaded.path), "sha1": model_id})
+                           min_score=opts.min_score, model={"file": str(loaded.path), "sha1": model_id},
+                           device=opts.device, backend=opts.backend if loading is None else
+                           getattr(loading.result(), "backend", opts.backend))
         report.tiles_per_s = round(len(todo) / run_s, 4) if todo and run_s > 0 else 0.0
-        _write_results(plan, opts, results, out_dir, report, t_start)
+        _write_results_or_none(plan, opts, results, out_dir, report, t_start, model_type_names(loaded.config),
+                               loaded.config.has_masks)
+        if not report.tiles_failed and not opts.keep_parts:
+            shutil.rmtree(parts.parent, ignore_errors=True)
     finally:
         _close_slide(plan.ctx.path, plan.ctx.mpp)
-    if not report.tiles_failed and not opts.keep_parts:
-        shutil.rmtree(parts.parent, ignore_errors=True)
+        if lock is not None:
+            lock.close()  # releases the lock
     return report
+
+
+def _lock_output(out_dir: Path, name: str):
+    """Hold ``OUT/.NAME.lock`` (an advisory lock, released when the process ends however it ends) while a run
+    writes NAME there: a second run of the same slide into the same folder is refused instead of doing all the
+    work again beside the first and racing it for the same files."""
+    import fcntl
+
+    fh = open(out_dir / f".{name}.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise WsinucleiError(f"{out_dir}: another wsinuclei run is writing {name} there; wait for it to finish or "
+                             "give another --out") from None
+    return fh
+
+
+def plan_only(path: str | Path, opts: RunOptions) -> str:
+    """``detect --dry-run``: plan the slide (µm/px, tissue, tiles) as a run would, and describe the plan; no tile
+    runs and nothing is written."""
+    opts.validate()
+    model_path = str(Path(opts.model).resolve()) if opts.model else None
+    loaded = worker._model_settings(model_path)
+    plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma,
+                      model_path, mpp_range=loaded.config.mpp_range)
+    try:
+        w, h = plan.slide.dimensions
+        return (f"{plan.slide.name}: {w}x{h} px at {plan.ctx.mpp:g} µm/px, read at {plan.ctx.model_mpp:g}; "
+                f"{len(plan.tiles)} tissue tiles of {len(plan.grid)} ({plan.grid.tile_w}x{plan.grid.tile_h} px, "
+                f"overlap {plan.grid.overlap}); nothing was run (--dry-run)")
+    finally:
+        plan.slide.close()
+
+
+def writable_folder(folder: Path) -> None:
+    """Make ``folder`` and check that files can be written in it, before any work: a read-only file system, a
+    path under a file or a folder without permission is one clear error, not a traceback after the tiles ran."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".wsinuclei-write-check-"):
+            pass
+    except OSError as exc:
+        raise WsinucleiError(f"{folder}: cannot write results there ({exc.strerror or exc})") from None
 
 
 def _load_resumed(plan: SlidePlan, parts: Path) -> dict[str, "TileResult"]:
@@ -198,32 +283,71 @@ def _profile_csv(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _write_results_or_none(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Path, report: RunReport,
+                           *args) -> None:
+    """:func:`_write_results`, or, where the folder cannot take them (a full disk, a file system that turned
+    read-only), none of its files: those written so far are removed, so no set of results looks complete
+    unless it is; the finished tiles stay for the rerun."""
+    name = report.name
+    try:
+        _write_results(plan, opts, results, out_dir, report, *args)
+    except OSError as exc:
+        for f in out_dir.iterdir():
+            if f.name.startswith(f"{name}.") and f.is_file():
+                f.unlink(missing_ok=True)
+        raise WsinucleiError(f"{out_dir}: could not write the results ({exc.strerror or exc}); none were kept, "
+                             "the finished tiles were: rerun the same command to write them") from None
+
+
+def gather_types(results: dict, tile_of: np.ndarray, row_of: np.ndarray, names) -> Types | None:
+    """The merged nuclei's type probabilities, from the tile results that hold them (None for an untyped
+    model)."""
+    if names is None:
+        return None
+    probs = np.zeros((len(tile_of), len(names)), np.float32)
+    for key in np.unique(tile_of) if len(tile_of) else ():
+        sel = tile_of == key
+        tp = results[key].type_probs
+        if tp is None:
+            raise WsinucleiError(f"tile {key} holds no nucleus types though the model has a type head; rerun with "
+                                 "--force")
+        probs[sel] = tp[row_of[sel]]
+    return Types(probs, tuple(names))
+
+
 def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Path, report: RunReport,
-                   t_start: float) -> None:
+                   t_start: float, type_names=None, contours: bool = False) -> None:
     """Merge seams, cut to the ROI, and write the result files, the profile and run.json."""
     name = report.name
     t_merge = time.perf_counter()
     boxes, scores, outlines, tile_of, row_of = merge_seams(plan.grid, results, with_tiles=True)
     merge_s = time.perf_counter() - t_merge
+    types = gather_types(results, tile_of, row_of, type_names)
     x, y, w, h = plan.roi
     if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
         boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
         outlines = None if outlines is None else outlines[keep]
+        types = None if types is None else types.take(keep)
     if opts.tissue_mask:  # every tile with tissue runs, so glass beside a strip is seen: drop what lies on it
         keep = on_tissue(boxes, plan.mask, plan.thumb_downsample, plan.ctx.mpp)
         report.dropped_off_tissue = int((~keep).sum())
         boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
         outlines = None if outlines is None else outlines[keep]
+        types = None if types is None else types.take(keep)
     areas = None
     if outlines is not None:
         from ..contours import polygon_areas
 
         areas = polygon_areas(outlines) * plan.ctx.mpp ** 2
+    elif contours and not len(boxes):  # no nucleus: the same columns as any other run of this model
+        areas = np.zeros(0)
     failed = sorted(k for k, r in results.items() if r.failed)
     report.candidates, report.tiles_failed = len(boxes), len(failed)
     report.nuclei = int((scores >= opts.score_cut).sum())
+    if types is not None:
+        report.nuclei_by_type = types.take(scores >= opts.score_cut).counts()
     report.failed = [{"tile": k, "error": results[k].failed} for k in failed]
     profile_rows = [results[k].profile for k in sorted(results)]
     for stage in ("read_s", "tissue_s", "reinhard_s", "deconvolution_s", "inference_s", "postprocess_s", "features_s"):
@@ -234,17 +358,18 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     attributes = annotation_attributes(report, opts)
     measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
     # the thumbnail's PNG encoding releases the GIL: it runs beside the formatting of the other files
-    thumbnail = _BACKGROUND.submit(draw_thumbnail, plan, out_dir / f"{name}.thumbnail.png",
-                                   boxes[scores >= opts.score_cut])
+    at_cut = scores >= opts.score_cut
+    thumbnail = _BACKGROUND.submit(draw_thumbnail, plan, out_dir / f"{name}.thumbnail.png", boxes[at_cut],
+                                   None if types is None else types.take(at_cut))
     try:
         report.outputs = {k: str(v) for k, v in write_outputs(
             out_dir, name, boxes, scores, opts.gzip, polygons=outlines, areas_um2=areas, score_cut=opts.score_cut,
-            attributes=attributes, measurements=measurements).items()}
+            attributes=attributes, measurements=measurements, types=types).items()}
     finally:
         thumbnail.result()
     if opts.features and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
-                                                    tile_of, row_of))
+                                                    tile_of, row_of, types))
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
@@ -268,7 +393,8 @@ def _qupath_measurements(results, tile_of, row_of) -> dict:
     return {k: cols[v] for k, v in wanted.items()}
 
 
-def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas, tile_of, row_of) -> dict:
+def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas, tile_of, row_of,
+                          types=None) -> dict:
     from .. import __version__
     from ..features import FEATURES_VERSION
     from ..features.tables import write_bag_table, write_nuclei_table
@@ -287,8 +413,9 @@ def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, a
     model_name = Path(report.model.get("file", "")).name
     t0 = time.perf_counter()
     paths = {"nuclei_table": out_dir / f"{report.name}.nuclei.parquet", "bag_table": out_dir / f"{report.name}.bag.parquet"}
-    write_nuclei_table(paths["nuclei_table"], results, boxes, scores, tile_of, row_of, keep, meta, model_name, areas)
-    write_bag_table(paths["bag_table"], plan, results, tile_of, row_of, keep, meta)
+    write_nuclei_table(paths["nuclei_table"], results, boxes, scores, tile_of, row_of, keep, meta, model_name, areas,
+                       types)
+    write_bag_table(paths["bag_table"], plan, results, tile_of, row_of, keep, meta, types)
     report.stage_totals_s["feature_tables_s"] = round(time.perf_counter() - t0, 3)
     return {k: str(v) for k, v in paths.items()}
 
@@ -344,6 +471,8 @@ def format_report(r: RunReport) -> str:
         f"  wall {r.wall_s:.1f} s, {r.tiles_per_s:.3f} tiles/s, executor: {r.executor}",
         "  stage totals (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in st.items()),
     ]
+    if r.nuclei_by_type:
+        lines.insert(1, "  by type: " + ", ".join(f"{n} {c}" for n, c in r.nuclei_by_type.items()))
     if r.tiles_failed:
         lines.append(f"  {r.tiles_failed} tiles failed to read (listed in {r.name}.run.json); their nuclei are missing")
     return "\n".join(lines)

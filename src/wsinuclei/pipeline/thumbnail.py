@@ -12,17 +12,23 @@ from ..outputs import atomic_write_bytes
 from .plan import SlidePlan
 
 
-def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None) -> None:
+def draw_thumbnail(plan: SlidePlan, path: Path, nuclei: np.ndarray | None = None, types=None) -> None:
     """The slide thumbnail with the tissue outline (green) and the tile grid: processed tiles' cores in
     blue, skipped ones in grey. With ``nuclei`` (boxes in base pixels, those at the score cut) it shows what
-    was found too: a red dot per nucleus while dots stay apart, else a density map (nuclei per mm²)."""
+    was found too: a red dot per nucleus while dots stay apart, else a density map (nuclei per mm²); with
+    ``types`` (``outputs.Types`` of those nuclei) boxes and dots take their type's colour and the legend counts
+    each type."""
     from PIL import Image, ImageDraw
 
     img = plan.thumb.copy()
     ds = plan.thumb_downsample
     legend = None
     if nuclei is not None and len(nuclei):
-        img, legend = overlay_nuclei(img, nuclei, ds, plan.ctx.mpp)
+        colours = None if types is None else np.array([types.colour(i) for i in range(len(types.names))],
+                                                      np.uint8)[types.index]
+        img, legend = overlay_nuclei(img, nuclei, ds, plan.ctx.mpp, colours)
+        if types is not None and not legend.endswith("(inferno)"):
+            legend = f"{len(nuclei)} nuclei: " + ", ".join(f"{n} {c}" for n, c in types.counts().items())
     img[plan.tissue_outline] = (0, 200, 0)
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
@@ -52,18 +58,21 @@ DENSITY_CELL_UM = 50.0  # density-map cell edge (at least 4 thumbnail pixels)
 OUTLINE_MAX_UM_PER_PX = 2.0  # thumbnail pixels this fine show each nucleus's box, not a dot
 
 
-def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) -> tuple[np.ndarray, str]:
+def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float,
+                   colours: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Draw nuclei (boxes in base pixels) on a thumbnail of ``ds`` base pixels per pixel: their boxes where a
     thumbnail pixel is at most 2 µm (a nucleus spans several pixels), red dots while dots stay apart, else a
-    density map (nuclei per mm² in 50-µm cells). Returns the image and a legend line."""
+    density map (nuclei per mm² in 50-µm cells). ``colours`` (N, 3): each nucleus' box or dot colour instead.
+    Returns the image and a legend line."""
     h, w = img.shape[:2]
     if ds * mpp <= OUTLINE_MAX_UM_PER_PX:
         from PIL import Image, ImageDraw
 
         im = Image.fromarray(img)
         d = ImageDraw.Draw(im)
-        for x0, y0, x1, y1 in boxes / ds:
-            d.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 200, 90))
+        for i, (x0, y0, x1, y1) in enumerate(boxes / ds):
+            colour = (0, 200, 90) if colours is None else tuple(int(c) for c in colours[i])
+            d.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour)
         return np.asarray(im).copy(), f"{len(boxes)} nuclei (green boxes)"
     cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 / ds).astype(int), 0, w - 1)
     cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 / ds).astype(int), 0, h - 1)
@@ -73,7 +82,7 @@ def overlay_nuclei(img: np.ndarray, boxes: np.ndarray, ds: float, mpp: float) ->
     occupied = per_pixel > 0
     crowded = (near[occupied] > 1).sum() / max(1, occupied.sum())
     if crowded <= DOTS_MAX_CROWDING:
-        img[cy, cx] = (220, 0, 0)
+        img[cy, cx] = (220, 0, 0) if colours is None else colours
         return img, f"{len(boxes)} nuclei (red dots)"
     from matplotlib import colormaps
 

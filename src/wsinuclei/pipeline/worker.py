@@ -144,7 +144,8 @@ class TileReadError(Exception):
 
 
 def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict,
-                outlines: np.ndarray | None = None, rgb: np.ndarray | None = None) -> TileResult:
+                outlines: np.ndarray | None = None, rgb: np.ndarray | None = None,
+                type_probs: np.ndarray | None = None) -> TileResult:
     """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor. A kept
     nucleus keeps its whole contour, as this tile (which sees all of it) drew it, and is measured here, on
     this tile's pixels (``rgb``, when the run asks for features)."""
@@ -167,7 +168,8 @@ def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.nda
     prof["nuclei"] = int(keep.sum())
     prof["worker"] = _worker_name()
     return TileResult(tile.key, b[keep], scores[keep], prof,
-                      outlines=None if base_outlines is None else base_outlines[keep], features=features)
+                      outlines=None if base_outlines is None else base_outlines[keep], features=features,
+                      type_probs=None if type_probs is None else np.asarray(type_probs, np.float32)[keep])
 
 
 def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
@@ -177,9 +179,9 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    (boxes, scores, outlines), = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp).predict_instances([x])
+    (boxes, scores, outlines, types), = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp).predict_typed([x])
     prof["inference_s"] = time.perf_counter() - t0
-    return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb)
+    return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb, types)
 
 
 def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:

@@ -44,6 +44,9 @@ class Detections:
     outline_xy: np.ndarray | None = None
     # per-nucleus measurements from NAME.nuclei.parquet (runs with --features): name -> (N,), NaN where none
     measurements: dict = field(default_factory=dict)
+    # a typed model's nuclei: each one's type (an index into type_names, its most probable type)
+    type_index: np.ndarray | None = None
+    type_names: tuple = ()
 
     def measurements_bytes(self) -> bytes:
         """Little-endian float32, nucleus-major: row i holds nucleus i's measurements in ``measurements`` order."""
@@ -57,11 +60,27 @@ class Detections:
             return b""
         return self.outline_offsets.astype("<i4").tobytes() + self.outline_xy.astype("<f4").tobytes()
 
+    @property
+    def columns(self) -> list[str]:
+        return (["x0", "y0", "x1", "y1", "score"] + (["area_um2"] if self.areas_um2 is not None else [])
+                + (["type"] if self.type_index is not None else []))
+
     def to_bytes(self) -> bytes:
-        """Little-endian float32 rows: x0, y0, x1, y1, score[, area_um2] (what the page reads into a
-        Float32Array)."""
+        """Little-endian float32 rows of :attr:`columns`: x0, y0, x1, y1, score[, area_um2][, type index] (what
+        the page reads into a Float32Array)."""
         cols = [self.boxes, self.scores[:, None]] + ([self.areas_um2[:, None]] if self.areas_um2 is not None else [])
+        if self.type_index is not None:
+            cols.append(self.type_index[:, None].astype(np.float64))
         return np.hstack(cols).astype("<f4").tobytes()
+
+    def type_legend(self) -> list[dict]:
+        """Per type: its name and display colour (as every output colours it)."""
+        if self.type_index is None:
+            return []
+        from ..outputs import Types
+
+        t = Types(np.zeros((0, len(self.type_names))), self.type_names)
+        return [{"name": n, "colour": "#%02x%02x%02x" % t.colour(k)} for k, n in enumerate(self.type_names)]
 
 
 @dataclass
@@ -78,14 +97,21 @@ def read_detections(csv_path: Path, score_cut: float, min_score: float) -> Detec
     try:
         with open(csv_path) as fh:
             header = fh.readline().strip().split(",")
-            data = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2)
+            numeric = [i for i, c in enumerate(header) if c != "type"]  # a typed model's names: from its p_ columns
+            data = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2, usecols=numeric)
     except (OSError, ValueError) as exc:
         raise WsinucleiError(f"{csv_path}: unreadable result file ({exc})") from None
     if header[:5] != ["x0", "y0", "x1", "y1", "score"]:
         raise WsinucleiError(f"{csv_path}: not a wsinuclei result CSV (header {','.join(header)})")
-    data = data.reshape(-1, len(header))
-    areas = data[:, header.index("area_um2")] if "area_um2" in header else None
-    return Detections(data[:, :4], data[:, 4], areas, score_cut, min_score)
+    names = [header[i] for i in numeric]
+    data = data.reshape(-1, len(names))
+    areas = data[:, names.index("area_um2")] if "area_um2" in names else None
+    det = Detections(data[:, :4], data[:, 4], areas, score_cut, min_score)
+    probs = [i for i, c in enumerate(names) if c.startswith("p_")]
+    if "type" in header and probs:
+        det.type_names = tuple(names[i][2:] for i in probs)
+        det.type_index = data[:, probs].argmax(1) if len(data) else np.zeros(0, int)
+    return det
 
 
 def resolve_source(target: str | Path, results: str | Path | None = None, mpp: float | None = None) -> ViewerSource:
@@ -234,8 +260,8 @@ class ViewerServer(ThreadingHTTPServer):
             "score_cut": None if det is None else det.score_cut, "min_score": None if det is None else det.min_score,
             "outlines": bool(self.outlines),
             "measurements": [] if det is None else [[*shown[c]] for c in det.measurements],
-            "columns": ["x0", "y0", "x1", "y1", "score"] + (["area_um2"] if det is not None and
-                                                             det.areas_um2 is not None else []),
+            "columns": ["x0", "y0", "x1", "y1", "score"] if det is None else det.columns,
+            "types": [] if det is None else det.type_legend(),
         }).encode()
         # OpenSlide handles are thread-safe; a PIL-backed ImageSlide is not, so tile reads are serialised there
         self.tile_lock = threading.Lock() if self.slide.format == "image" else None
@@ -294,7 +320,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def _host_allowed(self) -> bool:
+        """Only requests addressed to this server by a loopback name: a page on another site that points its
+        own name at 127.0.0.1 (DNS rebinding) sends its name in Host, and must not read the slide or nuclei."""
+        port = self.server.server_address[1]
+        return self.headers.get("Host", "") in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}")
+
     def do_GET(self) -> None:
+        if not self._host_allowed():
+            self._send(HTTPStatus.FORBIDDEN, b"forbidden: address this viewer as 127.0.0.1 or localhost\n",
+                       "text/plain; charset=utf-8")
+            return
         path = self.path.split("?", 1)[0]
         srv = self.server
         if path in ("/", "/index.html"):

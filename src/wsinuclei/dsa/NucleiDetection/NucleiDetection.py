@@ -8,6 +8,7 @@ lines, which the DSA turns into the job's progress bar.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -61,6 +62,9 @@ def run_options(args):
     roi = [float(v) for v in args.analysis_roi]
     if len(roi) != 4:
         raise WsinucleiError(f"analysis_roi takes 4 numbers (left, top, width, height), got {len(roi)}")
+    if not all(math.isfinite(v) for v in roi):
+        raise WsinucleiError(f"analysis_roi {','.join(f'{v:g}' for v in roi)}: every value must be a finite number "
+                             "(or -1,-1,-1,-1 for the whole slide)")
     if all(v == -1 for v in roi):
         roi = None
     else:

@@ -21,7 +21,13 @@
   const ncol = info.columns.length;
   const data = new Float32Array(raw);
   const n = data.length / ncol;
-  const hasArea = info.columns.indexOf("area_um2") >= 0;
+  const areaCol = info.columns.indexOf("area_um2");
+  const hasArea = areaCol >= 0;
+  // a typed model: column typeCol holds each nucleus' type, an index into info.types ({name, colour})
+  const typeCol = info.columns.indexOf("type");
+  const types = info.types || [];
+  const shown = types.map(() => true);
+  const hidden = (o) => typeCol >= 0 && !shown[data[o + typeCol]];
   // contours (contour models): vertices of nucleus i are xy[2 * offs[i]] .. xy[2 * offs[i + 1]]
   let offs = null, xy = null;
   // measurements (runs with --features): info.measurements[k] = [label, unit]; nucleus i's at meas[i * m + k]
@@ -64,10 +70,13 @@
   density.width = dw; density.height = dh;
   function rebuildDensity() {
     const counts = new Uint16Array(dw * dh);
+    const perType = types.map(() => 0);
     let total = 0, top = 0;
     for (let i = 0; i < n; i++) {
       const o = i * ncol;
       if (data[o + 4] < state.cut) continue;
+      if (typeCol >= 0) perType[data[o + typeCol]]++;
+      if (hidden(o)) continue;
       total++;
       const x = Math.min(dw - 1, Math.floor((data[o] + data[o + 2]) / 2 / DENSITY_CELL));
       const y = Math.min(dh - 1, Math.floor((data[o + 1] + data[o + 3]) / 2 / DENSITY_CELL));
@@ -84,7 +93,29 @@
     }
     density.getContext("2d").putImageData(img, 0, 0);
     state.total = total;
+    state.perType = perType;
     $("count-total").textContent = total.toLocaleString("en-US");
+    types.forEach((t, k) => { $(`count-type-${k}`).textContent = perType[k].toLocaleString("en-US"); });
+  }
+
+  // -- the legend of a typed model: a colour, a count at the cut and a toggle per type ----------------------
+  if (types.length) {
+    const legend = $("types");
+    types.forEach((t, k) => {
+      const label = document.createElement("label");
+      label.className = "type";
+      label.innerHTML = `<input type="checkbox" checked data-type="${k}"><span class="swatch"></span>` +
+        `<span class="type-name"></span> <span class="type-count" id="count-type-${k}">0</span>`;
+      label.querySelector(".swatch").style.background = t.colour;
+      label.querySelector(".type-name").textContent = t.name;
+      label.querySelector("input").addEventListener("change", (e) => {
+        shown[k] = e.target.checked;
+        rebuildDensity();
+        draw();
+      });
+      legend.appendChild(label);
+    });
+    legend.hidden = false;
   }
 
   // -- the viewer and its overlay --------------------------------------------------------------------------
@@ -131,7 +162,7 @@
         const cell = r * gw + c;
         for (let j = cellStart[cell]; j < cellStart[cell + 1]; j++) {
           const i = order[j], o = i * ncol;
-          if (data[o + 4] < cut) continue;
+          if (data[o + 4] < cut || hidden(o)) continue;
           const mx = (data[o] + data[o + 2]) / 2, my = (data[o + 1] + data[o + 3]) / 2;
           if (mx < x0 || mx >= x1 || my < y0 || my >= y1) continue;
           inView++;
@@ -141,21 +172,26 @@
     }
     const boxes = inView <= MAX_BOXES && typicalWidth * sx >= MIN_BOX_PX;
     if (boxes) {
-      ctx.beginPath();
-      for (const i of visible) {
-        const o = i * ncol;
-        if (offs !== null && offs[i + 1] > offs[i]) {  // the contour
-          let k = 2 * offs[i];
-          ctx.moveTo(xy[k] * sx + ox, xy[k + 1] * sy + oy);
-          for (k += 2; k < 2 * offs[i + 1]; k += 2) ctx.lineTo(xy[k] * sx + ox, xy[k + 1] * sy + oy);
-          ctx.closePath();
-        } else {
-          ctx.rect(data[o] * sx + ox, data[o + 1] * sy + oy, (data[o + 2] - data[o]) * sx, (data[o + 3] - data[o + 1]) * sy);
-        }
-      }
       ctx.lineWidth = 1.5;
-      ctx.strokeStyle = BOX_COLOUR;
-      ctx.stroke();
+      // one path per colour: every nucleus in the box colour, or each type's in its own
+      const groups = typeCol >= 0 ? types.map(() => []) : [visible];
+      if (typeCol >= 0) for (const i of visible) groups[data[i * ncol + typeCol]].push(i);
+      groups.forEach((group, g) => {
+        ctx.beginPath();
+        for (const i of group) {
+          const o = i * ncol;
+          if (offs !== null && offs[i + 1] > offs[i]) {  // the contour
+            let k = 2 * offs[i];
+            ctx.moveTo(xy[k] * sx + ox, xy[k + 1] * sy + oy);
+            for (k += 2; k < 2 * offs[i + 1]; k += 2) ctx.lineTo(xy[k] * sx + ox, xy[k + 1] * sy + oy);
+            ctx.closePath();
+          } else {
+            ctx.rect(data[o] * sx + ox, data[o + 1] * sy + oy, (data[o + 2] - data[o]) * sx, (data[o + 3] - data[o + 1]) * sy);
+          }
+        }
+        ctx.strokeStyle = typeCol >= 0 ? types[g].colour : BOX_COLOUR;
+        ctx.stroke();
+      });
     } else if (state.total) {
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(density, ox, oy, dw * DENSITY_CELL * sx, dh * DENSITY_CELL * sy);
@@ -199,7 +235,7 @@
         const cell = r * gw + c;
         for (let j = cellStart[cell]; j < cellStart[cell + 1]; j++) {
           const i = order[j], o = i * ncol;
-          if (data[o + 4] < state.cut) continue;
+          if (data[o + 4] < state.cut || hidden(o)) continue;
           if (point.x < data[o] || point.x > data[o + 2] || point.y < data[o + 1] || point.y > data[o + 3]) continue;
           const area = (data[o + 2] - data[o]) * (data[o + 3] - data[o + 1]);
           if (area < bestArea) { best = i; bestArea = area; }
@@ -214,10 +250,11 @@
     if (i < 0) { box.hidden = true; return; }
     const o = i * ncol;
     const um = (v) => (info.mpp ? `${(v * info.mpp).toFixed(1)} µm` : `${v.toFixed(0)} px`);
-    let html = `<b>nucleus</b><br>score ${data[o + 4].toFixed(3)}<br>` +
+    const kind = typeCol >= 0 ? types[data[o + typeCol]].name : "nucleus";
+    let html = `<b>${kind}</b><br>score ${data[o + 4].toFixed(3)}<br>` +
       `box ${um(data[o + 2] - data[o])} × ${um(data[o + 3] - data[o + 1])}<br>` +
       `centre ${((data[o] + data[o + 2]) / 2).toFixed(0)}, ${((data[o + 1] + data[o + 3]) / 2).toFixed(0)} px`;
-    if (hasArea) html += `<br>area ${data[o + ncol - 1].toFixed(1)} µm² (contour)`;
+    if (hasArea) html += `<br>area ${data[o + areaCol].toFixed(1)} µm² (contour)`;
     for (let k = 0; k < m; k++) {
       const v = meas[i * m + k];
       if (Number.isFinite(v)) html += `<br>${info.measurements[k][0]} ${v.toFixed(Math.abs(v) < 10 ? 3 : 1)} ${info.measurements[k][1]}`;
