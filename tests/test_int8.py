@@ -236,3 +236,19 @@ def test_non_finite_weights_and_an_int8_network_of_other_weights_are_refused(tmp
     for backend in ("torch", "auto"):
         with pytest.raises(WsinucleiError, match="NaN or infinite"):
             load_detector(tmp_path / "nan.safetensors", backend=backend)
+
+
+def test_weights_of_another_network_are_one_clear_line(tmp_path):
+    from wsinuclei import stain
+    from wsinuclei.checkpoint import load_model, save_model
+    from wsinuclei.errors import WsinucleiError
+    from wsinuclei.models import build_detector, load_preset
+
+    small = load_preset("star")
+    wide = load_preset("star")
+    wide.star_head["channels"] = [32, 32]
+    path = save_model(build_detector(wide), small, tmp_path / "m.safetensors", target_mu=stain.DEFAULT_TARGET_MU,
+                      target_sigma=stain.DEFAULT_TARGET_SIGMA)  # says 'star' (64-channel head), holds 32 channels
+    with pytest.raises(WsinucleiError, match="weights do not fit preset 'star' \\(size mismatch for backbone.head") as e:
+        load_model(path)
+    assert "\n" not in str(e.value) and "more)" in str(e.value)

@@ -486,3 +486,23 @@ def test_a_disk_that_fills_while_results_are_written_leaves_no_results_and_resum
     clean = tmp_path / "clean"
     run_slide(path, clean, RunOptions(**OPTS), log=lambda *_: None)
     assert read_csv(out / f"{path.stem}.csv") == read_csv(clean / f"{path.stem}.csv")
+
+
+def test_local_workers_exit_when_the_run_is_killed(tmp_path, random_model, pyramid_slide):
+    """kill -9 of `detect --workers 2`: its Dask worker processes do not live on (they held memory for good)."""
+    import psutil
+
+    proc = subprocess.Popen(_cli("detect", pyramid_slide[0], "--out", tmp_path, "--model", random_model, "--tile-size",
+                                 256, "--overlap", 32, "--workers", 2, "--quiet", "--force"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    workers = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the workers never started"
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=40)
+    assert not alive, [p.pid for p in alive]

@@ -302,3 +302,106 @@ def test_evaluate_scores_types_beside_label_images_and_centres(tmp_path):
     assert t["f_t_other"] == 0.0  # said once, wrongly: 0 / (0 + 2)
     assert t["type_accuracy"] == pytest.approx(3 / 5)  # the untyped centre takes no part
     assert t["confusion"][0][:2] == [1, 1] and t["confusion"][2][2:] == [1, 1]
+
+
+def _typed_folder(folder, seed=0):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    img = np.full((128, 128, 3), (230, 160, 200), np.uint8)
+    labels = np.zeros((128, 128), np.uint16)
+    rows = []
+    for i in range(6):
+        y, x, size = 10 + 40 * (i // 3), 10 + 40 * (i % 3), int(rng.integers(6, 14))
+        labels[y : y + size, x : x + size] = i + 1
+        img[y : y + size, x : x + size] = (90, 50, 140) if i % 2 else (60, 40, 120)
+        rows.append(f"{i + 1},{TYPE_NAMES[i % 2]}\n")
+    Image.fromarray(img).save(folder / "a.png")
+    Image.fromarray(labels).save(folder / "a_labels.png")
+    (folder / "a_types.csv").write_text("label,type\n" + "".join(rows))
+    return folder
+
+
+def test_training_the_type_branch_alone_leaves_every_detection_weight_as_it_was(tmp_path):
+    """``[train] train_only``: the frozen network's weights come out bit for bit as they went in, the type
+    branch's do not, and no detection loss is computed."""
+    from safetensors.torch import load_file
+
+    from wsinuclei import stain
+    from wsinuclei.checkpoint import save_model
+    from wsinuclei.data import Source, prepare_sources
+    from wsinuclei.models import build_detector, load_preset
+    from wsinuclei.train import train
+
+    folder = _typed_folder(tmp_path / "set")
+    prepare_sources([Source("tr", folder, kind="labels", use="train"), Source("va", folder, kind="labels", use="val")],
+                    tmp_path / "prep", tile=128, progress=False)
+    torch.manual_seed(0)
+    parent_cfg = load_preset("star")
+    parent = save_model(build_detector(parent_cfg), parent_cfg, tmp_path / "parent.safetensors", half=False,
+                        target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA)
+    cfg = load_preset("recipes/star_types_fused.toml")
+    cfg.train.update(steps=3, batch_size=1, crop_size=96, eval_every=3, warmup_steps=0)
+    cfg.train.pop("set_weights", None)
+    train(cfg, tmp_path / "prep", tmp_path / "run", init=parent, progress=False, log_every=1)
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    before = load_file(parent)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    torch.manual_seed(0)  # the run's seed: its network is the first thing drawn from it, so this is its start
+    start = build_detector(cfg).state_dict()
+    branch = [k for k in after if k.startswith("backbone.type")]
+    assert branch and all(not torch.equal(after[k], start[k]) for k in branch if k.endswith("weight"))
+    import csv
+
+    with open(tmp_path / "run" / "log.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["loss"]]
+    assert rows and all(float(r["loss_prob"]) == 0 and float(r["loss_dist"]) == 0 and float(r["loss_type"]) > 0
+                        for r in rows)
+
+
+def test_20x_validation_images_are_enlarged_to_the_model_s_resolution():
+    from wsinuclei.data import Tile, upsampled_to
+
+    t20 = Tile("c", "crchisto", np.zeros((50, 60, 3), np.uint8), np.zeros((0, 4)), points=np.array([[10.0, 20.0]]),
+               mpp=0.5, point_types=np.array([1]))
+    t40 = Tile("m", "monuseg", np.zeros((40, 40, 3), np.uint8), np.zeros((0, 4)), mpp=None)
+    a, b = upsampled_to([t20, t40], 0.25)
+    assert a.image.shape == (100, 120, 3) and a.mpp == 0.25 and a.set == "crchisto"
+    np.testing.assert_allclose(a.points, [[20.5, 40.5]])  # pixel centres scale: (10 + 0.5) * 2 - 0.5
+    assert a.point_types.tolist() == [1] and b is t40
+
+
+def test_slow_parameters_learn_at_their_fraction_of_the_rate(tmp_path):
+    """``fast_params`` with ``slow_lr_scale = 0``: every loss is computed, the branch learns, the rest of the
+    network does not move at all (a scale of 0.1 moves it a tenth as fast)."""
+    import csv
+
+    from wsinuclei import stain
+    from wsinuclei.checkpoint import save_model
+    from wsinuclei.data import Source, prepare_sources
+    from wsinuclei.models import build_detector, load_preset
+    from wsinuclei.train import train
+
+    folder = _typed_folder(tmp_path / "set", seed=1)
+    prepare_sources([Source("tr", folder, kind="labels", use="train"), Source("va", folder, kind="labels", use="val")],
+                    tmp_path / "prep", tile=128, progress=False)
+    torch.manual_seed(0)
+    parent_cfg = load_preset("star")
+    parent = save_model(build_detector(parent_cfg), parent_cfg, tmp_path / "parent.safetensors", half=False,
+                        target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA)
+    cfg = load_preset("recipes/star_types_joint.toml")
+    cfg.train.update(steps=3, batch_size=1, crop_size=96, eval_every=3, warmup_steps=0, slow_lr_scale=0.0)
+    train(cfg, tmp_path / "prep", tmp_path / "run", init=parent, progress=False, log_every=1)
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    from safetensors.torch import load_file
+
+    for k, v in load_file(parent).items():
+        assert torch.equal(after[k], v), k
+    torch.manual_seed(0)
+    start = build_detector(cfg).state_dict()
+    assert not torch.equal(after["backbone.types.weight"], start["backbone.types.weight"])
+    with open(tmp_path / "run" / "log.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["loss"]]
+    assert all(float(r["loss_prob"]) > 0 and float(r["loss_dist"]) > 0 for r in rows)

@@ -463,6 +463,23 @@ def as_read_at(tiles: list[Tile], read_mpp: float) -> list[Tile]:
     return out
 
 
+def upsampled_to(tiles: list[Tile], mpp: float) -> list[Tile]:
+    """Validation images coarser than ``mpp`` (CRCHisto's and BRCA-M2C's 20x) as a model that serves only
+    ``mpp`` reads them: enlarged bicubic (the pipeline normalises a slide read enlarged on its own pixels, as
+    these were, then interpolates), their centres scaled, under their own set's name. Finer or equal ones are
+    kept as they are."""
+    out = []
+    for t in tiles:
+        if (t.mpp or mpp) <= mpp + 1e-9:
+            out.append(t)
+            continue
+        image, boxes = resample(t.image, t.boxes, t.mpp / mpp)
+        scale = np.array([image.shape[1] / t.image.shape[1], image.shape[0] / t.image.shape[0]])
+        points = None if t.points is None else (t.points + 0.5) * scale - 0.5
+        out.append(Tile(t.name, t.set, image, boxes, points=points, mpp=mpp, point_types=t.point_types))
+    return out
+
+
 def load_split(prepared: str | Path, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image, boxes) of every tile of a split that has boxes (centre-only images are left out)."""
     return [(t.name, t.image, t.boxes) for t in load_tiles(prepared, split) if t.points is None]

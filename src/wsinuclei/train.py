@@ -79,12 +79,16 @@ def typed_truth(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
     return xy, np.asarray(tile.types)[ids]
 
 
-def validation_tiles(prepared: str | Path, input_channels: str, read_mpps=()) -> list[Tile]:
+def validation_tiles(prepared: str | Path, input_channels: str, read_mpps=(), at_mpp: float | None = None) -> list[Tile]:
     """A prepared folder's whole validation images as network input, plus each read at every µm/px of
-    ``read_mpps`` as sets of their own (:func:`data.as_read_at`)."""
+    ``read_mpps`` as sets of their own (:func:`data.as_read_at`). With ``at_mpp``, images coarser than it (20x
+    centre sets) are enlarged to it, as a model serving that µm/px alone reads them (:func:`data.upsampled_to`)."""
+    from .data import upsampled_to
     from .stain import model_input
 
     tiles = load_tiles(prepared, "val_full")
+    if at_mpp is not None:
+        tiles = upsampled_to(tiles, at_mpp)
     tiles += [r for mpp in read_mpps for r in as_read_at(tiles, float(mpp))]
     for t in tiles:
         t.image = model_input(t.image, input_channels)
@@ -365,7 +369,10 @@ def train(
                           weights)
     # `val_read_mpp = [0.5]`: the validation images also read as a 20x slide is (extra sets in the mean), so
     # that the chosen model holds at both resolutions it claims
-    val_tiles = validation_tiles(prepared, config.input_channels, tcfg.get("val_read_mpp", ()))
+    # `val_at_model_mpp = true`: 20x validation images enlarged to the model's µm/px, as the pipeline reads 20x
+    # slides with a model that declares no µm/px range (the shipped ones), instead of at their own
+    val_tiles = validation_tiles(prepared, config.input_channels, tcfg.get("val_read_mpp", ()),
+                                 config.mpp if tcfg.get("val_at_model_mpp", False) else None)
     typed = config.is_star and int(config.star_head.get("n_types", 0)) > 0
     loss_keys = (TYPED_STAR_LOSS_KEYS if typed else STAR_LOSS_KEYS) if config.is_star else \
         MASK_LOSS_KEYS if config.has_masks else LOSS_KEYS
@@ -386,8 +393,29 @@ def train(
         frozen = freeze_before_fine_tune_block(model, config)
         if init_info is not None:
             init_info["frozen"] = frozen
+    train_only = [str(x) for x in tcfg.get("train_only", [])]
+    if train_only:  # e.g. the type branch alone on a frozen detector: its nuclei stay bit-identical to its parent's
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name.startswith(prefix) for prefix in train_only))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise WsinucleiError(f"[train] train_only {train_only}: no parameter of {config.name} has such a name")
+        if config.is_star and not any(p.requires_grad for n, p in model.named_parameters()
+                                      if n.startswith(("backbone.head", "backbone.prob", "backbone.dist", "backbone.body",
+                                                       "backbone.fpn"))):
+            model.train_detection = False
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=float(tcfg["lr"]), momentum=float(tcfg["momentum"]),
+    # `slow_lr_scale` with `fast_params` (name prefixes): everything else learns at that fraction of the rate,
+    # e.g. a new type branch at the full rate on a detector that should move little
+    fast = [str(x) for x in tcfg.get("fast_params", [])]
+    slow_scale = float(tcfg.get("slow_lr_scale", 1.0))
+    if fast and slow_scale != 1.0:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n.startswith(tuple(fast))], "lr_scale": 1.0},
+                  {"params": [p for n, p in named if not n.startswith(tuple(fast))], "lr_scale": slow_scale}]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [{"params": params, "lr_scale": 1.0}]
+    opt = torch.optim.SGD(groups, lr=float(tcfg["lr"]), momentum=float(tcfg["momentum"]),
                           weight_decay=float(tcfg["weight_decay"]))
     start, best = 0, {"val_f1": -1.0, score_key: -1.0}
     last = run_dir / "last.pt"
@@ -470,7 +498,7 @@ def train(
         for step in range(start, steps):
             lr = lr_at(step, float(tcfg["lr"]), int(tcfg.get("warmup_steps", 0)), milestones)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             images, targets = [], []
             for crop in next(batches):
                 images.append(to_tensor(crop.image).to(device))

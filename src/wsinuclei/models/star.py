@@ -43,7 +43,8 @@ class StarTrunk(nn.Module):
     :class:`BackboneWithFPN`, so weights of the R-CNN presets load into it by name."""
 
     def __init__(self, backbone: BackboneWithFPN, channels: list[int], n_rays: int, upsample_channels: int = 0,
-                 n_types: int = 0, type_channels: list[int] | None = None, type_level: int = 1):
+                 n_types: int = 0, type_channels: list[int] | None = None, type_level: int = 1,
+                 type_from_head: bool = False):
         super().__init__()
         self.body, self.fpn = backbone.body, backbone.fpn
         layers, c = [], backbone.out_channels
@@ -61,14 +62,17 @@ class StarTrunk(nn.Module):
         self.out_channels = 1 + n_rays
         # types: a branch of its own on a coarser FPN level (stride 8 by default: more context per cell, a quarter
         # of the finest level's cost), its logits upsampled onto the outputs' grid
-        self.n_types, self.type_level = int(n_types), int(type_level)
+        # with ``type_from_head`` the branch's features, upsampled, are joined to the detection head's own (which
+        # describe each nucleus' size and shape) before the last 1x1 convolution
+        self.n_types, self.type_level, self.type_from_head = int(n_types), int(type_level), bool(type_from_head)
         if self.n_types:
+            head_c = c
             layers, c = [], backbone.out_channels
             for width in type_channels or [64]:
                 layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
                 c = width
             self.type_head = nn.Sequential(*layers)
-            self.types = nn.Conv2d(c, self.n_types, 1)
+            self.types = nn.Conv2d(c + (head_c if self.type_from_head else 0), self.n_types, 1)
             self.out_channels += self.n_types
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
@@ -76,8 +80,12 @@ class StarTrunk(nn.Module):
         f = self.head(levels[0])
         out = OrderedDict(prob=self.prob(f), dist=self.dist(f))
         if self.n_types:
-            t = self.types(self.type_head(levels[self.type_level]))
-            out["types"] = F.interpolate(t, size=f.shape[-2:], mode="bilinear", align_corners=False)
+            t = self.type_head(levels[self.type_level])
+            if self.type_from_head:
+                t = F.interpolate(t, size=f.shape[-2:], mode="bilinear", align_corners=False)
+                out["types"] = self.types(torch.cat([f, t], 1))
+            else:
+                out["types"] = F.interpolate(self.types(t), size=f.shape[-2:], mode="bilinear", align_corners=False)
         return out
 
 
@@ -93,9 +101,13 @@ class StarNet(nn.Module):
         self.n_types = int(head.get("n_types", 0))
         self.backbone = StarTrunk(backbone, [int(c) for c in head.get("channels", [64])], self.n_rays,
                                   int(head.get("upsample_channels", 0)), self.n_types,
-                                  [int(c) for c in head.get("type_channels", [64])], int(head.get("type_level", 1)))
+                                  [int(c) for c in head.get("type_channels", [64])], int(head.get("type_level", 1)),
+                                  bool(head.get("type_from_head", False)))
         # the type loss' weight beside the centre and distance losses, and each type's weight within it
         self.type_weight = float(head.get("type_weight", 1.0))
+        # False while only the type branch trains (``[train] train_only``): the detection losses, whose targets
+        # cost most of a step's CPU time, are not computed at all
+        self.train_detection = True
         class_w = head.get("type_class_weights")
         self.register_buffer("type_class_w", torch.tensor([float(w) for w in class_w]) if class_w else None,
                              persistent=False)
@@ -132,6 +144,10 @@ class StarNet(nn.Module):
 
     # -- training ------------------------------------------------------------------------------------------
     def losses(self, out: OrderedDict, images, targets) -> dict[str, torch.Tensor]:
+        if not self.train_detection:
+            zero = out["prob"].sum() * 0.0
+            return {"loss_prob": zero, "loss_dist": zero,
+                    "loss_type": self.type_weight * self.type_loss(out["types"], images, targets)}
         prob_logits, dist = out["prob"], out["dist"]
         prob_t = torch.zeros_like(prob_logits[:, 0])
         dist_t = torch.zeros_like(dist)

@@ -99,8 +99,9 @@ WORKER_DEATH_TIMEOUT_S = 10
 def local_cluster_kwargs(opts: RunOptions, gpus: int) -> dict:
     """LocalCluster settings. With --device cuda every worker offers one GPU resource (tiles ask for one,
     so a cluster started without it would never run a tile), and there must be a GPU for each worker."""
-    # a worker that loses its scheduler (the run killed with -9: the scheduler lives in its process) exits after
-    # this long instead of living on
+    # a worker that loses its scheduler (it lives in the run's process) exits after this long: a safeguard, since
+    # with this distributed a killed run's workers already end with it (tests/test_pipeline.py); the reported
+    # orphans came from a run of 1,000 workers, which validate() now refuses
     kwargs = dict(n_workers=opts.workers, threads_per_worker=1, processes=True, dashboard_address=None,
                   silence_logs=40, death_timeout=WORKER_DEATH_TIMEOUT_S)
     if opts.device.startswith("cuda"):
