@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import sys
-from pathlib import Path
 
 TYPE_KEYS = ("n_types", "type_channels", "type_level", "type_from_head", "type_weight", "type_names")
 

@@ -323,24 +323,32 @@ def _typed_folder(folder, seed=0):
     return folder
 
 
+def _prepared_and_parent(tmp_path, seed=0):
+    """A prepared folder of one typed image (train and validation parts) in tmp_path/prep, and a seeded random
+    star model file to warm-start from; returns the model file's path."""
+    from wsinuclei import stain
+    from wsinuclei.checkpoint import save_model
+    from wsinuclei.data import Source, prepare_sources
+    from wsinuclei.models import build_detector, load_preset
+
+    folder = _typed_folder(tmp_path / "set", seed=seed)
+    prepare_sources([Source("tr", folder, kind="labels", use="train"), Source("va", folder, kind="labels", use="val")],
+                    tmp_path / "prep", tile=128, progress=False)
+    torch.manual_seed(0)
+    parent_cfg = load_preset("star")
+    return save_model(build_detector(parent_cfg), parent_cfg, tmp_path / "parent.safetensors", half=False,
+                      target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA)
+
+
 def test_training_the_type_branch_alone_leaves_every_detection_weight_as_it_was(tmp_path):
     """``[train] train_only``: the frozen network's weights come out bit for bit as they went in, the type
     branch's do not, and no detection loss is computed."""
     from safetensors.torch import load_file
 
-    from wsinuclei import stain
-    from wsinuclei.checkpoint import save_model
-    from wsinuclei.data import Source, prepare_sources
     from wsinuclei.models import build_detector, load_preset
     from wsinuclei.train import train
 
-    folder = _typed_folder(tmp_path / "set")
-    prepare_sources([Source("tr", folder, kind="labels", use="train"), Source("va", folder, kind="labels", use="val")],
-                    tmp_path / "prep", tile=128, progress=False)
-    torch.manual_seed(0)
-    parent_cfg = load_preset("star")
-    parent = save_model(build_detector(parent_cfg), parent_cfg, tmp_path / "parent.safetensors", half=False,
-                        target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA)
+    parent = _prepared_and_parent(tmp_path)
     cfg = load_preset("recipes/star_types_fused.toml")
     cfg.train.update(steps=3, batch_size=1, crop_size=96, eval_every=3, warmup_steps=0)
     cfg.train.pop("set_weights", None)
@@ -378,19 +386,10 @@ def test_slow_parameters_learn_at_their_fraction_of_the_rate(tmp_path):
     network does not move at all (a scale of 0.1 moves it a tenth as fast)."""
     import csv
 
-    from wsinuclei import stain
-    from wsinuclei.checkpoint import save_model
-    from wsinuclei.data import Source, prepare_sources
     from wsinuclei.models import build_detector, load_preset
     from wsinuclei.train import train
 
-    folder = _typed_folder(tmp_path / "set", seed=1)
-    prepare_sources([Source("tr", folder, kind="labels", use="train"), Source("va", folder, kind="labels", use="val")],
-                    tmp_path / "prep", tile=128, progress=False)
-    torch.manual_seed(0)
-    parent_cfg = load_preset("star")
-    parent = save_model(build_detector(parent_cfg), parent_cfg, tmp_path / "parent.safetensors", half=False,
-                        target_mu=stain.DEFAULT_TARGET_MU, target_sigma=stain.DEFAULT_TARGET_SIGMA)
+    parent = _prepared_and_parent(tmp_path, seed=1)
     cfg = load_preset("recipes/star_types_joint.toml")
     cfg.train.update(steps=3, batch_size=1, crop_size=96, eval_every=3, warmup_steps=0, slow_lr_scale=0.0)
     train(cfg, tmp_path / "prep", tmp_path / "run", init=parent, progress=False, log_every=1)
