@@ -83,6 +83,34 @@ def test_resumed_tiles_give_the_same_table(featured_run, pyramid_slide):
         np.testing.assert_array_equal(second[c].to_numpy(), first[c].to_numpy(), err_msg=c)
 
 
+def test_nuclei_table_is_geoparquet_with_the_geojson_s_outlines(featured_run):
+    """The ``geometry`` column holds the same outlines as NAME.geojson (rows in the same order), as WKB, and the
+    file's ``geo`` metadata makes geopandas read it as a GeoDataFrame in the slide's pixel frame."""
+    import shapely
+
+    out, report = featured_run
+    t = pq.read_table(out / "synthetic.nuclei.parquet")
+    geo = json.loads(t.schema.metadata[b"geo"])
+    assert geo["version"] == "1.1.0" and geo["primary_column"] == "geometry"
+    col = geo["columns"]["geometry"]
+    assert col["encoding"] == "WKB" and col["geometry_types"] == ["Polygon"] and col["crs"] is None
+    polys = shapely.from_wkb(t["geometry"].to_pylist())
+    assert len(polys) == report.nuclei and all(p.geom_type == "Polygon" and p.area > 0 for p in polys)
+    features = json.loads((out / "synthetic.geojson").read_text())["features"]
+    for p, f in zip(polys, features):
+        ring = np.array(f["geometry"]["coordinates"][0])
+        np.testing.assert_allclose(np.array(p.exterior.coords), ring, atol=0.051)  # GeoJSON: 1 decimal
+    bounds = shapely.bounds(polys)
+    np.testing.assert_allclose(col["bbox"], [*bounds[:, :2].min(0), *bounds[:, 2:].max(0)], rtol=1e-12)
+    # the table's box is the outline's extent
+    d = t.select(["x0", "y0", "x1", "y1"]).to_pydict()
+    np.testing.assert_allclose(bounds, np.array([d["x0"], d["y0"], d["x1"], d["y1"]]).T, atol=0.51)
+    gpd = pytest.importorskip("geopandas")
+    frame = gpd.read_parquet(out / "synthetic.nuclei.parquet")
+    assert isinstance(frame, gpd.GeoDataFrame) and frame.crs is None and len(frame) == report.nuclei
+    np.testing.assert_allclose(frame.geometry.area.to_numpy(), shapely.area(polys))
+
+
 def test_box_only_model_gets_no_shape_features(pyramid_slide, stub_detector, tmp_path):
     report = run_slide(pyramid_slide[0], tmp_path, RunOptions(features=True, **OPTS), log=lambda *_: None)
     t = pq.read_table(tmp_path / "synthetic.nuclei.parquet")
@@ -90,6 +118,11 @@ def test_box_only_model_gets_no_shape_features(pyramid_slide, stub_detector, tmp
     assert "ellipses" in meta["masks"] and meta["families"] == ["intensity", "gradient"]
     assert "Size.Area" not in t.column_names and "Shape.FSD1" not in t.column_names
     assert "Nucleus.Intensity.Mean" in t.column_names and t.num_rows == report.nuclei
+    import shapely  # without contours, the outline written is the box
+
+    d = t.select(["x0", "y0", "x1", "y1"]).to_pydict()
+    np.testing.assert_allclose(shapely.bounds(shapely.from_wkb(t["geometry"].to_pylist())),
+                               np.array([d["x0"], d["y0"], d["x1"], d["y1"]]).T, atol=1e-4)
 
 
 def test_unknown_family_is_refused():

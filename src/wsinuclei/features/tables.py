@@ -3,6 +3,12 @@
 
 Rows are gathered from the tiles' results a chunk at a time and written as row groups, so the table never
 exists as one Python structure; each file is written under a temporary name and renamed when complete.
+
+The nuclei table is also a GeoParquet file (https://geoparquet.org, version 1.1.0): its ``geometry`` column holds
+each nucleus' outline (the model's contour, or its box for a box-only model) as WKB, in base-level pixels of the
+slide (x right, y down), and the ``geo`` key of the file's metadata says so, so ``geopandas.read_parquet`` gives a
+GeoDataFrame directly. Pixels are no coordinate reference system: ``crs`` is null, as the format prescribes for
+an undefined one.
 """
 
 from __future__ import annotations
@@ -29,11 +35,48 @@ def gather_features(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx:
     return out
 
 
+GEOPARQUET_VERSION = "1.1.0"
+
+
+def geometries_wkb(boxes: np.ndarray, polygons=None) -> list[bytes]:
+    """Each nucleus' outline as WKB: its polygon (rows of ``polygons``: an (N, V, 2) array or a list of (V, 2)
+    arrays, closed here) or, without polygons, its box."""
+    import shapely
+
+    if polygons is None:
+        geoms = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], ccw=False)
+    elif isinstance(polygons, np.ndarray):
+        geoms = shapely.polygons(polygons.astype(np.float64)) if len(polygons) else np.zeros(0, object)
+    else:
+        geoms = np.array([shapely.Polygon(np.asarray(p, np.float64)) for p in polygons], dtype=object)
+    return list(shapely.to_wkb(geoms)) if len(geoms) else []
+
+
+def geo_metadata(boxes: np.ndarray, polygons, keep: np.ndarray) -> dict:
+    """The GeoParquet ``geo`` metadata of the nuclei table: one WKB polygon column in the slide's base-level
+    pixel frame (no coordinate reference system), with the bounding box of the rows written."""
+    if not len(keep):
+        bbox = []
+    elif polygons is None:
+        b = boxes[keep]
+        bbox = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
+    else:
+        pts = np.concatenate([np.asarray(polygons[i], np.float64).reshape(-1, 2) for i in keep])
+        bbox = [float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())]
+    column = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": None, "edges": "planar",
+              "description": "nucleus outline in base-level pixels of the slide (x right, y down, origin at the "
+                             "top-left corner of level 0)"}
+    if bbox:
+        column["bbox"] = bbox
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
 def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of, keep: np.ndarray, metadata: dict,
-                       model_name: str, areas_um2=None, types=None) -> int:
+                       model_name: str, areas_um2=None, types=None, polygons=None) -> int:
     """The nuclei ``keep`` (indices into the merged arrays), with their boxes, score, tile, model, for a typed
-    model (``types``: ``outputs.Types`` of the merged nuclei) ``type`` and ``p_NAME`` per type, and every feature
-    column. Returns the number of rows."""
+    model (``types``: ``outputs.Types`` of the merged nuclei) ``type`` and ``p_NAME`` per type, every feature
+    column, and last the outline (``polygons`` of the merged nuclei, base-level pixels; the box without them) as
+    a GeoParquet ``geometry`` column. Returns the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -46,7 +89,9 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
         fields.append(pa.field("type", pa.dictionary(pa.int32(), pa.string())))
         fields += [pa.field(f"p_{n}", pa.float32()) for n in types.names]
     fields += [pa.field(c, pa.float32()) for c in columns]
-    schema = pa.schema(fields, metadata={b"wsinuclei": json.dumps(metadata).encode()})
+    fields.append(pa.field("geometry", pa.binary()))
+    schema = pa.schema(fields, metadata={b"wsinuclei": json.dumps(metadata).encode(),
+                                         b"geo": json.dumps(geo_metadata(boxes, polygons, keep)).encode()})
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -63,6 +108,9 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
                                             pa.string()).dictionary_encode()
                     cols.update({f"p_{n}": types.probs[idx, k].astype(np.float32) for k, n in enumerate(types.names)})
                 cols.update(gather_features(results, tile_of, row_of, idx, columns))
+                cols["geometry"] = pa.array(geometries_wkb(
+                    boxes[idx], None if polygons is None else (polygons[idx] if isinstance(polygons, np.ndarray)
+                                                               else [polygons[i] for i in idx])), pa.binary())
                 writer.write_table(pa.table([cols[f.name] for f in fields], schema=schema))
         os.replace(tmp, path)
     except BaseException:

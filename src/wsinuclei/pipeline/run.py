@@ -369,7 +369,7 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
         thumbnail.result()
     if opts.features and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
-                                                    tile_of, row_of, types))
+                                                    tile_of, row_of, types, outlines))
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
@@ -394,7 +394,7 @@ def _qupath_measurements(results, tile_of, row_of) -> dict:
 
 
 def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas, tile_of, row_of,
-                          types=None) -> dict:
+                          types=None, outlines=None) -> dict:
     from .. import __version__
     from ..features import FEATURES_VERSION
     from ..features.tables import write_bag_table, write_nuclei_table
@@ -414,7 +414,7 @@ def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, a
     t0 = time.perf_counter()
     paths = {"nuclei_table": out_dir / f"{report.name}.nuclei.parquet", "bag_table": out_dir / f"{report.name}.bag.parquet"}
     write_nuclei_table(paths["nuclei_table"], results, boxes, scores, tile_of, row_of, keep, meta, model_name, areas,
-                       types)
+                       types, outlines)
     write_bag_table(paths["bag_table"], plan, results, tile_of, row_of, keep, meta, types)
     report.stage_totals_s["feature_tables_s"] = round(time.perf_counter() - t0, 3)
     return {k: str(v) for k, v in paths.items()}
