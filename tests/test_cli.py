@@ -325,3 +325,30 @@ def test_an_image_with_no_tissue_says_why(tmp_path, capsys):
         proc = run_here(capsys, "detect", tmp_path / "white.png", "--out", tmp_path / "o", "--mpp", "0.25", *extra)
         assert_clean_error(proc, "no tissue found", "mean colour is RGB 250, 250, 250")
     assert "colour normalisation is measured on tissue" in proc.stderr
+
+
+def test_models_lists_the_shipped_files_with_their_cards_figures(capsys):
+    """`wsinuclei models`: every weights file in the package, the default first, with the figures its model
+    card reports (the card's test table holds each figure the listing prints)."""
+    import json
+    from pathlib import Path
+
+    from wsinuclei.checkpoint import DEFAULT_MODEL
+
+    proc = run_here(capsys, "models", "--json")
+    assert proc.returncode == 0
+    models = json.loads(proc.stdout)
+    shipped = sorted(p.stem for p in DEFAULT_MODEL.parent.glob("*.safetensors"))
+    assert sorted(m["name"] for m in models) == shipped and models[0]["name"] == DEFAULT_MODEL.stem
+    assert [m["default"] for m in models] == [True] + [False] * (len(models) - 1)
+    root = Path(__file__).resolve().parents[1]
+    for m in models:
+        card = (root / m["card"]).read_text()
+        assert m["name"] in card.splitlines()[0]
+        for key in ("monuseg_test_f1", "monuseg_test_centroid_f1", "monuseg_test_aji"):
+            if key in m:
+                assert f"{m[key]:.3f}" in card, (m["name"], key)
+    star = models[0]
+    assert star["preset"] == "star" and star["int8"] and star["mpp"] == 0.25
+    text = run_here(capsys, "models").stdout
+    assert "* star_default" in text and "F1@0.5 0.846" in text

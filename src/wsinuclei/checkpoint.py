@@ -97,6 +97,27 @@ class LoadedModel:
         return self.config.input_channels
 
 
+def shipped_models() -> list[dict[str, Any]]:
+    """The model files in the package, the default first: name, path, size, preset, whether it outlines, types
+    or carries an INT8 network, and its headline MoNuSeg test figures (``weights/models.toml``, as its model
+    card reports them). Reads each file's header only (no torch)."""
+    import tomllib
+
+    folder = DEFAULT_MODEL.parent
+    figures = tomllib.loads((folder / "models.toml").read_text())
+    files = sorted(folder.glob("*.safetensors"), key=lambda f: (f != DEFAULT_MODEL, f.name))
+    out = []
+    for f in files:
+        loaded, data = read_model_file(f)
+        cfg = loaded.config
+        star = getattr(cfg, "star_head", None) or {}
+        out.append({"name": f.stem, "path": str(f), "default": f == DEFAULT_MODEL, "megabytes": len(data) / 1e6,
+                    "preset": cfg.name, "mpp": cfg.mpp, "int8": loaded.int8 is not None,
+                    "types": int(star.get("n_types", 0) or 0) if isinstance(star, dict) else 0,
+                    **figures.get(f.stem, {})})
+    return out
+
+
 def check_device(device: str) -> str:
     """Refuse a CUDA device on a machine without one, in words rather than a CUDA traceback."""
     if device.startswith("cuda") and not _cuda_available():

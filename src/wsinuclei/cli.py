@@ -110,6 +110,27 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from .checkpoint import shipped_models
+
+    models = shipped_models()
+    if args.json:
+        print(json.dumps(models, indent=1))
+        return 0
+    print("shipped models (MoNuSeg 2018 test, pooled, at each file's operating point; --model PATH picks one):")
+    for m in models:
+        figs = [f"F1@0.5 {m['monuseg_test_f1']:.3f}" if "monuseg_test_f1" in m else None,
+                f"centroid F1 {m['monuseg_test_centroid_f1']:.3f}" if "monuseg_test_centroid_f1" in m else None,
+                f"AJI {m['monuseg_test_aji']:.3f}" if "monuseg_test_aji" in m else None]
+        traits = [m["preset"], f"{m['mpp']:g} µm/px", f"{m['megabytes']:.1f} MB"] + (["INT8 network"] if m["int8"] else []) \
+            + ([f"{m['types']} types"] if m["types"] else [])
+        print(f"{'*' if m['default'] else ' '} {m['name']}: {m.get('summary', '')}")
+        print(f"    {', '.join(traits)}; since {m.get('shipped_in', '?')}; " + (", ".join(f for f in figs if f) or "no test figures"))
+        print(f"    {m['path']}" + (f"  (card: {m['card']})" if "card" in m else ""))
+    print("* the default")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from .slide import Slide
 
@@ -307,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "for texture, the costly one)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_detect)
+
+    sp = sub.add_parser("models", help="list the shipped models with their headline figures")
+    sp.add_argument("--json", action="store_true", help="print them as JSON")
+    sp.set_defaults(func=_cmd_models)
 
     sp = sub.add_parser("demo", help="fetch the bundled demo slide (CMU-1-Small-Region.svs) and run detection on it")
     sp.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
