@@ -2,7 +2,7 @@
 """Network FLOPs per 1024x1024 tile and parameters of star presets or recipes (torch.utils.flop_counter; the
 whole network, trunk, FPN and head, not decoding or reading; R-CNN presets' cost depends on their proposals):
 
-    .venv/bin/python scripts/count_flops.py star recipes/star_deeper.toml
+    .venv/bin/python scripts/count_flops.py star experiments/recipes/star_deeper.toml
 """
 
 from __future__ import annotations

@@ -346,14 +346,14 @@ def test_a_worker_holds_one_detector_per_read_resolution(random_model, monkeypat
 
 
 def test_a_deeper_trunk_warm_started_computes_what_the_shallower_one_did():
-    """recipes/contours_deeper.toml adds trunk blocks that start as the identity (zero_init_residual): loaded
+    """experiments/recipes/contours_deeper.toml adds trunk blocks that start as the identity (zero_init_residual): loaded
     with the shipped model's weights it gives the shipped model's detections exactly, before any training."""
     from conftest import synthetic_he
     from wsinuclei.checkpoint import load_model
     from wsinuclei.train import load_init
 
     shipped = load_model("src/wsinuclei/weights/contours_default.safetensors").model.eval()
-    cfg = load_preset("recipes/contours_deeper.toml")
+    cfg = load_preset("experiments/recipes/contours_deeper.toml")
     assert cfg.backbone["blocks"] == [1, 3, 3]
     deeper = build_detector(cfg)
     info = load_init(deeper, "src/wsinuclei/weights/contours_default.safetensors")
@@ -370,7 +370,7 @@ def test_a_deeper_trunk_warm_started_computes_what_the_shallower_one_did():
     torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=0)
     torch.testing.assert_close(a["masks"], b["masks"], rtol=0, atol=0)
     # without the zero init the new blocks change the output
-    plain_cfg = load_preset("recipes/contours_deeper.toml")
+    plain_cfg = load_preset("experiments/recipes/contours_deeper.toml")
     plain_cfg.backbone["zero_init_residual"] = False
     torch.manual_seed(0)
     plain = build_detector(plain_cfg)

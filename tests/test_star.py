@@ -260,12 +260,12 @@ def test_a_centre_only_crop_trains_the_centre_probability_inside_its_discs_only(
 
 
 def test_the_deeper_star_recipe_starts_as_the_model_it_is_warm_started_from():
-    """recipes/star_deeper.toml's added stride-16 blocks start as the identity: loaded from the shipped file, it
+    """experiments/recipes/star_deeper.toml's added stride-16 blocks start as the identity: loaded from the shipped file, it
     outputs exactly what the shipped network does; without zero_init_residual it would not."""
     from wsinuclei.train import load_init
 
     shipped = "src/wsinuclei/weights/star_default.safetensors"
-    cfg = load_preset("recipes/star_deeper.toml")
+    cfg = load_preset("experiments/recipes/star_deeper.toml")
     assert cfg.backbone["blocks"] == [1, 2, 4]
     deeper, base = build_detector(cfg).eval(), build_detector("star").eval()
     load_init(deeper, shipped)

@@ -243,7 +243,7 @@ def test_a_typed_star_model_types_the_same_on_torch_and_on_openvino(tmp_path, mo
     from conftest import synthetic_he
 
     monkeypatch.setenv("WSINUCLEI_CACHE", str(tmp_path / "cache"))
-    cfg = load_preset("recipes/star_types.toml")
+    cfg = load_preset("experiments/recipes/star_types.toml")
     cfg.star_head["score_thresh"] = 0.0
     torch.manual_seed(0)
     model = build_detector(cfg)
@@ -349,7 +349,7 @@ def test_training_the_type_branch_alone_leaves_every_detection_weight_as_it_was(
     from wsinuclei.train import train
 
     parent = _prepared_and_parent(tmp_path)
-    cfg = load_preset("recipes/star_types_fused.toml")
+    cfg = load_preset("experiments/recipes/star_types_fused.toml")
     cfg.train.update(steps=3, batch_size=1, crop_size=96, eval_every=3, warmup_steps=0)
     cfg.train.pop("set_weights", None)
     train(cfg, tmp_path / "prep", tmp_path / "run", init=parent, progress=False, log_every=1)
@@ -390,7 +390,7 @@ def test_slow_parameters_learn_at_their_fraction_of_the_rate(tmp_path):
     from wsinuclei.train import train
 
     parent = _prepared_and_parent(tmp_path, seed=1)
-    cfg = load_preset("recipes/star_types_joint.toml")
+    cfg = load_preset("experiments/recipes/star_types_joint.toml")
     cfg.train.update(steps=3, batch_size=1, crop_size=96, eval_every=3, warmup_steps=0, slow_lr_scale=0.0)
     train(cfg, tmp_path / "prep", tmp_path / "run", init=parent, progress=False, log_every=1)
     after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
