@@ -1,4 +1,4 @@
-"""The viewer in headless Chromium: a screenshot of a run (for the README), and the benchmark BENCHMARKS.md
+"""The viewer in headless Chromium: a screenshot of a run (for docs/viewer.md), and the benchmark BENCHMARKS.md
 quotes: time from page load to the first overlay frame, and frame times while panning, with many nuclei.
 
     python scripts/benchmark_viewer.py screenshot out/demo --out docs/images/viewer.jpg [--zoom 2.5]
