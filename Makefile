@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-no-shared evaluate-test benchmark clean
+.PHONY: setup demo test test-no-shared wheel-check evaluate-test benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ test: setup
 # As in a clone without ../shared: the test files that read it, with the shared folder pointed at nothing.
 test-no-shared: setup
 	WSINUCLEI_SHARED=$(CURDIR)/.no-shared $(BIN)/python -m pytest -q $$(grep -l "SHARED\|MONUSEG\|REFERENCE" tests/test_*.py)
+
+# The package as a user installs it: sdist and wheel built, the wheel installed and run in a new venv.
+wheel-check: setup
+	bash .ci/wheel_check.sh
 
 # Reported figures: the shipped model on the 14 MoNuSeg test images (never used for training or selection).
 evaluate-test: setup
