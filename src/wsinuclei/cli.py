@@ -239,6 +239,20 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_regions(args) -> int:
+    from .regions import count_run_regions
+
+    path, rows = count_run_regions(args.run, args.regions, args.out, log=print)
+    regions = [r for r in rows if r["level"] == "region"]
+    classes = [r for r in rows if r["level"] == "class"]
+    print(f"{len(regions)} regions ({len(classes)} classes): {sum(r['nuclei'] for r in regions)} nucleus-region "
+          f"pairs; {path}")
+    for r in rows:
+        print(f"  {r['level']:6s} {r['region'][:40]:40s} {r['area_mm2']:9.4f} mm2 {r['nuclei']:8d} nuclei "
+              f"{r['nuclei_per_mm2']:10.1f} per mm2")
+    return 0
+
+
 def _cmd_view(args) -> int:
     from .viewer import resolve_source, serve
 
@@ -340,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=0, help="local Dask workers (default 0: in-process)")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_demo)
+
+    sp = sub.add_parser("regions", help="count a finished run's nuclei inside drawn regions (QuPath or DSA polygons)",
+                        description="Count the nuclei of a finished 'wsinuclei detect' run inside the polygons of a "
+                        "QuPath GeoJSON export or a Digital Slide Archive annotation (base-level pixels): one row per "
+                        "region and one per region class, written to NAME.regions.csv. No second detection.")
+    sp.add_argument("run", help="the run's output folder, or its NAME.run.json")
+    sp.add_argument("--regions", required=True, help="QuPath GeoJSON (annotations) or DSA annotation JSON")
+    sp.add_argument("--out", default=None, help="where to write the table (default RUN/NAME.regions.csv)")
+    sp.set_defaults(func=_cmd_regions)
 
     sp = sub.add_parser("view", help="show a slide and its nuclei in the browser",
                         description="Serve a slide and the nuclei 'wsinuclei detect' found in it on 127.0.0.1 and "

@@ -1,0 +1,233 @@
+"""Nuclei counted inside drawn regions: polygons from a QuPath GeoJSON export or a Digital Slide Archive
+annotation, each nucleus assigned to every region that holds its centre, one row per region and one per region
+class (all the polygons of one class together), written as ``NAME.regions.csv``.
+
+Coordinates are base-level pixels of the slide, as both tools write them and as wsinuclei's outputs are.
+Assignment uses a shapely STRtree over the regions (one vectorised query for all centres, not a loop over
+pairs). Counting reads a finished run's files (``NAME.run.json`` and the CSV it names), so a region drawn after
+detection needs no second detection.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WsinucleiError
+
+
+@dataclass
+class Region:
+    name: str
+    cls: str  # the region's class (QuPath classification, DSA group); "" when none
+    geometry: object  # shapely Polygon or MultiPolygon, valid
+    repaired: bool = False  # made valid with shapely.make_valid (e.g. a self-intersecting outline)
+
+
+def _polygon(rings) -> object:
+    import shapely
+
+    shell, *holes = [np.asarray(r, np.float64)[:, :2] for r in rings]
+    return shapely.Polygon(shell, holes)
+
+
+def _geojson_geometry(g: dict):
+    import shapely
+
+    kind = g.get("type")
+    if kind == "Polygon":
+        return _polygon(g["coordinates"])
+    if kind == "MultiPolygon":
+        return shapely.MultiPolygon([_polygon(p) for p in g["coordinates"]])
+    return None  # points and lines are not regions
+
+
+def _dsa_geometry(e: dict):
+    import shapely
+
+    kind = e.get("type")
+    if kind == "polyline" and e.get("closed", False):
+        return shapely.Polygon(np.asarray(e["points"], np.float64)[:, :2])
+    if kind == "polyline":
+        return None  # an open line encloses nothing
+    if kind == "rectangle":
+        (cx, cy, *_), w, h = e["center"], float(e["width"]), float(e["height"])
+        box = shapely.box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        return shapely.affinity.rotate(box, float(e.get("rotation", 0.0)), origin=(cx, cy), use_radians=True)
+    return None
+
+
+def read_regions(path: str | Path) -> list[Region]:
+    """The polygons of a QuPath GeoJSON export (a FeatureCollection, a list of features or one feature;
+    name from ``properties.name``, class from ``properties.classification.name``) or of a DSA annotation JSON
+    (``{"elements": [...]}``, optionally inside ``{"annotation": ...}`` or a list of such; closed polylines and
+    rectangles; name from the element's label, class from its group or the annotation's name)."""
+    import shapely
+
+    path = Path(path)
+    if not path.is_file():
+        raise WsinucleiError(f"{path}: no such regions file")
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WsinucleiError(f"{path}: not a JSON file of regions ({e})") from None
+    found: list[tuple[str, str, object]] = []
+    docs = doc if isinstance(doc, list) else [doc]
+    for d in docs:
+        if not isinstance(d, dict):
+            continue
+        if "annotation" in d and isinstance(d["annotation"], dict):
+            d = d["annotation"]
+        if "elements" in d:  # DSA
+            for k, e in enumerate(d.get("elements") or []):
+                g = _dsa_geometry(e) if isinstance(e, dict) else None
+                if g is not None:
+                    label = (e.get("label") or {}).get("value") if isinstance(e.get("label"), dict) else None
+                    cls = e.get("group") or d.get("name") or ""
+                    found.append((label or f"{cls or 'region'} {k + 1}", str(cls), g))
+            continue
+        feats = d.get("features") if d.get("type") == "FeatureCollection" else [d]
+        for k, f in enumerate(feats or []):
+            if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
+                continue
+            g = _geojson_geometry(f["geometry"])
+            if g is None:
+                continue
+            props = f.get("properties") or {}
+            cls = (props.get("classification") or {}).get("name", "") if isinstance(props.get("classification"), dict) else ""
+            found.append((props.get("name") or f"{cls or 'region'} {k + 1}", str(cls or ""), g))
+    if not found:
+        raise WsinucleiError(f"{path}: holds no polygon or rectangle (QuPath GeoJSON annotations or a DSA "
+                             f"annotation with closed polylines or rectangles)")
+    regions = []
+    for name, cls, g in found:
+        repaired = not shapely.is_valid(g)
+        if repaired:
+            g = shapely.make_valid(g)
+            g = shapely.union_all([p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")])
+        if g.is_empty or g.area <= 0:
+            raise WsinucleiError(f"{path}: region '{name}' encloses no area")
+        regions.append(Region(str(name), cls, g, repaired))
+    return regions
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, Path]:
+    """A finished run's summary (``NAME.run.json``) and its folder: ``run_dir`` is that file or the folder that
+    holds exactly one."""
+    p = Path(run_dir)
+    if p.is_dir():
+        found = sorted(p.glob("*.run.json"))
+        if len(found) != 1:
+            raise WsinucleiError(f"{p}: expected one NAME.run.json from 'wsinuclei detect' in it, found {len(found)}"
+                                 + ("; name the file" if found else ""))
+        p = found[0]
+    if not p.is_file():
+        raise WsinucleiError(f"{p}: no such run folder or NAME.run.json")
+    try:
+        return json.loads(p.read_text()), p.parent
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WsinucleiError(f"{p}: not a run summary ({e})") from None
+
+
+def read_nuclei(run: dict, folder: Path) -> dict[str, np.ndarray]:
+    """The run's nuclei at its score cut, from its CSV: centres (N, 2), and ``area_um2`` and ``type`` where the
+    CSV has them."""
+    csv_path = folder / f"{run['name']}.csv"
+    if not csv_path.is_file():
+        raise WsinucleiError(f"{csv_path}: the run's CSV is missing")
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cut = float(run.get("score_cut", 0.5))
+    rows = [r for r in rows if float(r["score"]) >= cut]
+    box = np.array([[float(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in rows]).reshape(-1, 4)
+    out = {"centres": (box[:, :2] + box[:, 2:]) / 2}
+    if rows and "area_um2" in rows[0]:
+        out["area_um2"] = np.array([float(r["area_um2"]) for r in rows])
+    if rows and "type" in rows[0]:
+        out["type"] = np.array([r["type"] for r in rows], dtype=object)
+    return out
+
+
+def count_in_regions(regions: list[Region], nuclei: dict, mpp: float, type_names=()) -> list[dict]:
+    """One row per region, then one per region class (its polygons' union; a nucleus counted once per class):
+    name, class, area in mm², nuclei, nuclei per mm², per type its count, fraction and density, and the median
+    nucleus area (µm²) where the run has contours."""
+    import shapely
+
+    centres = nuclei["centres"]
+    points = shapely.points(centres) if len(centres) else np.zeros(0, object)
+    units = [(r.name, r.cls, r.geometry, "region") for r in regions]
+    classes = sorted({r.cls for r in regions if r.cls})
+    units += [(c, c, shapely.union_all([r.geometry for r in regions if r.cls == c]), "class") for c in classes]
+    tree = shapely.STRtree([u[2] for u in units])
+    pt_idx, unit_idx = tree.query(points, predicate="intersects") if len(points) else (np.zeros(0, int),) * 2
+    rows = []
+    for k, (name, cls, geom, level) in enumerate(units):
+        inside = np.unique(pt_idx[unit_idx == k])
+        area_mm2 = geom.area * (mpp / 1000.0) ** 2
+        row = {"level": level, "region": name, "class": cls, "area_mm2": area_mm2, "nuclei": len(inside),
+               "nuclei_per_mm2": len(inside) / area_mm2 if area_mm2 else np.nan}
+        if "type" in nuclei:
+            types = nuclei["type"][inside]
+            for t in type_names:
+                c = int((types == t).sum())
+                row[f"nuclei_{t}"] = c
+                row[f"fraction_{t}"] = c / len(inside) if len(inside) else np.nan
+                row[f"{t}_per_mm2"] = c / area_mm2 if area_mm2 else np.nan
+        if "area_um2" in nuclei:
+            row["median_area_um2"] = float(np.median(nuclei["area_um2"][inside])) if len(inside) else np.nan
+        rows.append(row)
+    return rows
+
+
+def regions_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue().encode()
+
+
+def count_run_regions(run_dir: str | Path, regions_file: str | Path, out: str | Path | None = None,
+                      log=lambda *_: None) -> tuple[Path, list[dict]]:
+    """``wsinuclei regions``: a finished run's nuclei counted in the regions of ``regions_file``; writes
+    ``NAME.regions.csv`` into the run's folder (or ``out``) and returns its path and rows."""
+    from .outputs import atomic_write_bytes
+
+    run, folder = read_run(run_dir)
+    regions = read_regions(regions_file)
+    for r in regions:
+        if r.repaired:
+            log(f"region '{r.name}': its outline crosses itself; counted in its valid form (shapely.make_valid)")
+    _check_frame(regions, run, regions_file)
+    nuclei = read_nuclei(run, folder)
+    names = list(run.get("nuclei_by_type") or {})
+    rows = count_in_regions(regions, nuclei, float(run["mpp"]), names)
+    path = Path(out) if out else folder / f"{run['name']}.regions.csv"
+    atomic_write_bytes(path, regions_csv(rows))
+    return path, rows
+
+
+def _check_frame(regions: list[Region], run: dict, source) -> None:
+    """Refuse regions that lie wholly outside the slide (another slide's, or another coordinate frame)."""
+    slide = Path(run.get("slide", ""))
+    if not slide.is_file():
+        return  # the slide moved: counting needs only the nuclei
+    from .slide import Slide
+
+    with Slide(slide, mpp=run.get("mpp")) as s:
+        w, h = s.info().dimensions
+    import shapely
+
+    frame = shapely.box(0, 0, w, h)
+    for r in regions:
+        if not r.geometry.intersects(frame):
+            b = [round(v) for v in r.geometry.bounds]
+            raise WsinucleiError(f"{source}: region '{r.name}' (bounds {b}) lies outside the slide ({w} x {h} px "
+                                 f"at base level); regions must be in the slide's base-level pixels")

@@ -1,0 +1,134 @@
+"""`wsinuclei regions`: a finished run's nuclei counted inside drawn regions, from a QuPath GeoJSON export and
+from a Digital Slide Archive annotation, checked against counts computed here by plain inequalities."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_cli import assert_clean_error, run_here
+
+MPP = 0.25
+TYPES = ("epithelial", "inflammatory", "stromal", "other")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder as `wsinuclei detect` leaves it: NAME.run.json and NAME.csv (nuclei on a 40 px grid, some
+    below the score cut), a typed model's columns, and the slide (a 2,000 x 1,600 px image) the summary names."""
+    rng = np.random.default_rng(0)
+    out = tmp_path / "run"
+    out.mkdir()
+    slide = tmp_path / "slide.png"
+    Image.new("RGB", (2000, 1600), (240, 230, 235)).save(slide)
+    xs, ys = np.meshgrid(np.arange(20, 2000, 40.0), np.arange(20, 1600, 40.0))
+    cx, cy = xs.ravel() + rng.uniform(-5, 5, xs.size), ys.ravel() + rng.uniform(-5, 5, xs.size)
+    score = rng.uniform(0.1, 1.0, cx.size)
+    kind = rng.integers(0, 4, cx.size)
+    area = rng.uniform(10, 60, cx.size)
+    with open(out / "s.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["x0", "y0", "x1", "y1", "score", "area_um2", "type", *(f"p_{t}" for t in TYPES)])
+        for i in range(cx.size):
+            w.writerow([cx[i] - 6, cy[i] - 5, cx[i] + 6, cy[i] + 5, f"{score[i]:.4f}", f"{area[i]:.2f}",
+                        TYPES[kind[i]], 0.25, 0.25, 0.25, 0.25])
+    keep = np.round(score, 4) >= 0.5
+    counts = {t: int((kind[keep] == k).sum()) for k, t in enumerate(TYPES)}
+    (out / "s.run.json").write_text(json.dumps({"name": "s", "slide": str(slide), "mpp": MPP, "score_cut": 0.5,
+                                                "nuclei_by_type": counts}))
+    return out, dict(x=cx[keep], y=cy[keep], kind=kind[keep], area=area[keep])
+
+
+def _square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def test_qupath_regions_with_a_hole_and_a_class_of_two_polygons(run_dir, tmp_path, capsys):
+    out, n = run_dir
+    geo = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "T1", "classification": {"name": "Tumor"}},
+         "geometry": {"type": "Polygon", "coordinates": [_square(100, 100, 900, 700), _square(300, 300, 500, 500)]}},
+        {"type": "Feature", "properties": {"classification": {"name": "Tumor"}},
+         "geometry": {"type": "MultiPolygon", "coordinates": [[_square(800, 600, 1200, 1000)],
+                                                              [_square(1500, 100, 1900, 300)]]}},
+        {"type": "Feature", "properties": {"name": "a point, not a region"},
+         "geometry": {"type": "Point", "coordinates": [5, 5]}}]}
+    path = tmp_path / "regions.geojson"
+    path.write_text(json.dumps(geo))
+    proc = run_here(capsys, "regions", out, "--regions", path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(out / "s.regions.csv")))
+    assert [(r["level"], r["region"], r["class"]) for r in rows] == [
+        ("region", "T1", "Tumor"), ("region", "Tumor 2", "Tumor"), ("class", "Tumor", "Tumor")]
+    x, y = n["x"], n["y"]
+    inb = lambda x0, y0, x1, y1: (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)  # noqa: E731
+    t1 = inb(100, 100, 900, 700) & ~(inb(300, 300, 500, 500) & ~((x == 300) | (x == 500) | (y == 300) | (y == 500)))
+    t2 = inb(800, 600, 1200, 1000) | inb(1500, 100, 1900, 300)
+    mm2 = (MPP / 1000) ** 2
+    for row, sel, area_px in ((rows[0], t1, 800 * 600 - 200 * 200), (rows[1], t2, 400 * 400 + 400 * 200),
+                              (rows[2], t1 | t2, 800 * 600 - 200 * 200 + 400 * 400 + 400 * 200 - 100 * 100)):
+        assert int(row["nuclei"]) == sel.sum() > 10
+        assert float(row["area_mm2"]) == pytest.approx(area_px * mm2, rel=1e-5)
+        assert float(row["nuclei_per_mm2"]) == pytest.approx(sel.sum() / (area_px * mm2), rel=1e-5)
+        for k, t in enumerate(TYPES):
+            assert int(row[f"nuclei_{t}"]) == (n["kind"][sel] == k).sum()
+        assert float(row["median_area_um2"]) == pytest.approx(np.median(n["area"][sel]), rel=1e-4)
+
+
+def test_dsa_rectangles_and_closed_polylines(run_dir, tmp_path, capsys):
+    out, n = run_dir
+    ann = {"annotation": {"name": "margin", "elements": [
+        # 400 x 200 rotated a quarter turn about its centre (1000, 800): 200 wide, 400 high
+        {"type": "rectangle", "center": [1000, 800, 0], "width": 400, "height": 200, "rotation": np.pi / 2,
+         "label": {"value": "R"}},
+        {"type": "polyline", "closed": True, "points": [[0, 0, 0], [600, 0, 0], [0, 600, 0]], "group": "stroma"},
+        {"type": "polyline", "closed": False, "points": [[0, 0, 0], [10, 10, 0]]}]}}
+    path = tmp_path / "regions.anot.json"
+    path.write_text(json.dumps(ann))
+    proc = run_here(capsys, "regions", out / "s.run.json", "--regions", path, "--out", tmp_path / "t.csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["region"]: r for r in csv.DictReader(open(tmp_path / "t.csv"))}
+    x, y = n["x"], n["y"]
+    rect = (np.abs(x - 1000) <= 100) & (np.abs(y - 800) <= 200)
+    tri = (x >= 0) & (y >= 0) & (x + y <= 600)
+    assert rows["R"]["class"] == "margin" and int(rows["R"]["nuclei"]) == rect.sum() > 10
+    assert rows["stroma 2"]["class"] == "stroma" and int(rows["stroma 2"]["nuclei"]) == tri.sum() > 10
+    assert float(rows["stroma 2"]["area_mm2"]) == pytest.approx(600 * 600 / 2 * (MPP / 1000) ** 2, rel=1e-6)
+    assert set(rows) == {"R", "stroma 2", "margin", "stroma"}  # the open line is no region; one row per class
+
+
+def test_a_self_intersecting_outline_is_repaired_and_said_so(run_dir, tmp_path, capsys):
+    out, n = run_dir
+    bowtie = [[1000, 1000], [1400, 1400], [1400, 1000], [1000, 1400], [1000, 1000]]
+    path = tmp_path / "r.geojson"
+    path.write_text(json.dumps({"type": "Feature", "properties": {"name": "bow"},
+                                "geometry": {"type": "Polygon", "coordinates": [bowtie]}}))
+    proc = run_here(capsys, "regions", out, "--regions", path)
+    assert proc.returncode == 0 and "crosses itself" in proc.stdout
+    row = next(csv.DictReader(open(out / "s.regions.csv")))
+    assert float(row["area_mm2"]) == pytest.approx(2 * 200 * 400 / 2 * (MPP / 1000) ** 2, rel=1e-6)
+    dx, dy = np.abs(n["x"] - 1200), n["y"] - 1200  # two triangles meeting at (1200, 1200), opening left and right
+    assert int(row["nuclei"]) == ((n["x"] >= 1000) & (n["x"] <= 1400) & (np.abs(dy) <= dx)).sum()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("", "not a JSON file"),
+    (json.dumps({"type": "FeatureCollection", "features": []}), "holds no polygon"),
+    (json.dumps({"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+        _square(10**6, 10**6, 10**6 + 50, 10**6 + 50)]}}), "lies outside the slide"),
+    (json.dumps({"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+        [[0, 0], [10, 0], [20, 0], [0, 0]]]}}), "encloses no area"),
+])
+def test_bad_regions_get_one_line(run_dir, tmp_path, capsys, content, needle):
+    out, _ = run_dir
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    assert_clean_error(run_here(capsys, "regions", out, "--regions", path), needle)
+    assert not (out / "s.regions.csv").exists()
+
+
+def test_a_folder_without_a_run_is_refused(tmp_path, capsys):
+    (tmp_path / "r.geojson").write_text("{}")
+    assert_clean_error(run_here(capsys, "regions", tmp_path, "--regions", tmp_path / "r.geojson"), "NAME.run.json")
