@@ -186,3 +186,26 @@ def test_a_slide_without_nuclei_gives_the_same_columns_as_one_with_them(tmp_path
         assert table.num_rows == report.nuclei and (report.nuclei == 0) == (name == "empty")
         columns.append(table.schema.names)
     assert columns[1] == columns[0] and "area_um2" in columns[0]
+
+
+def test_cohort_takes_the_tissue_area_from_the_bag_table(featured_run, tmp_path):
+    """With --features, the cohort row's tissue area is the bag's tiles' core areas times their tissue
+    fractions, and the density the run's nuclei over it."""
+    import csv
+
+    from wsinuclei.cohort import write_cohort
+
+    out, report = featured_run
+    write_cohort([out], tmp_path / "c.csv")
+    row = next(csv.DictReader(open(tmp_path / "c.csv")))
+    bag = pq.read_table(out / "synthetic.bag.parquet").to_pydict()
+    px = sum((x1 - x0) * (y1 - y0) * f for x0, y0, x1, y1, f in
+             zip(bag["x0"], bag["y0"], bag["x1"], bag["y1"], bag["tissue_fraction"]))
+    tissue = px * (report.mpp / 1000) ** 2
+    assert 0 < tissue and float(row["tissue_mm2"]) == pytest.approx(tissue, rel=1e-5)
+    assert float(row["nuclei_per_mm2_tissue"]) == pytest.approx(report.nuclei / tissue, rel=1e-5)
+    # the bag's own per-tile densities agree with it: nuclei over tissue, tile by tile
+    dens = np.array(bag["nuclei_per_mm2_tissue"])
+    areas = np.array([(x1 - x0) * (y1 - y0) * f for x0, y0, x1, y1, f in
+                      zip(bag["x0"], bag["y0"], bag["x1"], bag["y1"], bag["tissue_fraction"])]) * (report.mpp / 1000) ** 2
+    assert (dens * areas).sum() == pytest.approx(report.nuclei, rel=1e-4)

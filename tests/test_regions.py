@@ -132,3 +132,42 @@ def test_bad_regions_get_one_line(run_dir, tmp_path, capsys, content, needle):
 def test_a_folder_without_a_run_is_refused(tmp_path, capsys):
     (tmp_path / "r.geojson").write_text("{}")
     assert_clean_error(run_here(capsys, "regions", tmp_path, "--regions", tmp_path / "r.geojson"), "NAME.run.json")
+
+
+def test_cohort_gathers_three_runs_and_their_regions(run_dir, tmp_path, capsys):
+    """`wsinuclei cohort` over three runs (one with regions counted) writes one table; read back, it holds a
+    row per slide with the summary's figures and the region rows of the run that has them."""
+    import shutil
+
+    out, n = run_dir
+    runs = []
+    for k in range(3):
+        d = tmp_path / f"run{k}"
+        shutil.copytree(out, d)
+        meta = json.loads((d / "s.run.json").read_text())
+        meta.update(slide=f"/slides/s{k}.svs", nuclei=100 + k, model={"file": "/m/star_default.safetensors",
+                                                                        "sha1": "abc"}, wsinuclei="0.3.0")
+        (d / "s.run.json").write_text(json.dumps(meta))
+        runs.append(d)
+    (tmp_path / "r.geojson").write_text(json.dumps({"type": "Feature", "properties": {"name": "A"},
+                                                    "geometry": {"type": "Polygon",
+                                                                 "coordinates": [_square(0, 0, 400, 400)]}}))
+    assert run_here(capsys, "regions", runs[1], "--regions", tmp_path / "r.geojson").returncode == 0
+    table = tmp_path / "cohort.csv"
+    proc = run_here(capsys, "cohort", *runs, "--out", table)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(table)))
+    assert [(r["level"], r["slide"]) for r in rows] == [("slide", "/slides/s0.svs"), ("slide", "/slides/s1.svs"),
+                                                        ("region", "/slides/s1.svs"), ("slide", "/slides/s2.svs")]
+    assert [int(r["nuclei"]) for r in rows if r["level"] == "slide"] == [100, 101, 102]
+    assert all(r["model"] == "star_default.safetensors" and r["wsinuclei"] == "0.3.0" for r in rows)
+    counts = json.loads((out / "s.run.json").read_text())["nuclei_by_type"]
+    assert int(rows[0]["nuclei_inflammatory"]) == counts["inflammatory"]
+    assert float(rows[0]["fraction_inflammatory"]) == pytest.approx(counts["inflammatory"] / 100, rel=1e-5)
+    inside = (n["x"] <= 400) & (n["y"] <= 400)
+    assert rows[2]["region"] == "A" and int(rows[2]["nuclei"]) == inside.sum()
+    # the same slide twice is refused, as is a run with failed tiles
+    assert_clean_error(run_here(capsys, "cohort", runs[0], runs[0], "--out", table), "already in the table")
+    meta = json.loads((runs[2] / "s.run.json").read_text())
+    (runs[2] / "s.run.json").write_text(json.dumps({**meta, "tiles_failed": 2}))
+    assert_clean_error(run_here(capsys, "cohort", runs[0], runs[2], "--out", table), "2 tiles failed")

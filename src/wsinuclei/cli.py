@@ -253,6 +253,15 @@ def _cmd_regions(args) -> int:
     return 0
 
 
+def _cmd_cohort(args) -> int:
+    from .cohort import write_cohort
+
+    rows = write_cohort(args.runs, args.out)
+    slides = [r for r in rows if r["level"] == "slide"]
+    print(f"{len(slides)} slides, {len(rows) - len(slides)} region rows: {args.out}")
+    return 0
+
+
 def _cmd_view(args) -> int:
     from .viewer import resolve_source, serve
 
@@ -363,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--regions", required=True, help="QuPath GeoJSON (annotations) or DSA annotation JSON")
     sp.add_argument("--out", default=None, help="where to write the table (default RUN/NAME.regions.csv)")
     sp.set_defaults(func=_cmd_regions)
+
+    sp = sub.add_parser("cohort", help="one table over many finished runs (a row per slide, and per region)",
+                        description="Gather finished 'wsinuclei detect' runs into one tidy CSV: a row per slide (nuclei, "
+                        "per type, per mm2 of tissue with --features), and a row per region and region class where "
+                        "'wsinuclei regions' counted them; each row names its model and wsinuclei version.")
+    sp.add_argument("runs", nargs="+", help="run output folders (or their NAME.run.json files)")
+    sp.add_argument("--out", required=True, help="the table to write (CSV)")
+    sp.set_defaults(func=_cmd_cohort)
 
     sp = sub.add_parser("view", help="show a slide and its nuclei in the browser",
                         description="Serve a slide and the nuclei 'wsinuclei detect' found in it on 127.0.0.1 and "

@@ -163,6 +163,12 @@ class TileResult:
     type_probs: np.ndarray | None = None  # (N, types) type probabilities, for typed models
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 @dataclass
 class RunReport:
     name: str
@@ -176,6 +182,7 @@ class RunReport:
     score_cut: float = OPERATING_POINT
     min_score: float = 0.1
     model: dict = field(default_factory=dict)  # file, sha1 prefix
+    wsinuclei: str = field(default_factory=lambda: _version())  # the version that made the run
     device: str = "cpu"
     backend: str = ""  # what ran the network in-process (torch, openvino, openvino-int8); the option, distributed
     tiles_total: int = 0
