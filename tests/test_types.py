@@ -186,10 +186,26 @@ def test_prepared_tiles_carry_types_and_crops_keep_them_with_their_masks(tmp_pat
 
 
 def test_need_cannot_be_called_inside_a_test_body():
-    from conftest import SHARED, need
+    """need() refuses to run while a test runs (PYTEST_CURRENT_TEST set), so a body call fails loudly instead of
+    building a mark that does nothing; checked in a separate process that sets the variable as pytest does.
+    And no test file calls it anywhere but as a decorator."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    with pytest.raises(RuntimeError, match="decorator"):
-        need(SHARED)
+    tests = Path(__file__).resolve().parent
+    code = "import conftest; conftest.need(conftest.SHARED)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tests, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTEST_CURRENT_TEST": "t.py::t (call)"})
+    assert proc.returncode != 0 and "RuntimeError: need() is a decorator" in proc.stderr
+    for f in tests.glob("test_*.py"):
+        tree = ast.parse(f.read_text())
+        decorators = {id(d) for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                      for d in n.decorator_list}
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "need"]
+        assert all(id(c) in decorators for c in calls), f"{f.name}: need() called outside a decorator"
 
 
 def test_types_reach_every_output_of_a_whole_slide_run(tmp_path, stub_detector):

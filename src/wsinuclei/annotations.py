@@ -219,7 +219,13 @@ def read_csv_boxes(path: str | Path) -> Boxes:
         _finite(scores, path, "the score")
     types = np.array([r["type"] or "" for r in rows], dtype=object) if "type" in cols else None
     keep = (arr[:, 2] > arr[:, 0]) & (arr[:, 3] > arr[:, 1])
-    return Boxes(arr[keep], None if scores is None else scores[keep], int((~keep).sum()), str(path),
+    meta = {}
+    if "area_um2" in cols:  # a contour model's result CSV: each nucleus' area
+        try:
+            meta["area_um2"] = np.array([float(r["area_um2"]) for r in rows]).reshape(-1)[keep]
+        except (TypeError, ValueError) as exc:
+            raise WsinucleiError(f"{path}: an area_um2 value is not numeric ({exc})") from None
+    return Boxes(arr[keep], None if scores is None else scores[keep], int((~keep).sum()), str(path), meta=meta,
                  types=None if types is None else types[keep])
 
 

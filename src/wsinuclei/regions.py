@@ -137,19 +137,20 @@ def read_run(run_dir: str | Path) -> tuple[dict, Path]:
 def read_nuclei(run: dict, folder: Path) -> dict[str, np.ndarray]:
     """The run's nuclei at its score cut, from its CSV: centres (N, 2), and ``area_um2`` and ``type`` where the
     CSV has them."""
+    from .annotations import read_csv_boxes
+
     csv_path = folder / f"{run['name']}.csv"
     if not csv_path.is_file():
         raise WsinucleiError(f"{csv_path}: the run's CSV is missing")
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cut = float(run.get("score_cut", 0.5))
-    rows = [r for r in rows if float(r["score"]) >= cut]
-    box = np.array([[float(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in rows]).reshape(-1, 4)
-    out = {"centres": (box[:, :2] + box[:, 2:]) / 2}
-    if rows and "area_um2" in rows[0]:
-        out["area_um2"] = np.array([float(r["area_um2"]) for r in rows])
-    if rows and "type" in rows[0]:
-        out["type"] = np.array([r["type"] for r in rows], dtype=object)
+    b = read_csv_boxes(csv_path)
+    if b.scores is None:
+        raise WsinucleiError(f"{csv_path}: not a result CSV (no score column)")
+    keep = b.scores >= float(run.get("score_cut", 0.5))
+    out = {"centres": (b.boxes[keep, :2] + b.boxes[keep, 2:]) / 2}
+    if "area_um2" in b.meta:
+        out["area_um2"] = b.meta["area_um2"][keep]
+    if b.types is not None:
+        out["type"] = b.types[keep]
     return out
 
 

@@ -61,7 +61,8 @@ def geo_metadata(boxes: np.ndarray, polygons, keep: np.ndarray) -> dict:
         b = boxes[keep]
         bbox = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
     else:
-        pts = np.concatenate([np.asarray(polygons[i], np.float64).reshape(-1, 2) for i in keep])
+        pts = (polygons[keep].reshape(-1, 2) if isinstance(polygons, np.ndarray)
+               else np.concatenate([np.asarray(polygons[i], np.float64).reshape(-1, 2) for i in keep]))
         bbox = [float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())]
     column = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": None, "edges": "planar",
               "description": "nucleus outline in base-level pixels of the slide (x right, y down, origin at the "
