@@ -6,7 +6,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d)"
-trap 'kill "${VIEW_PID:-0}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# Only the viewer this script started is stopped: `kill 0` would signal the whole process group (CI itself).
+trap '[ -n "${VIEW_PID:-}" ] && kill "$VIEW_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 PY="${PYTHON:-python3}"
 "$PY" -m venv "$WORK/build-env"
 "$WORK/build-env/bin/python" -m pip install -q --upgrade pip build
@@ -19,9 +20,16 @@ echo "wheel: $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1))"
 "$WORK/venv/bin/python" -m pip install -q "$WHEEL"
 cd "$WORK"  # nothing of the source tree on the path from here
 BIN="$WORK/venv/bin"
-"$BIN/wsinuclei" --version | grep -q "default model: star"
-"$BIN/wsinuclei" models | grep -q "star_default"
-"$BIN/wsinuclei-dsa" NucleiDetection --xml | grep -q "<executable>"
+# Each output is read whole before it is searched: `cmd | grep -q` closes the pipe at the first match, and the
+# writer's BrokenPipeError then fails the pipeline under pipefail.
+expect() {  # expect PATTERN COMMAND...: COMMAND succeeds and prints PATTERN
+  local pattern="$1" out; shift
+  out="$("$@")" || { echo "CI: '$*' failed" >&2; return 1; }
+  grep -q -- "$pattern" <<<"$out" || { echo "CI: '$*' did not print '$pattern'" >&2; return 1; }
+}
+expect "default model: star" "$BIN/wsinuclei" --version
+expect "star_default" "$BIN/wsinuclei" models
+expect "<executable>" "$BIN/wsinuclei-dsa" NucleiDetection --xml
 "$BIN/python" - <<'PY'
 from importlib import resources
 root = resources.files("wsinuclei")
@@ -35,7 +43,7 @@ ls "$WORK"/demo/*.geojson >/dev/null
 "$BIN/wsinuclei" view "$WORK/demo" --no-browser > "$WORK/view.log" 2>&1 &
 VIEW_PID=$!
 for _ in $(seq 60); do grep -q "http://127.0.0.1" "$WORK/view.log" && break; sleep 1; done
-URL="$(grep -o 'http://127.0.0.1:[0-9]*/*' "$WORK/view.log" | head -1)"
+URL="$(grep -o -m1 'http://127.0.0.1:[0-9]*/*' "$WORK/view.log")"
 [ -n "$URL" ] || { cat "$WORK/view.log"; echo "CI: the viewer did not start" >&2; exit 1; }
 "$BIN/python" - "$URL" <<'PY'
 import sys, urllib.request

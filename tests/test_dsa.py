@@ -87,6 +87,16 @@ def test_list_cli_and_xml_print_nothing_else():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown CLI" in r.stderr
 
 
+def test_xml_into_a_closed_pipe_ends_quietly():
+    """`wsinuclei-dsa NucleiDetection --xml | head -c 0` (a script that stops reading early): the shell's code
+    for a closed pipe and no traceback; under `set -o pipefail` a caller sees 141, not a crash."""
+    r = subprocess.run(f'"{sys.executable}" -m wsinuclei.dsa NucleiDetection --xml | head -c 0; '
+                       'echo "${PIPESTATUS[0]}" >&2', shell=True, executable="/bin/bash", capture_output=True,
+                       text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "141"
+
+
 def test_cli_honours_the_roi_and_writes_a_schema_valid_annotation(pyramid_slide, stub_detector, tmp_path, capsys):
     from wsinuclei.dsa.NucleiDetection.NucleiDetection import main
 

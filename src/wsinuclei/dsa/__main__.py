@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 
 from . import CLI_LIST
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # stdout closed early (`wsinuclei-dsa NucleiDetection --xml | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 141  # 128 + SIGPIPE, as a shell reports a command ended by a closed pipe
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     clis = json.loads(CLI_LIST.read_text())
     if not argv or argv[0] in ("-h", "--help"):
