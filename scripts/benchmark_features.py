@@ -58,7 +58,7 @@ def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
         rows.append(row)
         print(row, flush=True)
     n = sum(r["nuclei"] for r in rows)
-    out = {"tiles": rows, "contours": lm.config.mask_head is not None}
+    out = {"tiles": rows, "contours": o is not None}  # outlines from the model: the shape families are measured
     for label in ("default", "with_haralick"):
         secs = sum(r[f"features_s_{label}"] for r in rows)
         out[f"nuclei_per_s_per_core_{label}"] = round(n / secs, 1)

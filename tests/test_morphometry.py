@@ -67,3 +67,29 @@ def test_no_regions_give_empty_columns():
     reg = find_regions(lab)
     out = morphometry(lab, reg, np.ones(lab.shape))
     assert reg.n == 0 and all(len(v) == 0 for v in out.values())
+
+
+def test_hulls_and_box_counting_of_many_random_regions_are_the_per_region_values():
+    """``convex_areas`` and ``fractal_dimensions`` work on all regions at once; here each region against
+    ``skimage.morphology.convex_hull_image`` and HistomicsTK's box counting (``fractal_dimension``) on its own
+    crop: ragged blobs of 1 to 29 pixels a side, overlapping (the later label wins), at the image borders."""
+    from skimage.morphology import convex_hull_image
+
+    from wsinuclei.features.morphometry import convex_areas, fractal_dimension, fractal_dimensions
+
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        lab = np.zeros((120, 150), np.int32)
+        for v in range(1, 40):
+            r, c = rng.integers(-5, 120), rng.integers(-5, 150)
+            h, w = rng.integers(1, 30, 2)
+            blob = rng.uniform(size=(h, w)) > rng.uniform(0, 0.8)
+            r0, c0 = max(r, 0), max(c, 0)
+            sub = lab[r0:r + h, c0:c + w]
+            sub[blob[r0 - r:r0 - r + sub.shape[0], c0 - c:c0 - c + sub.shape[1]]] = v
+        reg = find_regions(lab)
+        hulls, dims = convex_areas(lab, reg), fractal_dimensions(reg)
+        for i, (v, s) in enumerate(zip(reg.labels, reg.slices)):
+            mask = lab[s] == v
+            assert hulls[i] == convex_hull_image(mask).sum(), v
+            assert dims[i] == pytest.approx(fractal_dimension(mask), rel=1e-12, abs=1e-14), v

@@ -4,7 +4,7 @@ checks them against those calls.
 
 Why not call them: importing ``scipy.ndimage`` (which ``skimage.filters`` and ``skimage.measure`` import too)
 costs every process a noticeable share of a small slide's whole run, most of it scipy's array-API layer
-(numpy.testing, numpy.f2py); BENCHMARKS.md (session 12) gives the command that measures it. These few operations
+(numpy.testing, numpy.f2py); docs/history/measurements.md (commit 126dbc3) gives the command that measures it. These few operations
 on thumbnail-sized arrays are cheap in numpy. Training and evaluation keep using scipy and scikit-image.
 """
 

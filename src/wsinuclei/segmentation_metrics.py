@@ -142,13 +142,11 @@ def evaluate_segmentation(items) -> dict:
 
 def rasterise(polygons, shape: tuple[int, int], scores=None) -> np.ndarray:
     """Polygons (each (K, 2) x, y in pixels) -> a label image (1..N, 0 = background). Where polygons overlap,
-    the higher-scoring one keeps the pixels (painted last)."""
-    from skimage.draw import polygon as fill
+    the higher-scoring one keeps the pixels (painted last). The pixels are ``skimage.draw.polygon``'s, all
+    polygons in one pass (``raster.fill_polygons``)."""
+    from .raster import fill_polygons
 
-    labels = np.zeros(shape, np.int32)
-    order = range(len(polygons)) if scores is None else np.argsort(np.asarray(scores), kind="stable")
-    for k in order:
-        p = np.asarray(polygons[k], float)
-        rr, cc = fill(p[:, 1] - 0.5, p[:, 0] - 0.5, shape)  # vertices in pixel-edge units, as outputs write
-        labels[rr, cc] = k + 1
-    return labels
+    order = np.arange(len(polygons)) if scores is None else np.argsort(np.asarray(scores), kind="stable")
+    polys = [np.asarray(polygons[k], float).reshape(-1, 2) for k in order]
+    # vertices in pixel-edge units, as outputs write them
+    return fill_polygons([p[:, 1] - 0.5 for p in polys], [p[:, 0] - 0.5 for p in polys], shape, values=order + 1)

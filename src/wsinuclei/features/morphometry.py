@@ -163,54 +163,159 @@ def perimeters(labels: np.ndarray, reg: Regions) -> np.ndarray:
     return np.bincount(reg.index_of[labels[br, bc]], weights=_PERIMETER_WEIGHTS[code[br, bc]], minlength=reg.n)
 
 
+def _row_ends(reg: Regions):
+    """The first and last column of every (region, row), box-local, as dense (regions, rows of the tallest box)
+    arrays; a row a region does not reach has first = the int64 maximum and last = -1."""
+    box = reg.box()
+    lr, lc = reg.rows - box[reg.index, 0], reg.cols - box[reg.index, 1]
+    span = int(lr.max()) + 1
+    key = reg.index * span + lr
+    first = np.full(reg.n * span, np.iinfo(np.int64).max)
+    last = np.full(reg.n * span, -1)
+    np.minimum.at(first, key, lc)
+    np.maximum.at(last, key, lc)
+    return first.reshape(reg.n, span), last.reshape(reg.n, span)
+
+
+def _envelope(group: np.ndarray, y: np.ndarray, x: np.ndarray, left: bool):
+    """The convex envelope of one chain of points per group (sorted by group, then strictly by y): the left
+    side of each group's convex hull (``left``) or its right side. A point on or inside the chord of its two
+    neighbours is no vertex of its group's envelope (a vertex lies strictly outside every chord that spans it),
+    so all such points go at once, again until none is left; what stays is the envelope's vertices."""
+    sign = 1 if left else -1
+    while True:
+        inner = np.r_[False, (group[1:-1] == group[:-2]) & (group[1:-1] == group[2:]), False]
+        i = np.flatnonzero(inner)
+        dy = y[i + 1] - y[i - 1]
+        chord = x[i - 1] * dy + (x[i + 1] - x[i - 1]) * (y[i] - y[i - 1])  # the chord's x at y[i], times dy
+        drop = sign * (x[i] * dy - chord) >= 0
+        if not drop.any():
+            return group, y, x
+        keep = np.ones(len(y), bool)
+        keep[i[drop]] = False
+        group, y, x = group[keep], y[keep], x[keep]
+
+
+def _chain_columns(group, y, x, n: int, span: int, left: bool) -> np.ndarray:
+    """(n, span): for every pixel row r (y = 2r in half pixels) the first (``left``) or last pixel column whose
+    centre lies on the right side of (or on) the chain's segments, exactly, in integer arithmetic."""
+    seg = np.flatnonzero(group[1:] == group[:-1])
+    y1, y2, x1, x2, g = y[seg], y[seg + 1], x[seg], x[seg + 1], group[seg]
+    r_lo, r_hi = -((-y1) // 2), y2 // 2  # pixel rows whose centre the segment spans (y1 < y2)
+    count = np.maximum(r_hi - r_lo + 1, 0)
+    e = np.repeat(np.arange(len(seg)), count)
+    r = r_lo[e] + (np.arange(len(e)) - np.repeat(np.cumsum(count) - count, count))
+    dy = (y2 - y1)[e]
+    num = x1[e] * dy + (x2 - x1)[e] * (2 * r - y1[e])  # the segment's x at row r is num / dy (half pixels)
+    out = np.full(n * span, np.iinfo(np.int64).max if left else np.iinfo(np.int64).min)
+    if left:  # column c is at 2c: the first column at or right of x is ceil(x / 2)
+        np.minimum.at(out, g[e] * span + r, -((-num) // (2 * dy)))
+    else:
+        np.maximum.at(out, g[e] * span + r, num // (2 * dy))
+    return out.reshape(n, span)
+
+
 def convex_areas(labels: np.ndarray, reg: Regions) -> np.ndarray:
     """Pixels of each region's convex hull image, as ``skimage.morphology.convex_hull_image`` (hull of the pixel
-    edges' midpoints, then every pixel centre inside or on it). The hull's vertices are extreme pixels, so the
-    first and last pixel of each row of a region are all it needs."""
-    from scipy.spatial import ConvexHull, QhullError
-    from skimage.measure import grid_points_in_poly
+    edges' midpoints, then every pixel centre inside or on it), for all regions at once without a loop over
+    them. Per region, Qhull plus a point-in-polygon grid cost ~0.1 ms a nucleus, a fifth of the feature pass.
 
+    The hull's left side is the convex envelope of the leftmost midpoint at each half-pixel height (the left
+    edge of each row's first pixel; between two rows the nearer of their first pixels' bottom and top edges),
+    its right side likewise; ``_envelope`` finds both for every region together, and the centres between them
+    are counted row by row in integer half-pixel arithmetic, so a centre exactly on the hull is counted as
+    ``grid_points_in_poly`` counts it. ``tests/test_morphometry.py`` compares every region with skimage."""
     out = np.zeros(reg.n)
     if not reg.n:
         return out
-    # first and last pixel of every (region, row), in box-local coordinates
+    first, last = _row_ends(reg)
+    n, span = first.shape
+    big = np.iinfo(np.int64).max
+    has = last >= 0
+    # height index h = y + 1 for y = -1 .. 2 span - 1 (half pixels): row r's edges at y = 2r ± 1, its centre 2r
+    f = np.full((n, 2 * span + 1), big)
+    f[:, 1::2] = np.where(has, 2 * first - 1, big)
+    top_bottom = np.where(has, 2 * first, big)
+    f[:, 0:-1:2] = top_bottom
+    f[:, 2::2] = np.minimum(f[:, 2::2], top_bottom)
+    g = np.full((n, 2 * span + 1), -big)
+    g[:, 1::2] = np.where(has, 2 * last + 1, -big)
+    top_bottom = np.where(has, 2 * last, -big)
+    g[:, 0:-1:2] = top_bottom
+    g[:, 2::2] = np.maximum(g[:, 2::2], top_bottom)
+    lo = _chain_columns(*_envelope(*_points(f != big, f), left=True), n, span, left=True)
+    hi = _chain_columns(*_envelope(*_points(g != -big, g), left=False), n, span, left=False)
+    inside = (lo != big) & (hi != np.iinfo(np.int64).min)
+    width = np.where(inside, np.maximum(hi - lo + 1, 0), 0)
+    return width.sum(axis=1).astype(np.float64)
+
+
+def _points(where: np.ndarray, values: np.ndarray):
+    """(group, y, x) of the set cells of a dense (groups, heights) array, sorted by group, then y."""
+    group, h = np.nonzero(where)
+    return group, h - 1, values[group, h]
+
+
+def fractal_dimensions(reg: Regions) -> np.ndarray:
+    """HistomicsTK's box-counting dimension of every region's mask (its box crop), as ``fractal_dimension`` gives
+    it region by region: the blocks of side 2^j (j from the largest power of two in the box's shorter side down
+    to 2, anchored at the box's corner) that the region covers partly, counted for every region at once from its
+    pixels; the slope of log(count) against log(side) in closed form. Where that fit is not a plain line fit
+    (one size, or a size with no partly covered block: log 0), the region goes through ``fractal_dimension``'s
+    own ``np.polyfit``, so those cases keep its exact value."""
+    out = np.full(reg.n, -0.0)
+    if not reg.n:
+        return out
     box = reg.box()
+    shorter = np.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+    # the exponent as HistomicsTK computes it, in the same floating-point steps, once per distinct side
+    top = {int(p): int(np.log(2 ** np.floor(np.log(p) / np.log(2))) / np.log(2)) for p in np.unique(shorter)}
+    n_exp = np.array([top[int(p)] for p in shorter])
     lr, lc = reg.rows - box[reg.index, 0], reg.cols - box[reg.index, 1]
-    span = int(max(lr.max(), lc.max())) + 2
-    key = reg.index * span + lr
-    order = np.lexsort((lc, key))
-    key, lr, lc, idx = key[order], lr[order], lc[order], reg.index[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    last = np.r_[key[1:] != key[:-1], True]
-    ends = first | last
-    idx, lr, lc = idx[ends], lr[ends], lc[ends]
-    # the midpoints of their four edges, in half-pixel units (integers), each point once
-    pr = (2 * lr[:, None] + np.array([-1, 1, 0, 0])).ravel()
-    pc = (2 * lc[:, None] + np.array([0, 0, -1, 1])).ravel()
-    pi = np.repeat(idx, 4)
-    side = 2 * span + 2
-    uniq = np.unique((pi * side + pr + 1) * side + pc + 1)
-    pi, rem = np.divmod(uniq, side * side)
-    pr, pc = rem // side - 1, rem % side - 1
-    bounds = np.r_[0, np.flatnonzero(pi[1:] != pi[:-1]) + 1, len(pi)]
-    for k in range(len(bounds) - 1):
-        s = slice(bounds[k], bounds[k + 1])
-        i = pi[bounds[k]]
-        try:
-            hull = ConvexHull(np.stack([pr[s], pc[s]], 1) / 2.0)
-        except QhullError:
-            continue  # as skimage: no hull, an empty hull image
-        rs, cs = reg.slices[i]
-        grid = grid_points_in_poly((rs.stop - rs.start, cs.stop - cs.start), hull.points[hull.vertices],
-                                   binarize=False)
-        out[i] = np.count_nonzero(grid >= 1)
+    height, width = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    top_j = int(n_exp.max())
+    counts = np.zeros((reg.n, top_j + 1))  # column j: blocks of side 2^j partly covered
+    ri, pixel_exp = reg.index, n_exp[reg.index]
+    for j in range(2, top_j + 1):  # the pixels of the regions that use side 2^j (fewer as j grows)
+        k = 1 << j
+        use = np.flatnonzero(pixel_exp >= j)
+        ri, lr, lc, pixel_exp = ri[use], lr[use], lc[use], pixel_exp[use]
+        bh, bw = -(-height // k), -(-width // k)
+        bh, bw = np.where(n_exp >= j, bh, 0), np.where(n_exp >= j, bw, 0)
+        offset = np.r_[0, np.cumsum(bh * bw)[:-1]]
+        block = offset[ri] + (lr >> j) * bw[ri] + (lc >> j)
+        filled = np.bincount(block, minlength=int((bh * bw).sum()))
+        partly = (filled > 0) & (filled < k * k)
+        counts[:, j] = np.bincount(np.repeat(np.arange(reg.n), bh * bw), weights=partly, minlength=reg.n)
+    for n in np.unique(n_exp[n_exp >= 2]):
+        members = np.flatnonzero(n_exp == n)
+        sizes = 2.0 ** np.arange(n, 1, -1)
+        c = counts[members][:, n:1:-1]
+        plain = (c > 0).all(axis=1) if n >= 3 else np.zeros(len(members), bool)
+        for i in members[~plain]:  # one size, or log 0: np.polyfit's own answer
+            out[i] = _fractal_from_counts(sizes, counts[i, n:1:-1])
+        if plain.any():
+            x = np.log(sizes)
+            xm = x - x.mean()
+            y = np.log(c[plain])
+            out[members[plain]] = -((y - y.mean(axis=1, keepdims=True)) * xm).sum(axis=1) / (xm * xm).sum()
     return out
+
+
+def _fractal_from_counts(sizes: np.ndarray, counts: np.ndarray) -> float:
+    """``fractal_dimension``'s fit, on counts already made."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(-np.polyfit(np.log(sizes), np.log(counts), 1)[0])
+        except (TypeError, ValueError, np.linalg.LinAlgError):
+            return -0.0
 
 
 def fractal_dimension(image: np.ndarray) -> float:
     """HistomicsTK's box-counting dimension of a region's mask (its box crop)."""
-    import warnings
-
     z = image > 0
     p = min(z.shape)
     n = int(np.log(2 ** np.floor(np.log(p) / np.log(2))) / np.log(2))
@@ -221,12 +326,7 @@ def fractal_dimension(image: np.ndarray) -> float:
         counts.append(len(np.where((s > 0) & (s < k * k))[0]))
     if not len(counts):
         return -0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(-np.polyfit(np.log(sizes), np.log(counts), 1)[0])
-        except (TypeError, ValueError, np.linalg.LinAlgError):
-            return -0.0
+    return _fractal_from_counts(sizes, np.array(counts))
 
 
 def centroids(reg: Regions, intensity: np.ndarray) -> tuple:
@@ -265,7 +365,7 @@ def morphometry(labels: np.ndarray, reg: Regions, intensity: np.ndarray, shape: 
             "Shape.Circularity": 4 * math.pi * area / np.where(perim > 0, perim ** 2, 1),
             "Shape.Eccentricity": ecc, "Shape.EquivalentDiameter": (4 * area / math.pi) ** 0.5,
             "Shape.Extent": area / box_area,
-            "Shape.FractalDimension": np.array([fractal_dimension(labels[s] == v) for s, v in zip(reg.slices, reg.labels)]),
+            "Shape.FractalDimension": fractal_dimensions(reg),
             "Shape.MinorMajorAxisRatio": np.where(major > 0, minor / major, 1.0), "Shape.Solidity": area / hull,
         }
     hu = hu_moments(_normalized(mu))

@@ -8,7 +8,7 @@ took more than half of the inference time, neither for a reason the output needs
   visits boxes by descending score, so its first K survivors depend only on the boxes visited before the K-th
   survivor: a prefix of the visiting order. :func:`first_survivors` runs NMS on a growing prefix (all boxes
   scoring at least the M-th best score, ties included, in their original order) until it holds K survivors.
-  ``scripts/profile_inference.py`` measures the step before and after (BENCHMARKS.md, session 7).
+  ``scripts/profile_inference.py`` measures the step before and after (docs/history/measurements.md, "Inference: the same detections in 0.52 s per tile instead of 0.84").
 - **RoIAlign** runs on one core in torchvision's CPU kernel, whatever ``torch.get_num_threads()`` says.
   :class:`ThreadedMultiScaleRoIAlign` pools contiguous slices of the boxes on torch's threads (each box's
   result is independent of the others) and joins them in order.

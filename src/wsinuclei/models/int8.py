@@ -2,7 +2,7 @@
 is stored under, and reading it back). Making it (quantising, checking) is export's (``wsinuclei.int8_export``).
 
 On a CPU with 8-bit dot-product instructions (AVX-512 VNNI, AVX-VNNI) OpenVINO runs the quantised network
-about three times as fast as float32 (BENCHMARKS.md, "INT8"). ``wsinuclei export --int8 PREPARED`` quantises
+about three times as fast as float32 (BENCHMARKS.md, "Its INT8 network against float32"). ``wsinuclei export --int8 PREPARED`` quantises
 it with NNCF's post-training quantisation, calibrated on crops of the prepared folder's *training* images,
 checks it on the validation images against float32 at the model's operating point, and stores it in the model
 file: the IR's XML in the metadata, its weights as one uint8 tensor. Inference reads it from there with

@@ -108,8 +108,8 @@ class OpenVinoStarNet:
 
     ``streams``: OpenVINO streams, each with its share of the ``threads``; a call with several tiles runs up
     to that many at once, one per stream. Why: in a whole-slide run reader threads preempt the network's, and
-    a stream that loses its core does not hold the other's work up at every layer's barrier (session 11 chose
-    two streams from ad hoc whole-command timings on 2 cores, noted in its closing note, not in BENCHMARKS).
+    a stream that loses its core does not hold the other's work up at every layer's barrier (two streams were
+    chosen from whole-command timings on 2 cores that were not recorded in BENCHMARKS.md).
     A lone tile has only its stream's threads, so one-tile-at-a-time callers keep the default, 1."""
 
     def __init__(self, network: Path | tuple[bytes, bytes], head: dict[str, Any], threads: int | None = None,

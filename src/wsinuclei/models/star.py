@@ -2,7 +2,7 @@
 
 Faster/Mask R-CNN spend most of a tile's time on machinery sized for the worst case: half a million anchors,
 thousands of proposals, NMS over tens of thousands of boxes, RoI pooling and two heads per proposal, whatever
-the tile holds (BENCHMARKS.md, "Where a tile's time goes"). Nuclei are small, compact and nearly convex, so a
+the tile holds (docs/history/measurements.md, "A dense star-convex model: the new default"). Nuclei are small, compact and nearly convex, so a
 dense head does the same job in one pass: on the finest FPN level (stride 4, 1 µm at 0.25 µm/px) every cell
 predicts
 

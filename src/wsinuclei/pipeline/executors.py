@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import WsinucleiError
@@ -33,9 +33,11 @@ def _yield_to_inference() -> None:
 
 def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
     """Reader threads read and normalise tiles ahead; inference runs in batches on this thread, and each batch's
-    post-processing (per-nucleus features above all) on one more thread, at low priority, while the next batch
-    is inferred: the detector leaves part of the cores idle (its serial steps), which the features use. Results
-    still reach ``on_result`` on this thread, in tile order."""
+    post-processing on more threads, at low priority, while the next batch is inferred: the detector leaves part
+    of the cores idle (its serial steps), which the post-processing uses. Without features one post-processing
+    thread keeps up; with them (several times the detector's work) there is one per core, each on its own batch,
+    since their compiled steps (filters, distance transforms, sums) release the GIL. Results still reach
+    ``on_result`` on this thread, in tile order."""
     ctx = plan.ctx
     det = worker.in_process_detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp)
     batch_size = in_process_batch(opts, det)
@@ -49,15 +51,17 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
     def finish(good, preds):
         return [postprocess(ctx, t, b, s, p, o, rgb, ty) for (t, _, p, rgb), (b, s, o, ty) in zip(good, preds)]
 
-    with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool, ThreadPoolExecutor(max_workers=1, initializer=_yield_to_inference) as post:
+    post_threads = post_processing_threads(ctx.features)
+    with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool, \
+            ThreadPoolExecutor(max_workers=post_threads, initializer=_yield_to_inference) as post:
         # bounded look-ahead: memory is set by tiles in flight, not slide size
         window = max(2 * batch_size, opts.readers * 2)
         pending = [pool.submit(prepare, t) for t in todo[:window]]
         nxt = window
-        finishing = None  # the previous batch's post-processing, at most one in flight
+        finishing = []  # earlier batches' post-processing, oldest first, at most post_threads in flight
 
         def deliver():
-            for r in finishing.result():
+            for r in finishing.pop(0).result():
                 on_result(r)
 
         while pending:
@@ -74,16 +78,26 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
                 dt = (time.perf_counter() - t0) / len(good)
                 for _, _, p, _ in good:
                     p["inference_s"] = dt
-            if finishing is not None:
+            while len(finishing) >= post_threads:
                 deliver()
-                finishing = None
-            for t, _, _, _, e in batch:
-                if e is not None:
-                    on_result(_failed(t, str(e), e.attempts))
+            failed = [_failed(t, str(e), e.attempts) for t, _, _, _, e in batch if e is not None]
+            if failed:  # queued behind the batches in flight, so results keep tile order
+                finishing.append(Future())
+                finishing[-1].set_result(failed)
             if good:
-                finishing = post.submit(finish, good, preds)
-        if finishing is not None:
+                finishing.append(post.submit(finish, good, preds))
+        while finishing:
             deliver()
+
+
+def post_processing_threads(features) -> int:
+    """Threads that post-process in-process batches: one per usable core when features are measured, else one."""
+    if not features:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity call (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 def in_process_batch(opts: RunOptions, det) -> int:
