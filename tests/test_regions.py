@@ -171,3 +171,71 @@ def test_cohort_gathers_three_runs_and_their_regions(run_dir, tmp_path, capsys):
     meta = json.loads((runs[2] / "s.run.json").read_text())
     (runs[2] / "s.run.json").write_text(json.dumps({**meta, "tiles_failed": 2}))
     assert_clean_error(run_here(capsys, "cohort", runs[0], runs[2], "--out", table), "2 tiles failed")
+
+
+def test_detect_runs_only_the_regions_and_counts_them(stub_detector, pyramid_slide, tmp_path, capsys):
+    """`detect --regions`: the tiles whose core touches no region do not run; the nuclei kept are the whole-slide
+    run's nuclei whose centre lies in a region (the stub detector finds every blob exactly, whatever the tiling);
+    NAME.regions.csv/.parquet count them per region and class with the tissue inside each, as `wsinuclei
+    regions` then counts the same run."""
+    import pyarrow.parquet as pq
+    import shapely
+
+    path, _, _ = pyramid_slide
+    geo = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "A", "classification": {"name": "Tumor"}},
+         "geometry": {"type": "Polygon", "coordinates": [_square(100, 100, 500, 600)]}},
+        {"type": "Feature", "properties": {"name": "B", "classification": {"name": "Stroma"}},
+         "geometry": {"type": "Polygon", "coordinates": [[[1000, 1000], [1350, 1000], [1200, 1400], [1000, 1000]]]}}]}
+    regions = tmp_path / "drawn.geojson"
+    regions.write_text(json.dumps(geo))
+    whole, inside = tmp_path / "whole", tmp_path / "inside"
+    proc = run_here(capsys, "detect", path, "--out", whole, "--tile-size", "512", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_here(capsys, "detect", path, "--out", inside, "--tile-size", "512", "--regions", regions)
+    assert proc.returncode == 0, proc.stderr
+    assert "outside the regions" in proc.stdout + proc.stderr
+    run = json.loads((inside / "synthetic.run.json").read_text())
+    full = json.loads((whole / "synthetic.run.json").read_text())
+    assert 0 < run["tiles_processed"] < full["tiles_processed"] and run["tiles_outside_regions"] > 0
+
+    def at_cut(folder):
+        rows = list(csv.DictReader(open(folder / "synthetic.csv")))
+        b = np.array([[float(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in rows if float(r["score"]) >= 0.5])
+        return b[np.lexsort(b.T[::-1])]
+
+    union = shapely.union_all([shapely.box(100, 100, 500, 600),
+                               shapely.Polygon([(1000, 1000), (1350, 1000), (1200, 1400)])])
+    b_all, b_in = at_cut(whole), at_cut(inside)
+    centre = lambda b: ((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2)  # noqa: E731
+    expected = b_all[shapely.intersects_xy(union, *centre(b_all))]
+    assert len(b_in) > 10 and np.allclose(b_in, expected)
+    rows = list(csv.DictReader(open(inside / "synthetic.regions.csv")))
+    assert [(r["level"], r["region"]) for r in rows] == [("region", "A"), ("region", "B"), ("class", "Stroma"),
+                                                         ("class", "Tumor")]
+    cx, cy = centre(b_in)
+    in_a = shapely.intersects_xy(shapely.box(100, 100, 500, 600), cx, cy)
+    assert int(rows[0]["nuclei"]) == in_a.sum() and int(rows[1]["nuclei"]) == len(b_in) - in_a.sum()
+    for r in rows:
+        assert 0 < float(r["tissue_mm2"]) <= float(r["area_mm2"]) * 1.05  # mask pixels whose centre is inside
+        assert float(r["nuclei_per_tissue_mm2"]) == pytest.approx(int(r["nuclei"]) / float(r["tissue_mm2"]), rel=1e-4)
+    table = pq.read_table(inside / "synthetic.regions.parquet").to_pylist()
+    assert [t["nuclei"] for t in table] == [int(r["nuclei"]) for r in rows]
+    # counting the finished run again gives the same table
+    (inside / "synthetic.regions.csv").rename(tmp_path / "from_detect.csv")
+    proc = run_here(capsys, "regions", inside, "--regions", regions)
+    assert proc.returncode == 0, proc.stderr
+    again = list(csv.DictReader(open(inside / "synthetic.regions.csv")))
+    assert [(r["nuclei"], r["tissue_mm2"]) for r in again] == [(r["nuclei"], r["tissue_mm2"]) for r in rows]
+
+
+def test_detect_regions_outside_the_slide_or_with_an_roi_is_refused(stub_detector, pyramid_slide, tmp_path, capsys):
+    path, _, _ = pyramid_slide
+    far = tmp_path / "far.geojson"
+    far.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "X"},
+         "geometry": {"type": "Polygon", "coordinates": [_square(50000, 50000, 51000, 51000)]}}]}))
+    assert_clean_error(run_here(capsys, "detect", path, "--out", tmp_path / "o", "--regions", far), "outside the slide")
+    assert_clean_error(run_here(capsys, "detect", path, "--out", tmp_path / "o", "--regions", far, "--roi",
+                                "0,0,100,100"), "--roi and --regions")
+    assert not (tmp_path / "o" / "synthetic.csv").exists()

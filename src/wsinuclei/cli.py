@@ -49,7 +49,7 @@ def _joined_negative_values(argv: list[str]) -> list[str]:
 def _run_options(args):
     from .pipeline import RunOptions
 
-    return RunOptions(mpp=args.mpp, roi=args.roi, tile_size=args.tile_size, overlap=args.overlap,
+    return RunOptions(mpp=args.mpp, roi=args.roi, regions=getattr(args, "regions", None), tile_size=args.tile_size, overlap=args.overlap,
                       min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
                       native_resolution=not args.model_resolution, read_mpp=args.read_mpp, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device, backend=args.backend,
@@ -67,6 +67,8 @@ def _cmd_detect(args) -> int:
     opts = _run_options(args)
     if len(args.slides) > 1 and opts.roi is not None:
         raise WsinucleiError("--roi applies to one slide at a time")
+    if len(args.slides) > 1 and opts.regions is not None:
+        raise WsinucleiError("--regions applies to one slide at a time (its coordinates are that slide's pixels)")
     failed = 0
     for path in args.slides:
         try:
@@ -300,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mpp", type=float, default=None, help="µm per pixel of the slide's base level; overrides "
                     "the file's metadata and is required when the file has none")
     sp.add_argument("--roi", type=_roi, default=None, help="only this region: x,y,w,h in base pixels")
+    sp.add_argument("--regions", default=None, metavar="FILE", help="only inside these drawn regions (a QuPath "
+                    "GeoJSON export or a DSA annotation JSON, base-level pixels): the tiles that touch them run, the "
+                    "nuclei whose centre is in one are kept, and NAME.regions.csv/.parquet count them per region")
     sp.add_argument("--tile-size", type=int, default=1024, help="largest tile side in model pixels (default 1024); "
                     "tiles are shortened, as many as this size needs, to spread evenly over the slide")
     sp.add_argument("--overlap", type=int, default=64, help="tile overlap in model pixels, at least the largest "

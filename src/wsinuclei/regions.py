@@ -154,25 +154,60 @@ def read_nuclei(run: dict, folder: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def count_in_regions(regions: list[Region], nuclei: dict, mpp: float, type_names=()) -> list[dict]:
-    """One row per region, then one per region class (its polygons' union; a nucleus counted once per class):
-    name, class, area in mm², nuclei, nuclei per mm², per type its count, fraction and density, and the median
-    nucleus area (µm²) where the run has contours."""
+def region_union(regions: list[Region]):
+    """All regions as one geometry (what ``detect --regions`` runs and reports inside)."""
     import shapely
 
-    centres = nuclei["centres"]
-    points = shapely.points(centres) if len(centres) else np.zeros(0, object)
+    return shapely.union_all([r.geometry for r in regions])
+
+
+def _in_units(geoms: list, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(point index, unit index) of every point (N, 2) inside or on each geometry: one STRtree query."""
+    import shapely
+
+    if not len(xy):
+        return np.zeros(0, int), np.zeros(0, int)
+    return shapely.STRtree(geoms).query(shapely.points(xy), predicate="intersects")
+
+
+def tissue_pixels(mask: np.ndarray, ds: float) -> np.ndarray:
+    """Base-level centres (N, 2) of a tissue mask's pixels (``ds`` base pixels per mask pixel)."""
+    r, c = np.nonzero(mask)
+    return np.stack([(c + 0.5) * ds, (r + 0.5) * ds], 1)
+
+
+def count_in_regions(regions: list[Region], nuclei: dict, mpp: float, type_names=(), tissue=None,
+                     log=lambda *_: None) -> list[dict]:
+    """One row per region, then one per region class (its polygons' union; a nucleus counted once per class):
+    name, class, area in mm², nuclei, nuclei per mm², per type its count, fraction and density, and the median
+    nucleus area (µm²) where the run has contours. With ``tissue`` (the slide's tissue mask and its downsample),
+    also the tissue area inside each region (mask pixels whose centre it holds) and the densities per mm² of
+    tissue; a region that holds no tissue is said in ``log``."""
+    import shapely
+
     units = [(r.name, r.cls, r.geometry, "region") for r in regions]
     classes = sorted({r.cls for r in regions if r.cls})
     units += [(c, c, shapely.union_all([r.geometry for r in regions if r.cls == c]), "class") for c in classes]
-    tree = shapely.STRtree([u[2] for u in units])
-    pt_idx, unit_idx = tree.query(points, predicate="intersects") if len(points) else (np.zeros(0, int),) * 2
+    geoms = [u[2] for u in units]
+    pt_idx, unit_idx = _in_units(geoms, nuclei["centres"])
+    tissue_mm2 = None
+    if tissue is not None:
+        mask, ds = tissue
+        t_idx, t_unit = _in_units(geoms, tissue_pixels(mask, ds))
+        tissue_mm2 = np.bincount(t_unit, minlength=len(units)) * (ds * mpp / 1000.0) ** 2
     rows = []
     for k, (name, cls, geom, level) in enumerate(units):
         inside = np.unique(pt_idx[unit_idx == k])
         area_mm2 = geom.area * (mpp / 1000.0) ** 2
         row = {"level": level, "region": name, "class": cls, "area_mm2": area_mm2, "nuclei": len(inside),
                "nuclei_per_mm2": len(inside) / area_mm2 if area_mm2 else np.nan}
+        tis = None
+        if tissue_mm2 is not None:
+            tis = float(tissue_mm2[k])
+            row["tissue_mm2"] = tis
+            row["nuclei_per_tissue_mm2"] = len(inside) / tis if tis else np.nan
+            if not tis and level == "region":
+                log(f"region '{name}' holds no tissue: its densities per mm² of tissue are left empty")
         if "type" in nuclei:
             types = nuclei["type"][inside]
             for t in type_names:
@@ -180,10 +215,27 @@ def count_in_regions(regions: list[Region], nuclei: dict, mpp: float, type_names
                 row[f"nuclei_{t}"] = c
                 row[f"fraction_{t}"] = c / len(inside) if len(inside) else np.nan
                 row[f"{t}_per_mm2"] = c / area_mm2 if area_mm2 else np.nan
+                if tis is not None:
+                    row[f"{t}_per_tissue_mm2"] = c / tis if tis else np.nan
         if "area_um2" in nuclei:
             row["median_area_um2"] = float(np.median(nuclei["area_um2"][inside])) if len(inside) else np.nan
         rows.append(row)
     return rows
+
+
+def write_region_tables(folder: Path, name: str, rows: list[dict]) -> dict[str, Path]:
+    """``NAME.regions.csv`` and the same table as ``NAME.regions.parquet`` (pyarrow), written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .outputs import atomic_write_bytes
+
+    csv_path, pq_path = folder / f"{name}.regions.csv", folder / f"{name}.regions.parquet"
+    atomic_write_bytes(csv_path, regions_csv(rows))
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    atomic_write_bytes(pq_path, buf.getvalue().to_pybytes())
+    return {"regions": csv_path, "regions_parquet": pq_path}
 
 
 def regions_csv(rows: list[dict]) -> bytes:
@@ -203,29 +255,49 @@ def count_run_regions(run_dir: str | Path, regions_file: str | Path, out: str | 
 
     run, folder = read_run(run_dir)
     regions = read_regions(regions_file)
+    report_repairs(regions, log)
+    size = _check_frame(regions, run, regions_file)
+    nuclei = read_nuclei(run, folder)
+    names = list(run.get("nuclei_by_type") or {})
+    tissue = None
+    if size is not None:  # the slide is at hand: its tissue mask, as detect finds it
+        from .slide import Slide
+        from .tissue import slide_tissue
+
+        with Slide(Path(run["slide"]), mpp=run.get("mpp")) as s:
+            _, ds, mask = slide_tissue(s)
+        tissue = (mask, ds)
+    rows = count_in_regions(regions, nuclei, float(run["mpp"]), names, tissue=tissue, log=log)
+    if out:
+        atomic_write_bytes(Path(out), regions_csv(rows))
+        return Path(out), rows
+    return write_region_tables(folder, run["name"], rows)["regions"], rows
+
+
+def report_repairs(regions: list[Region], log) -> None:
     for r in regions:
         if r.repaired:
             log(f"region '{r.name}': its outline crosses itself; counted in its valid form (shapely.make_valid)")
-    _check_frame(regions, run, regions_file)
-    nuclei = read_nuclei(run, folder)
-    names = list(run.get("nuclei_by_type") or {})
-    rows = count_in_regions(regions, nuclei, float(run["mpp"]), names)
-    path = Path(out) if out else folder / f"{run['name']}.regions.csv"
-    atomic_write_bytes(path, regions_csv(rows))
-    return path, rows
 
 
-def _check_frame(regions: list[Region], run: dict, source) -> None:
-    """Refuse regions that lie wholly outside the slide (another slide's, or another coordinate frame)."""
+def _check_frame(regions: list[Region], run: dict, source):
+    """Refuse regions that lie wholly outside the slide (another slide's, or another coordinate frame); the
+    slide's (width, height), or None when the slide is not where the run found it."""
     slide = Path(run.get("slide", ""))
     if not slide.is_file():
-        return  # the slide moved: counting needs only the nuclei
+        return None  # the slide moved: counting needs only the nuclei
     from .slide import Slide
 
     with Slide(slide, mpp=run.get("mpp")) as s:
         w, h = s.info().dimensions
+    check_regions_frame(regions, (w, h), source)
+    return w, h
+
+
+def check_regions_frame(regions: list[Region], size: tuple[int, int], source) -> None:
     import shapely
 
+    w, h = size
     frame = shapely.box(0, 0, w, h)
     for r in regions:
         if not r.geometry.intersects(frame):

@@ -26,6 +26,7 @@ PROFILE_FIELDS = ["tile", "x", "y", "tissue_fraction", "read_s", "tissue_s", "re
 class RunOptions:
     mpp: float | None = None  # override the slide's µm/px
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in base pixels
+    regions: str | None = None  # a QuPath GeoJSON / DSA annotation file: only tiles touching its regions run
     tile_size: int = 1024
     overlap: int = 64
     min_tissue: float = 0.0  # a tile runs when its core holds more tissue than this (0: any tissue at all)
@@ -65,6 +66,8 @@ class RunOptions:
     feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
 
     def validate(self) -> "RunOptions":
+        if self.regions is not None and self.roi is not None:
+            raise WsinucleiError("--roi and --regions both say where to run: give one")
         """Every option in its range, and only executor/device combinations that work; one clear error each."""
         def integer(name, value, low, high):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
@@ -188,6 +191,7 @@ class RunReport:
     tiles_total: int = 0
     tiles_processed: int = 0
     tiles_skipped_tissue: int = 0
+    tiles_outside_regions: int = 0  # with --regions: tiles whose core touches none of them (not run)
     tiles_resumed: int = 0
     tiles_failed: int = 0
     dropped_off_tissue: int = 0  # detections whose centre lay off the (grown) tissue mask

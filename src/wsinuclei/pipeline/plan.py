@@ -35,6 +35,9 @@ class SlidePlan:
     # thumbnail's mask, so workers need neither the mask nor a second pass
     tissue: dict = field(default_factory=dict)
     lab_stats: dict = field(default_factory=dict)  # the Reinhard source statistics and how they were taken
+    regions: list | None = None  # with --regions: the drawn regions (regions.Region) and their union
+    region_area: object = None
+    outside_regions: int = 0  # tiles not run because their core touches no region
 
     @functools.cached_property
     def tissue_outline(self) -> np.ndarray:
@@ -89,7 +92,20 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         roi = (x, y, w, h)
     else:
         roi = (0, 0, W, H)
-    if opts.roi is None and slide.best_level(model_mpp / mpp) == 0:
+    regions = area = None
+    if opts.regions is not None:  # run the regions' bounding box, and in it only the tiles that touch them
+        import shapely
+
+        from ..regions import check_regions_frame, read_regions, region_union
+
+        regions = read_regions(opts.regions)
+        check_regions_frame(regions, (W, H), opts.regions)
+        area = region_union(regions)
+        x0, y0, x1, y1 = area.intersection(shapely.box(0, 0, W, H)).bounds
+        x0, y0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        roi = (x0, y0, max(1, min(W, int(np.ceil(x1))) - x0), max(1, min(H, int(np.ceil(y1))) - y0))
+        shapely.prepare(area)
+    if opts.roi is None and opts.regions is None and slide.best_level(model_mpp / mpp) == 0:
         # a small slide read at its base level: read it once here (planning and in-process tiles share this
         # handle), not once per colour patch and tile; a large one is left as it is (Slide.HOLD_PIXELS)
         slide.hold_base_level()
@@ -116,12 +132,21 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         raise WsinucleiError(f"{path}: at {mpp:g} µm/px the slide would be cut into {len(grid):,} tiles (at most "
                              f"{MAX_TILES:,}); check --mpp")
     tiles, skipped, tissue = [], [], {}
+    outside = 0
     for t in grid:
+        if area is not None:
+            import shapely
+
+            if not shapely.intersects(area, shapely.box(*grid.clipped_core(t))):
+                outside += 1
+                continue
         t0 = time.perf_counter()
         frac = region_fraction(mask, ds, *grid.clipped_core(t))
         tissue[t.key] = (frac, time.perf_counter() - t0)
         runs = not opts.tissue_mask or (frac > 0 and frac >= opts.min_tissue)
         (tiles if runs else skipped).append(t)
+    if not tiles and area is not None:
+        raise WsinucleiError(f"{path}: no tile inside the regions of {opts.regions} holds tissue")
     if not tiles:
         raise WsinucleiError(f"{path}: no tile holds {'tissue' if not opts.min_tissue else f'at least {opts.min_tissue:.0%} tissue'} "
                              "(see --min-tissue, --no-tissue-mask)")
@@ -130,7 +155,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
                        [float(v) for v in target_mu], [float(v) for v in target_sigma],
                        opts.device, opts.min_score, opts.retries, opts.score_cut,
                        tuple(opts.feature_families) if opts.features else None, backend=opts.backend)
-    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info)
+    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info, regions, area, outside)
 
 
 TISSUE_MARGIN_UM = 20.0  # the tissue mask is grown by this before detections are checked against it

@@ -165,6 +165,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         run_s = _execute(plan, todo, opts, results, parts, on_progress)
         report = RunReport(name=name, tiles_total=len(plan.grid), tiles_processed=len(plan.tiles),
                            tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
+                           tiles_outside_regions=plan.outside_regions,
                            workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
                            slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, read_mpp=plan.ctx.model_mpp,
                            score_cut=opts.score_cut,
@@ -330,6 +331,14 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
         boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
         outlines = None if outlines is None else outlines[keep]
         types = None if types is None else types.take(keep)
+    if plan.region_area is not None:  # as an ROI: the nuclei whose centre lies in (or on) a region
+        import shapely
+
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        keep = shapely.intersects_xy(plan.region_area, cx, cy)
+        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
+        outlines = None if outlines is None else outlines[keep]
+        types = None if types is None else types.take(keep)
     if opts.tissue_mask:  # every tile with tissue runs, so glass beside a strip is seen: drop what lies on it
         keep = on_tissue(boxes, plan.mask, plan.thumb_downsample, plan.ctx.mpp)
         report.dropped_off_tissue = int((~keep).sum())
@@ -370,11 +379,33 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     if opts.features and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
                                                     tile_of, row_of, types, outlines))
+    if plan.regions is not None:
+        report.outputs.update(_write_region_tables(plan, out_dir, name, boxes[at_cut], None if areas is None else
+                                                   areas[at_cut], None if types is None else types.take(at_cut)))
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
     report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
     report.wall_s = round(time.time() - t_start, 3)
     atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
+
+
+def _write_region_tables(plan, out_dir, name, boxes, areas, types) -> dict:
+    """``--regions``: the nuclei at the cut counted in each region and region class, with the tissue area
+    inside each (the run's own tissue mask): ``NAME.regions.csv`` and ``.parquet``."""
+    import sys
+
+    from ..regions import count_in_regions, write_region_tables
+
+    nuclei = {"centres": (boxes[:, :2] + boxes[:, 2:]) / 2}
+    if areas is not None:
+        nuclei["area_um2"] = areas
+    names = ()
+    if types is not None:
+        nuclei["type"] = np.asarray(types.names)[types.index]
+        names = types.names
+    rows = count_in_regions(plan.regions, nuclei, plan.ctx.mpp, names, tissue=(plan.mask, plan.thumb_downsample),
+                            log=lambda m: print(f"{name}: {m}", file=sys.stderr))
+    return {k: str(v) for k, v in write_region_tables(out_dir, name, rows).items()}
 
 
 #: feature columns QuPath shows for each detection (measurement table, histograms), by QuPath-style name
@@ -467,7 +498,9 @@ def format_report(r: RunReport) -> str:
     lines = [
         f"{r.name}: {r.nuclei} nuclei at score >= {r.score_cut:g} ({r.candidates} candidates >= {r.min_score:g}); "
         f"{r.tiles_processed} tissue tiles of {r.tiles_total} "
-        f"({r.tiles_skipped_tissue} skipped as background, {r.tiles_resumed} resumed, {r.tiles_failed} failed)",
+        f"({r.tiles_skipped_tissue} skipped as background, "
+        + (f"{r.tiles_outside_regions} outside the regions, " if r.tiles_outside_regions else "")
+        + f"{r.tiles_resumed} resumed, {r.tiles_failed} failed)",
         f"  wall {r.wall_s:.1f} s, {r.tiles_per_s:.3f} tiles/s, executor: {r.executor}",
         "  stage totals (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in st.items()),
     ]
