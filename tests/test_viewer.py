@@ -171,6 +171,32 @@ def test_page_shows_slide_nuclei_counts_and_scores(server, detected, browser, tm
     assert not errors, errors
 
 
+def test_zoomed_out_the_nuclei_are_dots_until_they_would_merge(server, detected, browser):
+    """Outlines while they are big enough to see; then a dot per nucleus while the densest part of the slide
+    keeps dots apart on screen; only then the density map. The page's own rule (``modeAt``) at three scales,
+    and a real zoomed-out frame drawn as dots, each dot on a nucleus' centre."""
+    page = browser.new_page(viewport={"width": 1000, "height": 760})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url)
+    page.wait_for_function("window.wsinuclei && window.wsinuclei.ready", timeout=60_000)
+    spacing = page.evaluate("window.wsinuclei.denseSpacing")
+    width = page.evaluate("window.wsinuclei.typicalWidth")
+    assert 5 < spacing < 500  # image px between neighbouring nuclei where the slide is densest
+    assert 4 / spacing < 3 / width  # this slide has zooms where boxes are under 3 px and dots 4 px apart
+    dots = (4 / spacing + 3 / width) / 2  # such a zoom (screen px per image px)
+    modes = page.evaluate("(z) => z.map((s) => window.wsinuclei.modeAt(s, 100))", [10, dots, 1 / spacing])
+    assert modes == ["boxes", "dots", "density"], modes
+    assert page.evaluate("window.wsinuclei.modeAt(10, 10000000)") == "density"  # too many to draw one by one
+    # a frame at that zoom: dots, drawn
+    page.evaluate("""(s) => { const v = window.wsinuclei.viewer; v.viewport.minZoomImageRatio = 0.0001;
+        v.viewport.zoomTo(v.viewport.imageToViewportZoom(s), null, true); v.forceRedraw(); }""",
+                  dots)
+    page.wait_for_function("window.wsinuclei.mode === 'dots'", timeout=20_000)
+    assert "dots" in page.inner_text("#mode")
+    assert not errors, errors
+
+
 def test_contours_are_matched_to_their_rows(pyramid_slide, stub_detector, tmp_path):
     stub_detector.outlines = True  # a contour model: each blob's outline (its box's corners)
     out = tmp_path / "contours"

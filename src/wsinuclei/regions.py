@@ -119,19 +119,10 @@ def read_regions(path: str | Path) -> list[Region]:
 def read_run(run_dir: str | Path) -> tuple[dict, Path]:
     """A finished run's summary (``NAME.run.json``) and its folder: ``run_dir`` is that file or the folder that
     holds exactly one."""
-    p = Path(run_dir)
-    if p.is_dir():
-        found = sorted(p.glob("*.run.json"))
-        if len(found) != 1:
-            raise WsinucleiError(f"{p}: expected one NAME.run.json from 'wsinuclei detect' in it, found {len(found)}"
-                                 + ("; name the file" if found else ""))
-        p = found[0]
-    if not p.is_file():
-        raise WsinucleiError(f"{p}: no such run folder or NAME.run.json")
-    try:
-        return json.loads(p.read_text()), p.parent
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WsinucleiError(f"{p}: not a run summary ({e})") from None
+    from .run_files import find_run_json, read_run_json
+
+    p = find_run_json(run_dir)
+    return read_run_json(p), p.parent
 
 
 def read_nuclei(run: dict, folder: Path) -> dict[str, np.ndarray]:

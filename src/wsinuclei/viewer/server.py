@@ -120,27 +120,18 @@ def resolve_source(target: str | Path, results: str | Path | None = None, mpp: f
     target = Path(target)
     if not target.exists():
         raise WsinucleiError(f"{target}: no such file or folder")
+    from ..run_files import find_run_json, read_run_json, run_name
+
     run_json = None
-    if target.is_dir() and target.suffix.lower() != ".mrxs":
-        runs = sorted(target.glob("*.run.json"))
-        if not runs:
-            raise WsinucleiError(f"{target}: no NAME.run.json here; give a slide or a 'wsinuclei detect' output folder")
-        if len(runs) > 1:
-            names = ", ".join(r.name[: -len(".run.json")] for r in runs)
-            raise WsinucleiError(f"{target}: holds {len(runs)} runs ({names}); name one: {runs[0]}")
-        run_json = runs[0]
-    elif target.name.endswith(".run.json"):
-        run_json = target
+    if (target.is_dir() and target.suffix.lower() != ".mrxs") or target.name.endswith(".run.json"):
+        run_json = find_run_json(target)  # an output folder (not an MRXS slide's folder) or a summary
     if run_json is None:
         slide = target
         if results is not None:
             return _with_results(resolve_source(results, mpp=mpp), slide)
         return ViewerSource(slide=slide, name=slide.stem, mpp=mpp)
-    try:
-        run = json.loads(run_json.read_text())
-    except (OSError, ValueError) as exc:
-        raise WsinucleiError(f"{run_json}: unreadable run summary ({exc})") from None
-    name = run_json.name[: -len(".run.json")]
+    run = read_run_json(run_json)
+    name = run_name(run_json)
     if not run.get("slide"):
         raise WsinucleiError(f"{run_json}: does not name its slide (made by an older wsinuclei); "
                              f"run: wsinuclei view SLIDE --results {run_json.parent}")

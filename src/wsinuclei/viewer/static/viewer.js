@@ -1,7 +1,8 @@
 // wsinuclei viewer: OpenSeadragon shows the slide; one canvas above it shows the nuclei.
 // A whole slide holds hundreds of thousands of nuclei, so nothing here is one DOM element per nucleus: the
 // nuclei are one Float32Array, bucketed into a grid of cells, and each frame draws only the cells in view,
-// as box outlines when they are big enough to see and few enough to draw, else as a density map.
+// as outlines when they are big enough to see and few enough to draw, as dots while dots would not merge on
+// screen, and only then as a density map.
 "use strict";
 
 (async function () {
@@ -9,8 +10,11 @@
   const PICK_COLOUR = "#ffd400";
   const CELL = 512;           // image px per bucket of the spatial index
   const DENSITY_CELL = 64;    // image px per density-map cell
-  const MAX_BOXES = 40000;    // more boxes than this in view: draw the density map instead
-  const MIN_BOX_PX = 3;       // boxes smaller than this on screen: density map
+  const MAX_BOXES = 40000;    // more boxes than this in view: dots
+  const MIN_BOX_PX = 3;       // boxes smaller than this on screen: dots
+  const MAX_DOTS = 150000;    // more dots than this in view: density map
+  const MIN_DOT_SPACING_PX = 4;  // nuclei closer than this on screen where the slide is densest: density map
+  const DOT_PX = 2;           // a dot's side on screen
 
   const state = { ready: false, frames: 0, lastFrameMs: 0, mode: "", inView: 0, total: 0, cut: 0.5 };
   window.wsinuclei = state;
@@ -63,6 +67,7 @@
   const widths = new Float32Array(n);
   for (let i = 0; i < n; i++) widths[i] = data[i * ncol + 2] - data[i * ncol];
   const typicalWidth = n ? widths.slice().sort()[Math.floor(n / 2)] : 0;
+  state.typicalWidth = typicalWidth;
 
   // -- density map at the current cut, drawn once per cut into a small canvas -----------------------------
   const dw = Math.max(1, Math.ceil(info.width / DENSITY_CELL)), dh = Math.max(1, Math.ceil(info.height / DENSITY_CELL));
@@ -92,6 +97,11 @@
       img.data[4 * k + 3] = Math.round(40 + 120 * t);
     }
     density.getContext("2d").putImageData(img, 0, 0);
+    // how close nuclei come where the slide is densest (the 95th percentile of the occupied cells' counts):
+    // at a zoom where that spacing falls under MIN_DOT_SPACING_PX on screen, dots would merge
+    const occupied = Array.from(counts.filter((c) => c > 0)).sort((a, b) => a - b);
+    const dense = occupied.length ? occupied[Math.min(occupied.length - 1, Math.floor(0.95 * occupied.length))] : 0;
+    state.denseSpacing = dense ? DENSITY_CELL / Math.sqrt(dense) : Infinity;  // image px between nuclei
     state.total = total;
     state.perType = perType;
     $("count-total").textContent = total.toLocaleString("en-US");
@@ -166,12 +176,27 @@
           const mx = (data[o] + data[o + 2]) / 2, my = (data[o + 1] + data[o + 3]) / 2;
           if (mx < x0 || mx >= x1 || my < y0 || my >= y1) continue;
           inView++;
-          if (visible.length <= MAX_BOXES) visible.push(i);
+          if (visible.length <= MAX_DOTS) visible.push(i);
         }
       }
     }
-    const boxes = inView <= MAX_BOXES && typicalWidth * sx >= MIN_BOX_PX;
-    if (boxes) {
+    const mode = modeAt(sx, inView);
+    const boxes = mode === "boxes";
+    if (mode === "dots") {
+      // one path per colour of small squares at the nuclei's centres
+      const groups = typeCol >= 0 ? types.map(() => []) : [visible];
+      if (typeCol >= 0) for (const i of visible) groups[data[i * ncol + typeCol]].push(i);
+      const h = DOT_PX / 2;
+      groups.forEach((group, g) => {
+        ctx.beginPath();
+        for (const i of group) {
+          const o = i * ncol;
+          ctx.rect((data[o] + data[o + 2]) / 2 * sx + ox - h, (data[o + 1] + data[o + 3]) / 2 * sy + oy - h, DOT_PX, DOT_PX);
+        }
+        ctx.fillStyle = typeCol >= 0 ? types[g].colour : BOX_COLOUR;
+        ctx.fill();
+      });
+    } else if (boxes) {
       ctx.lineWidth = 1.5;
       // one path per colour: every nucleus in the box colour, or each type's in its own
       const groups = typeCol >= 0 ? types.map(() => []) : [visible];
@@ -204,12 +229,21 @@
     }
     drawScaleBar(sx, ch);
     state.inView = inView;
-    state.mode = boxes ? "boxes" : "density";
+    state.mode = mode;
     $("count-view").textContent = inView.toLocaleString("en-US");
-    $("mode").textContent = boxes ? "" : "density map (zoom in for outlines)";
+    $("mode").textContent = mode === "boxes" ? "" : mode === "dots" ? "dots (zoom in for outlines)" :
+      "density map (zoom in for dots)";
     state.frames++;
     state.lastFrameMs = performance.now() - t0;
   }
+
+  // what a frame at ``sx`` screen px per image px, with ``inView`` nuclei in view, draws
+  function modeAt(sx, inView) {
+    if (inView <= MAX_BOXES && typicalWidth * sx >= MIN_BOX_PX) return "boxes";
+    if (inView <= MAX_DOTS && state.denseSpacing * sx >= MIN_DOT_SPACING_PX) return "dots";
+    return "density";
+  }
+  state.modeAt = modeAt;
 
   function drawScaleBar(sx, ch) {
     if (!info.mpp) return;
