@@ -84,3 +84,16 @@ def test_the_checker_finds_commands_and_what_is_wrong_with_them():
     assert sorted(_problems(bad)) == sorted(["wsinuclei detect has no --no-such-flag: wsinuclei detect s.svs --out o "
                                              "--no-such-flag", "unknown subcommand: wsinuclei frobnicate x",
                                              "no scripts/no_such_script.py", "no make target no-such-target"])
+
+
+@pytest.mark.parametrize("doc", DOCS + [ROOT / "CHANGELOG.md", ROOT / "docs" / "history" / "measurements.md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_files_that_exist(doc):
+    missing = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address or an anchor in the same file
+        path = target.split("#", 1)[0]
+        if path and not (doc.parent / path).exists():
+            missing.append(target)
+    assert not missing, missing
