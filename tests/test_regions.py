@@ -218,7 +218,7 @@ def test_detect_runs_only_the_regions_and_counts_them(stub_detector, pyramid_sli
     assert int(rows[0]["nuclei"]) == in_a.sum() and int(rows[1]["nuclei"]) == len(b_in) - in_a.sum()
     for r in rows:
         assert 0 < float(r["tissue_mm2"]) <= float(r["area_mm2"]) * 1.05  # mask pixels whose centre is inside
-        assert float(r["nuclei_per_tissue_mm2"]) == pytest.approx(int(r["nuclei"]) / float(r["tissue_mm2"]), rel=1e-4)
+        assert float(r["nuclei_per_mm2_tissue"]) == pytest.approx(int(r["nuclei"]) / float(r["tissue_mm2"]), rel=1e-4)
     table = pq.read_table(inside / "synthetic.regions.parquet").to_pylist()
     assert [t["nuclei"] for t in table] == [int(r["nuclei"]) for r in rows]
     # counting the finished run again gives the same table

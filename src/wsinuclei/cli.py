@@ -372,10 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("regions", help="count a finished run's nuclei inside drawn regions (QuPath or DSA polygons)",
                         description="Count the nuclei of a finished 'wsinuclei detect' run inside the polygons of a "
                         "QuPath GeoJSON export or a Digital Slide Archive annotation (base-level pixels): one row per "
-                        "region and one per region class, written to NAME.regions.csv. No second detection.")
+                        "region and one per region class, written to NAME.regions.csv and NAME.regions.parquet (the columns the "
+                        "cohort table uses). No second detection.")
     sp.add_argument("run", help="the run's output folder, or its NAME.run.json")
     sp.add_argument("--regions", required=True, help="QuPath GeoJSON (annotations) or DSA annotation JSON")
-    sp.add_argument("--out", default=None, help="where to write the table (default RUN/NAME.regions.csv)")
+    sp.add_argument("--out", default=None, help="write only this CSV instead (default RUN/NAME.regions.csv and "
+                    ".parquet)")
     sp.set_defaults(func=_cmd_regions)
 
     sp = sub.add_parser("cohort", help="one table over many finished runs (a row per slide, and per region)",

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from .errors import WsinucleiError
-from .regions import read_run
+from .run_files import read_run
 
 SLIDE_COLUMNS = ("level", "slide", "name", "region", "class", "model", "model_sha1", "wsinuclei", "mpp",
                  "score_cut", "tiles_processed", "tiles_failed", "nuclei", "tissue_mm2", "nuclei_per_mm2_tissue",

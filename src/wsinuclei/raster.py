@@ -1,9 +1,8 @@
 """Polygons painted into a label image, all at once: the pixels ``skimage.draw.polygon`` gives for each polygon,
 without its per-polygon call.
 
-A tile holds a few thousand nuclei; ``skimage.draw.polygon`` tests every pixel of each polygon's box in
-compiled code, but the Python call, its array conversions and the fancy-index painting cost ~0.1 ms a nucleus,
-the largest per-nucleus step of the feature pass after Canny. Here every polygon's edges are crossed with every
+A tile holds hundreds of nuclei; ``skimage.draw.polygon`` tests every pixel of each polygon's box in compiled
+code, but the Python call, its array conversions and the fancy-index painting cost ~0.1 ms a nucleus. Here every polygon's edges are crossed with every
 pixel row they span in one set of array operations, following scikit-image's ``point_in_polygon`` (O'Rourke's
 ray crossing): a pixel is painted when it is a vertex (within 1e-12), or when its count of crossings to the
 right (edges with one end above the row and the other at or below it, crossing right of the pixel) or to the

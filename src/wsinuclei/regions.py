@@ -116,15 +116,6 @@ def read_regions(path: str | Path) -> list[Region]:
     return regions
 
 
-def read_run(run_dir: str | Path) -> tuple[dict, Path]:
-    """A finished run's summary (``NAME.run.json``) and its folder: ``run_dir`` is that file or the folder that
-    holds exactly one."""
-    from .run_files import find_run_json, read_run_json
-
-    p = find_run_json(run_dir)
-    return read_run_json(p), p.parent
-
-
 def read_nuclei(run: dict, folder: Path) -> dict[str, np.ndarray]:
     """The run's nuclei at its score cut, from its CSV: centres (N, 2), and ``area_um2`` and ``type`` where the
     CSV has them."""
@@ -196,7 +187,7 @@ def count_in_regions(regions: list[Region], nuclei: dict, mpp: float, type_names
         if tissue_mm2 is not None:
             tis = float(tissue_mm2[k])
             row["tissue_mm2"] = tis
-            row["nuclei_per_tissue_mm2"] = len(inside) / tis if tis else np.nan
+            row["nuclei_per_mm2_tissue"] = len(inside) / tis if tis else np.nan
             if not tis and level == "region":
                 log(f"region '{name}' holds no tissue: its densities per mm² of tissue are left empty")
         if "type" in nuclei:
@@ -207,7 +198,7 @@ def count_in_regions(regions: list[Region], nuclei: dict, mpp: float, type_names
                 row[f"fraction_{t}"] = c / len(inside) if len(inside) else np.nan
                 row[f"{t}_per_mm2"] = c / area_mm2 if area_mm2 else np.nan
                 if tis is not None:
-                    row[f"{t}_per_tissue_mm2"] = c / tis if tis else np.nan
+                    row[f"{t}_per_mm2_tissue"] = c / tis if tis else np.nan
         if "area_um2" in nuclei:
             row["median_area_um2"] = float(np.median(nuclei["area_um2"][inside])) if len(inside) else np.nan
         rows.append(row)
@@ -244,20 +235,23 @@ def count_run_regions(run_dir: str | Path, regions_file: str | Path, out: str | 
     ``NAME.regions.csv`` into the run's folder (or ``out``) and returns its path and rows."""
     from .outputs import atomic_write_bytes
 
+    from .run_files import read_run
+
     run, folder = read_run(run_dir)
     regions = read_regions(regions_file)
     report_repairs(regions, log)
-    size = _check_frame(regions, run, regions_file)
-    nuclei = read_nuclei(run, folder)
-    names = list(run.get("nuclei_by_type") or {})
     tissue = None
-    if size is not None:  # the slide is at hand: its tissue mask, as detect finds it
+    slide = Path(run.get("slide", ""))
+    if slide.is_file():  # the slide is at hand: regions checked against its frame, its tissue mask as detect finds it
         from .slide import Slide
         from .tissue import slide_tissue
 
-        with Slide(Path(run["slide"]), mpp=run.get("mpp")) as s:
+        with Slide(slide, mpp=run.get("mpp")) as s:
+            check_regions_frame(regions, s.info().dimensions, regions_file)
             _, ds, mask = slide_tissue(s)
         tissue = (mask, ds)
+    nuclei = read_nuclei(run, folder)
+    names = list(run.get("nuclei_by_type") or {})
     rows = count_in_regions(regions, nuclei, float(run["mpp"]), names, tissue=tissue, log=log)
     if out:
         atomic_write_bytes(Path(out), regions_csv(rows))
@@ -271,21 +265,8 @@ def report_repairs(regions: list[Region], log) -> None:
             log(f"region '{r.name}': its outline crosses itself; counted in its valid form (shapely.make_valid)")
 
 
-def _check_frame(regions: list[Region], run: dict, source):
-    """Refuse regions that lie wholly outside the slide (another slide's, or another coordinate frame); the
-    slide's (width, height), or None when the slide is not where the run found it."""
-    slide = Path(run.get("slide", ""))
-    if not slide.is_file():
-        return None  # the slide moved: counting needs only the nuclei
-    from .slide import Slide
-
-    with Slide(slide, mpp=run.get("mpp")) as s:
-        w, h = s.info().dimensions
-    check_regions_frame(regions, (w, h), source)
-    return w, h
-
-
 def check_regions_frame(regions: list[Region], size: tuple[int, int], source) -> None:
+    """Refuse regions that lie wholly outside a slide of ``size`` (another slide's, or another frame)."""
     import shapely
 
     w, h = size

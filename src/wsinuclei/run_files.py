@@ -40,6 +40,12 @@ def read_run_json(path: str | Path) -> dict:
     return run
 
 
+def read_run(target: str | Path) -> tuple[dict, Path]:
+    """A finished run's summary and its folder: ``target`` is the NAME.run.json or the folder holding one."""
+    p = find_run_json(target)
+    return read_run_json(p), p.parent
+
+
 def run_name(path: str | Path) -> str:
     """NAME of NAME.run.json."""
     return Path(path).name[: -len(SUFFIX)]

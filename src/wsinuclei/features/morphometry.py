@@ -3,8 +3,8 @@ HistomicsTK takes), from per-pixel sums over the whole label image instead of on
 
 ``regionprops`` costs about 2 ms a nucleus in Python overhead (a property object, a crop, a dozen small
 ``einsum`` calls); a tile holds hundreds of nuclei. Here moments, perimeter, axes and Hu moments come from
-``np.bincount`` over all pixels together; only the convex hull and the box-counting dimension loop over regions,
-on small crops. ``tests/test_features.py`` holds these to HistomicsTK's own values (rtol 1e-9) and
+``np.bincount`` over all pixels together, and so do the convex hulls (``convex_areas``) and the box-counting
+dimensions (``fractal_dimensions``), with no loop over regions. ``tests/test_features.py`` holds these to HistomicsTK's own values (rtol 1e-9) and
 ``tests/test_morphometry.py`` to ``regionprops`` on shapes chosen to hit the edge cases.
 """
 
@@ -218,7 +218,7 @@ def _chain_columns(group, y, x, n: int, span: int, left: bool) -> np.ndarray:
 def convex_areas(labels: np.ndarray, reg: Regions) -> np.ndarray:
     """Pixels of each region's convex hull image, as ``skimage.morphology.convex_hull_image`` (hull of the pixel
     edges' midpoints, then every pixel centre inside or on it), for all regions at once without a loop over
-    them. Per region, Qhull plus a point-in-polygon grid cost ~0.1 ms a nucleus, a fifth of the feature pass.
+    them (one Qhull call and one point-in-polygon grid per region cost ~0.1 ms a nucleus).
 
     The hull's left side is the convex envelope of the leftmost midpoint at each half-pixel height (the left
     edge of each row's first pixel; between two rows the nearer of their first pixels' bottom and top edges),
@@ -257,12 +257,13 @@ def _points(where: np.ndarray, values: np.ndarray):
 
 
 def fractal_dimensions(reg: Regions) -> np.ndarray:
-    """HistomicsTK's box-counting dimension of every region's mask (its box crop), as ``fractal_dimension`` gives
-    it region by region: the blocks of side 2^j (j from the largest power of two in the box's shorter side down
-    to 2, anchored at the box's corner) that the region covers partly, counted for every region at once from its
-    pixels; the slope of log(count) against log(side) in closed form. Where that fit is not a plain line fit
-    (one size, or a size with no partly covered block: log 0), the region goes through ``fractal_dimension``'s
-    own ``np.polyfit``, so those cases keep its exact value."""
+    """HistomicsTK's box-counting dimension of every region's mask (its box crop), as HistomicsTK computes it
+    region by region (that form is ``fractal_dimension`` in ``tests/test_morphometry.py``): the blocks of side
+    2^j (j from the largest power of two in the box's shorter side down to 2, anchored at the box's corner)
+    that the region covers partly, counted for every region at once from its pixels; the slope of log(count)
+    against log(side) in closed form. Where that fit is not a plain line fit (one size, or a size with no
+    partly covered block: log 0), the region goes through HistomicsTK's own ``np.polyfit``
+    (``_fractal_from_counts``), so those cases keep its exact value."""
     out = np.full(reg.n, -0.0)
     if not reg.n:
         return out
@@ -303,7 +304,8 @@ def fractal_dimensions(reg: Regions) -> np.ndarray:
 
 
 def _fractal_from_counts(sizes: np.ndarray, counts: np.ndarray) -> float:
-    """``fractal_dimension``'s fit, on counts already made."""
+    """HistomicsTK's fit of the box-counting dimension (``np.polyfit`` of log count on log size), on counts
+    already made."""
     import warnings
 
     with warnings.catch_warnings():
@@ -312,21 +314,6 @@ def _fractal_from_counts(sizes: np.ndarray, counts: np.ndarray) -> float:
             return float(-np.polyfit(np.log(sizes), np.log(counts), 1)[0])
         except (TypeError, ValueError, np.linalg.LinAlgError):
             return -0.0
-
-
-def fractal_dimension(image: np.ndarray) -> float:
-    """HistomicsTK's box-counting dimension of a region's mask (its box crop)."""
-    z = image > 0
-    p = min(z.shape)
-    n = int(np.log(2 ** np.floor(np.log(p) / np.log(2))) / np.log(2))
-    sizes = 2 ** np.arange(n, 1, -1)
-    counts = []
-    for k in sizes:
-        s = np.add.reduceat(np.add.reduceat(z, np.arange(0, z.shape[0], k), axis=0), np.arange(0, z.shape[1], k), axis=1)
-        counts.append(len(np.where((s > 0) & (s < k * k))[0]))
-    if not len(counts):
-        return -0.0
-    return _fractal_from_counts(sizes, np.array(counts))
 
 
 def centroids(reg: Regions, intensity: np.ndarray) -> tuple:

@@ -92,12 +92,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
 
 def post_processing_threads(features) -> int:
     """Threads that post-process in-process batches: one per usable core when features are measured, else one."""
-    if not features:
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # no affinity call (macOS, Windows)
-        return max(1, os.cpu_count() or 1)
+    return max(1, os.cpu_count() or 1) if features else 1
 
 
 def in_process_batch(opts: RunOptions, det) -> int:

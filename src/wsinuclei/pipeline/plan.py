@@ -35,8 +35,8 @@ class SlidePlan:
     # thumbnail's mask, so workers need neither the mask nor a second pass
     tissue: dict = field(default_factory=dict)
     lab_stats: dict = field(default_factory=dict)  # the Reinhard source statistics and how they were taken
-    regions: list | None = None  # with --regions: the drawn regions (regions.Region) and their union
-    region_area: object = None
+    regions: list | None = None  # with --regions: the drawn regions (regions.Region)
+    region_area: object = None  # and their union, made once when planning (prepared for many tests)
     outside_regions: int = 0  # tiles not run because their core touches no region
 
     @functools.cached_property
@@ -131,15 +131,15 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
     if len(grid) > MAX_TILES:
         raise WsinucleiError(f"{path}: at {mpp:g} µm/px the slide would be cut into {len(grid):,} tiles (at most "
                              f"{MAX_TILES:,}); check --mpp")
+    touching = None
+    if area is not None:  # one vectorised test of every tile core against the regions
+        touching = shapely.intersects(area, shapely.box(*np.array([grid.clipped_core(t) for t in grid]).T))
     tiles, skipped, tissue = [], [], {}
     outside = 0
-    for t in grid:
-        if area is not None:
-            import shapely
-
-            if not shapely.intersects(area, shapely.box(*grid.clipped_core(t))):
-                outside += 1
-                continue
+    for k, t in enumerate(grid):
+        if touching is not None and not touching[k]:
+            outside += 1
+            continue
         t0 = time.perf_counter()
         frac = region_fraction(mask, ds, *grid.clipped_core(t))
         tissue[t.key] = (frac, time.perf_counter() - t0)

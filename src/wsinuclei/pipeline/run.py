@@ -130,6 +130,10 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         loading = _BACKGROUND.submit(worker.in_process_detector, model_path, opts.device, opts.backend)
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
                       mpp_range=loaded.config.mpp_range)
+    if plan.regions is not None:
+        from ..regions import report_repairs
+
+        report_repairs(plan.regions, lambda m: log(f"{name}: {m}"))
     batch = opts.batch_size
     if loading is not None:
         try:
@@ -324,27 +328,25 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     boxes, scores, outlines, tile_of, row_of = merge_seams(plan.grid, results, with_tiles=True)
     merge_s = time.perf_counter() - t_merge
     types = gather_types(results, tile_of, row_of, type_names)
-    x, y, w, h = plan.roi
-    if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        keep = (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
+
+    def take(keep):  # keep these nuclei in every per-nucleus array
+        nonlocal boxes, scores, tile_of, row_of, outlines, types
         boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
         outlines = None if outlines is None else outlines[keep]
         types = None if types is None else types.take(keep)
-    if plan.region_area is not None:  # as an ROI: the nuclei whose centre lies in (or on) a region
+
+    x, y, w, h = plan.roi
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    if opts.roi is not None:  # detections are owned by cores; keep those whose centre is in the ROI
+        take((cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h))
+    elif plan.region_area is not None:  # as an ROI: the nuclei whose centre lies in (or on) a region
         import shapely
 
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        keep = shapely.intersects_xy(plan.region_area, cx, cy)
-        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
-        outlines = None if outlines is None else outlines[keep]
-        types = None if types is None else types.take(keep)
+        take(shapely.intersects_xy(plan.region_area, cx, cy))
     if opts.tissue_mask:  # every tile with tissue runs, so glass beside a strip is seen: drop what lies on it
         keep = on_tissue(boxes, plan.mask, plan.thumb_downsample, plan.ctx.mpp)
         report.dropped_off_tissue = int((~keep).sum())
-        boxes, scores, tile_of, row_of = boxes[keep], scores[keep], tile_of[keep], row_of[keep]
-        outlines = None if outlines is None else outlines[keep]
-        types = None if types is None else types.take(keep)
+        take(keep)
     areas = None
     if outlines is not None:
         from ..contours import polygon_areas

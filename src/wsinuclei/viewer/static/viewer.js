@@ -182,10 +182,10 @@
     }
     const mode = modeAt(sx, inView);
     const boxes = mode === "boxes";
-    if (mode === "dots") {
-      // one path per colour of small squares at the nuclei's centres
-      const groups = typeCol >= 0 ? types.map(() => []) : [visible];
-      if (typeCol >= 0) for (const i of visible) groups[data[i * ncol + typeCol]].push(i);
+    // one path per colour: every nucleus in the box colour, or each type's in its own
+    const groups = typeCol >= 0 ? types.map(() => []) : [visible];
+    if (typeCol >= 0) for (const i of visible) groups[data[i * ncol + typeCol]].push(i);
+    if (mode === "dots") {  // small squares at the nuclei's centres
       const h = DOT_PX / 2;
       groups.forEach((group, g) => {
         ctx.beginPath();
@@ -198,9 +198,6 @@
       });
     } else if (boxes) {
       ctx.lineWidth = 1.5;
-      // one path per colour: every nucleus in the box colour, or each type's in its own
-      const groups = typeCol >= 0 ? types.map(() => []) : [visible];
-      if (typeCol >= 0) for (const i of visible) groups[data[i * ncol + typeCol]].push(i);
       groups.forEach((group, g) => {
         ctx.beginPath();
         for (const i of group) {
