@@ -127,6 +127,11 @@ class StubDetector:
             out.append((b, s, o, probs))
         return out
 
+    embeddings = False
+
+    def predict_full(self, tiles):
+        return [(*r, None) for r in self.predict_typed(tiles)]
+
     def predict_instances(self, tiles):
         from scipy import ndimage
 
@@ -146,7 +151,8 @@ def stub_detector(monkeypatch, random_model):
     from wsinuclei.pipeline import worker
 
     stub = StubDetector(random_model)
-    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None, streams=1: stub)  # every caller looks it up there
+    monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None, streams=1,
+                        embeddings=False: stub)  # every caller looks it up there
     monkeypatch.setattr(worker, "_model_settings", lambda path: stub.loaded)  # what the slide is planned with
     return stub
 

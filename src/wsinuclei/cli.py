@@ -55,6 +55,7 @@ def _run_options(args):
                       device=args.device, backend=args.backend,
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
+                      embeddings=getattr(args, "embeddings", False),
                       feature_families=tuple(f.strip() for f in args.feature_families.split(",") if f.strip()),
                       cluster=args.cluster, jobs=args.jobs, slurm_queue=args.queue, slurm_account=args.account,
                       slurm_cores=args.cores, slurm_memory=args.memory, slurm_walltime=args.walltime,
@@ -354,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--feature-families", default="morphometry,fsd,intensity,gradient",
                     help="with --features: which families (default: morphometry,fsd,intensity,gradient; add haralick "
                     "for texture, the costly one)")
+    sp.add_argument("--embeddings", action="store_true", help="a learned vector per nucleus (64 float16 values: "
+                    "the star head's features averaged over the nucleus' outline) as the 'embedding' column of "
+                    "NAME.nuclei.parquet, and each tile's mean in NAME.bag.parquet (the two tables are written with "
+                    "or without --features)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_detect)
 

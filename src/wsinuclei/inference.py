@@ -57,7 +57,14 @@ class Detector:
 
     def predict_typed(self, tiles: list[np.ndarray]) -> list[tuple]:
         """(boxes, scores, outlines, type probabilities (N, types) or None) per tile."""
-        return [(b, s, o, None) for b, s, o in self.predict_instances(tiles)]
+        return [r[:4] for r in self.predict_full(tiles)]
+
+    #: whether :meth:`predict_full` gives each nucleus' embedding (a star model loaded with ``embeddings``)
+    embeddings = False
+
+    def predict_full(self, tiles: list[np.ndarray]) -> list[tuple]:
+        """(boxes, scores, outlines, type probabilities or None, embeddings (N, C) float32 or None) per tile."""
+        return [(b, s, o, None, None) for b, s, o in self.predict_instances(tiles)]
 
     def set_read_mpp(self, read_mpp: float | None) -> None:
         """Size the budgets for tiles read at ``read_mpp``. The preset's budgets are for a tile at the model's
@@ -87,30 +94,35 @@ class Detector:
         from a mask head's masks, or drawn by a star head), None for a box model."""
         raise NotImplementedError
 
-    def _finish(self, boxes, raw_scores, outlines=None, masks=None, type_probs=None):
-        """Calibrate, filter, and trace a mask head's masks into outlines: (boxes, scores, outlines, type_probs)."""
+    def _finish(self, boxes, raw_scores, outlines=None, masks=None, type_probs=None, embeddings=None):
+        """Calibrate, filter, and trace a mask head's masks into outlines: (boxes, scores, outlines, type_probs,
+        embeddings)."""
         from .contours import polar_outlines
 
         boxes = np.asarray(boxes, np.float64)
         scores = self.loaded.calibrate(np.asarray(raw_scores, np.float32))
         outlines = None if outlines is None else np.asarray(outlines, np.float64)
         type_probs = None if type_probs is None else np.asarray(type_probs, np.float32)
+        embeddings = None if embeddings is None else np.asarray(embeddings, np.float32)
         if self.filter.active:
             keep = self.filter.keep(boxes, scores, self.loaded.mpp)
             boxes, scores = boxes[keep], scores[keep]
             masks = None if masks is None else masks[keep]
             outlines = None if outlines is None else outlines[keep]
             type_probs = None if type_probs is None else type_probs[keep]
+            embeddings = None if embeddings is None else embeddings[keep]
         if masks is not None:
             outlines = polar_outlines(masks, boxes)
-        return boxes, scores, outlines, type_probs
+        return boxes, scores, outlines, type_probs, embeddings
 
 
 class NucleusDetector(Detector):
     """A model in torch, on its device; the trunk (a star model's whole network) on OpenVINO when it is
-    installed and agrees with torch (models/backends.py)."""
+    installed and agrees with torch (models/backends.py). ``embeddings``: a star model also gives each nucleus'
+    embedding (:meth:`predict_full`)."""
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None):
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None,
+                 embeddings: bool = False):
         import torch
 
         from .models.backends import use_backend
@@ -118,13 +130,16 @@ class NucleusDetector(Detector):
         super().__init__(loaded)
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
-        self.backend = use_backend(self.model, backend, str(self.device), loaded.digest)
+        self.embeddings = bool(embeddings) and loaded.config.is_star
+        self.backend = use_backend(self.model, backend, str(self.device), loaded.digest, features=self.embeddings)
+        if self.embeddings and self.backend == "torch":
+            self.model.backbone.emit_features = True
         self.set_read_mpp(read_mpp)
 
     @classmethod
     def from_file(cls, path=None, device: str = "cpu", backend: str = "auto",
-                  read_mpp: float | None = None) -> "NucleusDetector":
-        return cls(load_model(path, device="cpu"), device, backend, read_mpp)
+                  read_mpp: float | None = None, embeddings: bool = False) -> "NucleusDetector":
+        return cls(load_model(path, device="cpu"), device, backend, read_mpp, embeddings)
 
     def _get_budgets(self):
         if self.loaded.config.is_star:  # a dense head has no proposals: only the cap on detections scales
@@ -144,9 +159,9 @@ class NucleusDetector(Detector):
         self.model.roi_heads.detections_per_img = det
 
     def predict_instances(self, tiles):
-        return [r[:3] for r in self.predict_typed(tiles)]
+        return [r[:3] for r in self.predict_full(tiles)]
 
-    def predict_typed(self, tiles):
+    def predict_full(self, tiles):
         import torch
 
         if not tiles:
@@ -161,7 +176,8 @@ class NucleusDetector(Detector):
                 o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy(),
                 outlines=o["outlines"].float().cpu().numpy() if "outlines" in o else None,
                 masks=o["masks"].float().cpu().numpy() if "masks" in o else None,
-                type_probs=o["type_probs"].float().cpu().numpy() if "type_probs" in o else None))
+                type_probs=o["type_probs"].float().cpu().numpy() if "type_probs" in o else None,
+                embeddings=o["embeddings"].float().cpu().numpy() if "embeddings" in o else None))
         return out
 
 
@@ -172,11 +188,12 @@ class OpenVinoStarDetector(Detector):
     backend = "openvino"
 
     def __init__(self, loaded: LoadedModel, network: Path | tuple[bytes, bytes], read_mpp: float | None = None,
-                 threads: int | None = None, streams: int = 1):
+                 threads: int | None = None, streams: int = 1, embeddings: bool = False):
         from .models.openvino_star import OpenVinoStarNet
 
         super().__init__(loaded)
-        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads, streams)
+        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads, streams, embeddings)
+        self.embeddings = self.net.embeddings
         self.tiles_at_once = self.net.streams
         self.set_read_mpp(read_mpp)
 
@@ -205,14 +222,14 @@ class OpenVinoStarDetector(Detector):
         self.net.decoding.max_detections = int(round(budgets[0] * density))
 
     def predict_instances(self, tiles):
-        return [r[:3] for r in self.predict_typed(tiles)]
+        return [r[:3] for r in self.predict_full(tiles)]
 
-    def predict_typed(self, tiles):
-        return [self._finish(b, s, outlines=o, type_probs=t) for b, s, o, t in self.net(tiles)]
+    def predict_full(self, tiles):
+        return [self._finish(b, s, outlines=o, type_probs=t, embeddings=e) for b, s, o, t, e in self.net(tiles)]
 
 
 def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None,
-                  streams: int = 1) -> Detector:
+                  streams: int = 1, embeddings: bool = False) -> Detector:
     """The detector for a model file, by ``backend`` (:data:`BACKENDS`):
 
     - ``auto``: a star model on the CPU runs its INT8 network on OpenVINO where the file carries one
@@ -223,34 +240,41 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
       it) or a clear error; ``torch``: torch.
 
     ``streams``: for an OpenVINO network, how many tiles of one call run at once (``OpenVinoStarNet``).
+    ``embeddings``: a star model gives each nucleus' embedding too (``Detector.predict_full``); the other
+    outputs are the same as without (a clear error for a model of another kind).
     """
     from .errors import WsinucleiError
 
     if backend not in BACKENDS:
         raise WsinucleiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    loaded, data = read_model_file(path)
+    if embeddings and not loaded.config.is_star:
+        raise WsinucleiError(f"--embeddings: {loaded.path} is not a star model (embeddings are the star head's "
+                             "features pooled over each nucleus)")
     if device != "cpu" or backend == "torch":
         if backend.startswith("openvino") and device != "cpu":
             raise WsinucleiError(f"--backend {backend} runs on the CPU; with --device {device} leave it at auto or torch")
-        return NucleusDetector.from_file(path, device, backend, read_mpp)
-    loaded, data = read_model_file(path)
+        return NucleusDetector(with_network(loaded, data), device, backend, read_mpp, embeddings)
     if loaded.config.is_star:
         if backend in ("auto", "openvino-int8"):
-            det = _int8_detector(loaded, read_mpp, insist=backend == "openvino-int8", streams=streams)
+            det = _int8_detector(loaded, read_mpp, insist=backend == "openvino-int8", streams=streams,
+                                 embeddings=embeddings)
             if det is not None:
                 return det
         xml = _checked_conversion(loaded.digest)
         if xml is not None:
-            return OpenVinoStarDetector(loaded, xml, read_mpp, streams=streams)
+            return OpenVinoStarDetector(loaded, xml, read_mpp, streams=streams, embeddings=embeddings)
     elif backend == "openvino-int8":
         raise WsinucleiError(f"--backend openvino-int8: {loaded.path} is not a star model; use auto or openvino")
-    return NucleusDetector(with_network(loaded, data), device, backend, read_mpp)  # the file read once
+    return NucleusDetector(with_network(loaded, data), device, backend, read_mpp, embeddings)  # the file read once
 
 
 #: what runs a model (``--backend``)
 BACKENDS = ("auto", "torch", "openvino", "openvino-int8")
 
 
-def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool, streams: int = 1) -> Detector | None:
+def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool, streams: int = 1,
+                   embeddings: bool = False) -> Detector | None:
     import logging
 
     from .errors import WsinucleiError
@@ -269,7 +293,7 @@ def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool, st
     except ImportError:
         return give_up("OpenVINO is not installed (pip install openvino)")
     try:
-        det = OpenVinoStarDetector(loaded, loaded.int8, read_mpp, streams=streams)
+        det = OpenVinoStarDetector(loaded, loaded.int8, read_mpp, streams=streams, embeddings=embeddings)
     except RuntimeError as exc:  # an IR this OpenVINO cannot read (older than the one that wrote it)
         return give_up(f"OpenVINO {openvino.__version__} could not read it ({str(exc).splitlines()[0][:200]})")
     det.backend = "openvino-int8"

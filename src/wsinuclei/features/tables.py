@@ -35,6 +35,36 @@ def gather_features(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx:
     return out
 
 
+def embedding_dim(results: dict) -> int | None:
+    """The embeddings' length in a run's tile results (None: the run has none)."""
+    return next((r.embeddings.shape[1] for r in results.values() if r.embeddings is not None and r.failed is None),
+                None)
+
+
+def gather_embeddings(results: dict, tile_of: np.ndarray, row_of: np.ndarray, idx: np.ndarray, dim: int) -> np.ndarray:
+    """(len(idx), dim) float16: the embeddings of the merged nuclei ``idx``, from the tiles that hold them."""
+    out = np.zeros((len(idx), dim), np.float16)
+    tiles = tile_of[idx]
+    for key in np.unique(tiles):
+        sel = np.flatnonzero(tiles == key)
+        e = results[key].embeddings
+        if e is None or e.shape[1] != dim:
+            from ..errors import WsinucleiError
+
+            raise WsinucleiError(f"tile {key} holds no embeddings of length {dim}; rerun with --force")
+        out[sel] = e[row_of[idx[sel]]]
+    return out
+
+
+def embedding_array(values: np.ndarray, value_type=None):
+    """(N, dim) values as a pyarrow fixed-size list array (one list of ``dim`` per row)."""
+    import pyarrow as pa
+
+    n, dim = values.shape
+    flat = pa.array(np.ascontiguousarray(values).ravel(), value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
 GEOPARQUET_VERSION = "1.1.0"
 
 
@@ -76,12 +106,14 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
                        model_name: str, areas_um2=None, types=None, polygons=None) -> int:
     """The nuclei ``keep`` (indices into the merged arrays), with their boxes, score, tile, model, for a typed
     model (``types``: ``outputs.Types`` of the merged nuclei) ``type`` and ``p_NAME`` per type, every feature
-    column, and last the outline (``polygons`` of the merged nuclei, base-level pixels; the box without them) as
-    a GeoParquet ``geometry`` column. Returns the number of rows."""
+    column, with embeddings (``--embeddings``) ``embedding`` (a fixed-size list of float16), and last the outline
+    (``polygons`` of the merged nuclei, base-level pixels; the box without them) as a GeoParquet ``geometry``
+    column. Returns the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = result_feature_columns(results)
+    dim = embedding_dim(results)
     fields = [pa.field(n, pa.float32()) for n in ("x0", "y0", "x1", "y1", "score")]
     if areas_um2 is not None:
         fields.append(pa.field("area_um2", pa.float32()))
@@ -90,6 +122,8 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
         fields.append(pa.field("type", pa.dictionary(pa.int32(), pa.string())))
         fields += [pa.field(f"p_{n}", pa.float32()) for n in types.names]
     fields += [pa.field(c, pa.float32()) for c in columns]
+    if dim is not None:
+        fields.append(pa.field("embedding", pa.list_(pa.float16(), dim)))
     fields.append(pa.field("geometry", pa.binary()))
     schema = pa.schema(fields, metadata={b"wsinuclei": json.dumps(metadata).encode(),
                                          b"geo": json.dumps(geo_metadata(boxes, polygons, keep)).encode()})
@@ -109,6 +143,8 @@ def write_nuclei_table(path: Path, results: dict, boxes, scores, tile_of, row_of
                                             pa.string()).dictionary_encode()
                     cols.update({f"p_{n}": types.probs[idx, k].astype(np.float32) for k, n in enumerate(types.names)})
                 cols.update(gather_features(results, tile_of, row_of, idx, columns))
+                if dim is not None:
+                    cols["embedding"] = embedding_array(gather_embeddings(results, tile_of, row_of, idx, dim))
                 cols["geometry"] = pa.array(geometries_wkb(
                     boxes[idx], None if polygons is None else (polygons[idx] if isinstance(polygons, np.ndarray)
                                                                else [polygons[i] for i in idx])), pa.binary())
@@ -131,12 +167,15 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
                     types=None) -> int:
     """One row per tissue tile: where it is, its tissue, its nuclei (count, per mm² of tissue), for a typed
     model per type its count ``nuclei_NAME``, share ``fraction_NAME`` and density ``NAME_per_mm2_tissue`` (the
-    inflammatory density is the TIL density), and, per feature, the mean, standard deviation and quartiles over
-    its nuclei."""
+    inflammatory density is the TIL density), per feature, the mean, standard deviation and quartiles over
+    its nuclei, and with embeddings ``embedding_mean``, the mean of its nuclei's embeddings (float32; NaN for a
+    tile without nuclei)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = result_feature_columns(results)
+    dim = embedding_dim(results)
+    means = []
     mpp = plan.ctx.mpp
     by_tile = {}
     tiles_kept = tile_of[keep]
@@ -166,6 +205,9 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
             q = np.percentile(v, [25, 50, 75]) if len(v) else [np.nan] * 3
             for s, value in zip(BAG_STATS, (v.mean() if len(v) else np.nan, v.std() if len(v) else np.nan, *q)):
                 stats[f"{c}.{s}"].append(value)
+        if dim is not None:
+            e = gather_embeddings(results, tile_of, row_of, idx, dim).astype(np.float64)
+            means.append(e.mean(0) if len(idx) else np.full(dim, np.nan))
     table = {"tile": pa.array(rows["tile"], pa.string())}
     for n in ("x0", "y0", "x1", "y1", "tissue_fraction", "nuclei_per_mm2_tissue"):
         table[n] = pa.array(rows[n], pa.float64())
@@ -174,6 +216,8 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
         table[n] = pa.array(v, pa.int32() if n.startswith("nuclei_") else pa.float64())
     for n, v in stats.items():
         table[n] = pa.array(np.asarray(v, np.float32))
+    if dim is not None:
+        table["embedding_mean"] = embedding_array(np.asarray(means, np.float32).reshape(-1, dim))
     tbl = pa.table(table).replace_schema_metadata({b"wsinuclei": json.dumps(metadata).encode()})
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

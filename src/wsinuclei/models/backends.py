@@ -42,8 +42,10 @@ class OpenVinoTrunk(torch.nn.Module):
         return OrderedDict((n, torch.from_numpy(np.asarray(out[i]))) for i, n in enumerate(self.names))
 
 
-def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = None) -> OpenVinoTrunk:
-    """Convert (or load the cached conversion of) a trunk and compile it for the CPU."""
+def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = None,
+                  features: bool = False) -> OpenVinoTrunk:
+    """Convert (or load the cached conversion of) a trunk and compile it for the CPU. ``features``: a star
+    network's head features as one more output, ``features`` (``openvino_star.with_feature_output``)."""
     import openvino as ov
 
     backbone = backbone.eval().float()
@@ -60,6 +62,11 @@ def compile_trunk(backbone: torch.nn.Module, key: str, threads: int | None = Non
         ov.save_model(model, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
+    if features:
+        from .openvino_star import with_feature_output
+
+        model = with_feature_output(model)
+        names = names + ["features"]
     config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
     return OpenVinoTrunk(ThreadInfer(core.compile_model(model, "CPU", config)), names, backbone.out_channels)
 
@@ -90,8 +97,9 @@ def trunk_agrees(backbone: torch.nn.Module, trunk: OpenVinoTrunk, size: int = 32
     return max(float((ref[k] - got[k]).abs().max() / max(1e-12, float(ref[k].abs().max()))) for k in ref)
 
 
-def use_backend(model: torch.nn.Module, backend: str, device: str, model_key: str) -> str:
-    """Put the chosen backend in place (``model.backbone`` replaced for OpenVINO); returns its name."""
+def use_backend(model: torch.nn.Module, backend: str, device: str, model_key: str, features: bool = False) -> str:
+    """Put the chosen backend in place (``model.backbone`` replaced for OpenVINO); returns its name.
+    ``features``: a star network that returns its head's features too (embeddings)."""
     if backend not in BACKENDS:
         raise WsinucleiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     if backend == "torch":
@@ -108,7 +116,7 @@ def use_backend(model: torch.nn.Module, backend: str, device: str, model_key: st
         return "torch"
     key = ir_key(model_key, openvino.__version__)
     try:
-        trunk = compile_trunk(model.backbone, key)
+        trunk = compile_trunk(model.backbone, key, features=features)
         diff = trunk_agrees(model.backbone, trunk)
     except Exception as exc:  # a conversion OpenVINO cannot do: torch it is
         if backend == "openvino":

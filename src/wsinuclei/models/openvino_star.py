@@ -66,6 +66,20 @@ def with_normalisation(model):
     return ppp.build()
 
 
+def with_feature_output(model):
+    """The same OpenVINO model with one more output, last: the head's features (B, C, h, w) that its first output
+    (the centre probability) is computed from, as that output's convolution reads them (after the INT8
+    network's quantisation). Adding an output leaves the other outputs bit-identical
+    (``tests/test_embeddings.py``)."""
+    node = model.outputs[0].get_node()
+    while node.get_type_name() != "Convolution":
+        if node.get_input_size() == 0:
+            raise ValueError("the network's first output is not computed by a convolution")
+        node = node.input_value(0).get_node()
+    model.add_outputs([node.input_value(0)])
+    return model
+
+
 class ThreadInfer:
     """Synchronous inference on a compiled OpenVINO model from any number of threads: each thread runs its own
     infer request. ``CompiledModel.__call__`` keeps one request for every caller, and a Dask worker with several
@@ -82,20 +96,25 @@ class ThreadInfer:
         self._first_call = threading.Lock()
         self._warm = False
 
-    def __call__(self, x: np.ndarray):
+    def __call__(self, x: np.ndarray, copy_outputs=None):
+        """The outputs of one inference, copied out of the request (they outlive the next call); with
+        ``copy_outputs`` (a function of the output tensors' numpy views, called before the request is reused), what
+        it returns instead: a caller that needs only part of a large output copies only that."""
         if not self._warm:
             with self._first_call:  # a waiting thread releases the GIL while it waits here
                 if not self._warm:
-                    result = self._infer(x)
+                    result = self._infer(x, copy_outputs)
                     self._warm = True
                     return result
-        return self._infer(x)
+        return self._infer(x, copy_outputs)
 
-    def _infer(self, x: np.ndarray):
+    def _infer(self, x: np.ndarray, copy_outputs=None):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        return request.infer(x, share_inputs=True)  # outputs are copied out of the request
+        if copy_outputs is None:
+            return request.infer(x, share_inputs=True)  # outputs are copied out of the request
+        return copy_outputs(request.infer(x, share_inputs=True, share_outputs=True))
 
 
 class OpenVinoStarNet:
@@ -110,10 +129,13 @@ class OpenVinoStarNet:
     to that many at once, one per stream. Why: in a whole-slide run reader threads preempt the network's, and
     a stream that loses its core does not hold the other's work up at every layer's barrier (two streams were
     chosen from whole-command timings on 2 cores that were not recorded in BENCHMARKS.md).
-    A lone tile has only its stream's threads, so one-tile-at-a-time callers keep the default, 1."""
+    A lone tile has only its stream's threads, so one-tile-at-a-time callers keep the default, 1.
+
+    ``embeddings``: also each nucleus' embedding (N, C), its polygon's mean of the head's features
+    (``star_decode.pool_embeddings``), as a fifth element per tile; else that element is None."""
 
     def __init__(self, network: Path | tuple[bytes, bytes], head: dict[str, Any], threads: int | None = None,
-                 streams: int = 1):
+                 streams: int = 1, embeddings: bool = False):
         import openvino as ov
 
         core = ov.Core()
@@ -123,6 +145,9 @@ class OpenVinoStarNet:
         else:
             self.xml = Path(network)
             model = core.read_model(str(network))
+        self.embeddings = bool(embeddings)
+        if self.embeddings:
+            model = with_feature_output(model)
         threads = int(threads or os.cpu_count() or 1)
         self.streams = max(1, min(int(streams), threads))
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
@@ -133,11 +158,21 @@ class OpenVinoStarNet:
         self._pool = None  # threads that run a call's tiles at once, one per stream (made on first use)
         self._pool_lock = threading.Lock()
 
-    def _maps(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        res = self.compiled(tile_input(tile))  # StarTrunk's outputs, in order: prob, dist and, typed, types
-        return np.asarray(res[0]), np.asarray(res[1]), (np.asarray(res[2]) if len(res) > 2 else None)
+    def _maps(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        # StarTrunk's outputs, in order: prob, dist and, typed, types; with embeddings the head's features last
+        if not self.embeddings:
+            res = self.compiled(tile_input(tile))
+            return np.asarray(res[0]), np.asarray(res[1]), (np.asarray(res[2]) if len(res) > 2 else None), None
 
-    def __call__(self, tiles: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        def copy(res):  # the features of the tile's own cells only, not of its padding
+            h, w = -(-tile.shape[0] // self.decoding.stride), -(-tile.shape[1] // self.decoding.stride)
+            feats = np.asarray(res[len(res) - 1])[0, :, :h, :w]
+            types = np.array(res[2]) if len(res) > 3 else None
+            return np.array(res[0]), np.array(res[1]), types, np.ascontiguousarray(feats)
+
+        return self.compiled(tile_input(tile), copy)
+
+    def __call__(self, tiles: list[np.ndarray]) -> list[tuple]:
         if self.streams > 1 and len(tiles) > 1:
             with self._pool_lock:
                 if self._pool is None:
@@ -147,5 +182,5 @@ class OpenVinoStarNet:
             maps = list(self._pool.map(self._maps, tiles))
         else:
             maps = [self._maps(tile) for tile in tiles]
-        return [self.decoding(prob[0, 0], dist[0], tile.shape[:2], None if types is None else types[0])
-                for (prob, dist, types), tile in zip(maps, tiles)]
+        return [self.decoding(prob[0, 0], dist[0], tile.shape[:2], None if types is None else types[0], feats)
+                for (prob, dist, types, feats), tile in zip(maps, tiles)]

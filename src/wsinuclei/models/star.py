@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +67,9 @@ class StarTrunk(nn.Module):
         # with ``type_from_head`` the branch's features, upsampled, are joined to the detection head's own (which
         # describe each nucleus' size and shape) before the last 1x1 convolution
         self.n_types, self.type_level, self.type_from_head = int(n_types), int(type_level), bool(type_from_head)
+        # True: ``forward`` also returns the head's features (``features``, B, C, h, w), for embeddings; off when
+        # the network is traced for OpenVINO (``backends.compile_trunk`` adds that output to the IR itself)
+        self.emit_features = False
         if self.n_types:
             head_c = c
             layers, c = [], backbone.out_channels
@@ -79,6 +84,8 @@ class StarTrunk(nn.Module):
         levels = list(self.fpn(self.body(x)).values())
         f = self.head(levels[0])
         out = OrderedDict(prob=self.prob(f), dist=self.dist(f))
+        if self.emit_features:
+            out["features"] = f
         if self.n_types:
             t = self.type_head(levels[self.type_level])
             if self.type_from_head:
@@ -207,16 +214,21 @@ class StarNet(nn.Module):
         prob = out["prob"].detach().float().cpu().numpy()
         dist = out["dist"].detach().float().cpu().numpy()
         types = out["types"].detach().float().cpu().numpy() if "types" in out else None
+        feats = out["features"].detach().float().cpu().numpy() if "features" in out else None
         device = out["prob"].device
         results = []
         for k, size in enumerate(sizes):
-            boxes, scores, outlines, type_probs = self.decoding(prob[k, 0], dist[k], size,
-                                                                None if types is None else types[k])
+            grid = (-(-size[0] // self.stride), -(-size[1] // self.stride))  # this image's cells, not the padding
+            boxes, scores, outlines, type_probs, emb = self.decoding(
+                prob[k, 0], dist[k], size, None if types is None else types[k],
+                None if feats is None else np.ascontiguousarray(feats[k, :, : grid[0], : grid[1]]))
             res = {"boxes": torch.from_numpy(boxes).to(device), "scores": torch.from_numpy(scores).to(device),
                    "outlines": torch.from_numpy(outlines).to(device),
                    "labels": torch.ones(len(scores), dtype=torch.int64, device=device)}
             if type_probs is not None:
                 res["type_probs"] = torch.from_numpy(type_probs).to(device)
+            if emb is not None:
+                res["embeddings"] = torch.from_numpy(emb).to(device)
             results.append(res)
         return results
 

@@ -39,7 +39,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
     since their compiled steps (filters, distance transforms, sums) release the GIL. Results still reach
     ``on_result`` on this thread, in tile order."""
     ctx = plan.ctx
-    det = worker.in_process_detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp)
+    det = worker.in_process_detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, ctx.embeddings)
     batch_size = in_process_batch(opts, det)
 
     def prepare(t):
@@ -49,7 +49,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
             return t, None, None, None, exc
 
     def finish(good, preds):
-        return [postprocess(ctx, t, b, s, p, o, rgb, ty) for (t, _, p, rgb), (b, s, o, ty) in zip(good, preds)]
+        return [postprocess(ctx, t, b, s, p, o, rgb, ty, e) for (t, _, p, rgb), (b, s, o, ty, e) in zip(good, preds)]
 
     post_threads = post_processing_threads(ctx.features)
     with ThreadPoolExecutor(max_workers=max(1, opts.readers)) as pool, \
@@ -74,7 +74,7 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
             good = [(t, x, p, rgb) for t, x, p, rgb, e in batch if e is None]
             if good:
                 t0 = time.perf_counter()
-                preds = det.predict_typed([x for _, x, _, _ in good])
+                preds = det.predict_full([x for _, x, _, _ in good])
                 dt = (time.perf_counter() - t0) / len(good)
                 for _, _, p, _ in good:
                     p["inference_s"] = dt

@@ -63,6 +63,9 @@ class RunOptions:
     slurm_wait_s: float = 600.0  # how long to wait for the first job to start
     slurm_log_dir: str | None = None  # the jobs' dask-worker-JOBID.out/.err (run_slide: OUT_DIR/slurm-logs)
     features: bool = False  # measure every nucleus at the score cut: NAME.nuclei.parquet and NAME.bag.parquet
+    # each nucleus' embedding (the star head's features over its polygon) in NAME.nuclei.parquet, per-tile means
+    # in NAME.bag.parquet (the two tables are written with it, with or without --features)
+    embeddings: bool = False
     feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
 
     def validate(self) -> "RunOptions":
@@ -152,6 +155,7 @@ class SlideContext:
     score_cut: float = OPERATING_POINT
     features: tuple | None = None  # feature families to measure, None for none
     backend: str = "auto"
+    embeddings: bool = False  # each nucleus' embedding (--embeddings)
 
 
 @dataclass
@@ -164,6 +168,7 @@ class TileResult:
     outlines: np.ndarray | None = None  # (N, rays, 2) nuclear contours in base pixels, for contour models
     features: dict | None = None  # column -> (N,) values, for runs with --features (NaN under the score cut)
     type_probs: np.ndarray | None = None  # (N, types) type probabilities, for typed models
+    embeddings: np.ndarray | None = None  # (N, C) float16 embeddings, for runs with --embeddings
 
 
 def _version() -> str:

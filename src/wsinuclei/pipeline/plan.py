@@ -154,7 +154,8 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma],
                        opts.device, opts.min_score, opts.retries, opts.score_cut,
-                       tuple(opts.feature_families) if opts.features else None, backend=opts.backend)
+                       tuple(opts.feature_families) if opts.features else None, backend=opts.backend,
+                       embeddings=opts.embeddings)
     return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info, regions, area, outside)
 
 

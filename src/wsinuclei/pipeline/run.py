@@ -35,7 +35,10 @@ def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
            "overlap": opts.overlap, "min_score": opts.min_score, "model": model_id,
            "backend": opts.backend, "device": opts.device,  # INT8, float32 and torch give slightly different nuclei
            "lab": [plan.ctx.src_mu, plan.ctx.src_sigma],
-           "features": list(plan.ctx.features or []), "score_cut": opts.score_cut if opts.features else None}
+           "features": list(plan.ctx.features or []),
+           "score_cut": opts.score_cut if opts.features or opts.embeddings else None}
+    if opts.embeddings:  # only then, so the parts of runs made before embeddings existed still resume
+        key["embeddings"] = True
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -44,6 +47,8 @@ def _save_part(folder: Path, r: TileResult) -> None:
     extra = {} if r.outlines is None else {"outlines": r.outlines.astype(np.float32)}
     if r.type_probs is not None:
         extra["type_probs"] = r.type_probs.astype(np.float32)
+    if r.embeddings is not None:
+        extra["embeddings"] = r.embeddings.astype(np.float16)
     if r.features is not None:
         extra["feature_names"] = np.array(list(r.features), dtype=str)
         extra["feature_values"] = np.stack([r.features[k] for k in r.features], axis=1) if r.features else np.zeros((0, 0))
@@ -84,8 +89,11 @@ def _load_part(path: Path) -> TileResult | None:
             types = z["type_probs"] if "type_probs" in z else None
             if types is not None and (types.ndim != 2 or types.shape[0] != n):
                 raise _BadPart(f"type probabilities {types.shape} for {n} nuclei")
+            emb = z["embeddings"] if "embeddings" in z else None
+            if emb is not None and (emb.ndim != 2 or emb.shape[0] != n or emb.dtype != np.float16):
+                raise _BadPart(f"embeddings {emb.shape} {emb.dtype} for {n} nuclei")
             return TileResult(path.stem, boxes, scores, json.loads(str(z["profile"])), failed, outlines, features,
-                              types)
+                              types, emb)
     except _BadPart as exc:
         logging.getLogger(__name__).warning("resume: %s does not belong here (%s); its tile is run again",
                                             path.name, exc)
@@ -123,11 +131,17 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         opts = dataclasses.replace(opts, slurm_log_dir=str(out_dir.resolve() / "slurm-logs"))
     model_path = str(Path(opts.model).resolve()) if opts.model else None
     loaded = worker._model_settings(model_path)  # fail early on a bad model file, before any slide work
+    if opts.embeddings and not loaded.config.is_star:
+        raise WsinucleiError(f"--embeddings: {Path(str(loaded.path)).name} is not a star model (embeddings are the star head's "
+                             "features pooled over each nucleus)")
     distributed = bool(opts.scheduler or opts.workers or opts.cluster)  # then workers load the model
     loading = None
     if not distributed:  # the detector is built while the slide is planned (compiling a network takes ~0.5 s);
         # cached, so the tiles (and later slides of the same command) use this very instance
-        loading = _BACKGROUND.submit(worker.in_process_detector, model_path, opts.device, opts.backend)
+        loading = _BACKGROUND.submit(worker.in_process_detector, model_path, opts.device, opts.backend, None,
+                                     opts.embeddings)
+    if opts.features or opts.embeddings:  # the table writers' imports (pyarrow.parquet brings pandas: ~0.4 s on
+        _BACKGROUND.submit(_import_table_writers)  # 2 cores) happen while the tiles run, not after them
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma, model_path,
                       mpp_range=loaded.config.mpp_range)
     if plan.regions is not None:
@@ -186,6 +200,17 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         if lock is not None:
             lock.close()  # releases the lock
     return report
+
+
+def _import_table_writers() -> None:
+    """Import what writing the Parquet tables needs, by writing a one-row table to memory (pyarrow imports part
+    of its machinery, pandas among it, only on the first write)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    shapely.to_wkb(shapely.box(0, 0, 1, 1))
+    pq.write_table(pa.table({"a": pa.array([1.0], pa.float32())}), pa.BufferOutputStream(), compression="zstd")
 
 
 def _lock_output(out_dir: Path, name: str):
@@ -378,7 +403,7 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
             attributes=attributes, measurements=measurements, types=types).items()}
     finally:
         thumbnail.result()
-    if opts.features and not failed:  # a partial table is never written as if it were the slide's
+    if (opts.features or opts.embeddings) and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
                                                     tile_of, row_of, types, outlines))
     if plan.regions is not None:
@@ -410,6 +435,11 @@ def _write_region_tables(plan, out_dir, name, boxes, areas, types) -> dict:
     return {k: str(v) for k, v in write_region_tables(out_dir, name, rows).items()}
 
 
+#: what the embedding is, as the tables' metadata states it
+EMBEDDING_POOLING = ("mean over the nucleus' polygon of the star head's features (the layer its centre and distance "
+                     "outputs read), on the network's stride-4 grid at the model's µm/px")
+
+
 #: feature columns QuPath shows for each detection (measurement table, histograms), by QuPath-style name
 QUPATH_MEASUREMENTS = {"Circularity": "Shape.Circularity", "Hematoxylin mean": "Nucleus.Intensity.Mean",
                        "Eosin ring mean": "Cytoplasm.Intensity.Mean", "Solidity": "Shape.Solidity"}
@@ -434,7 +464,7 @@ def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, a
     from ..features.tiles import SHAPE_FAMILIES
 
     contours = areas is not None
-    families = [f for f in opts.feature_families if contours or f not in SHAPE_FAMILIES]
+    families = [f for f in opts.feature_families if contours or f not in SHAPE_FAMILIES] if opts.features else []
     meta = {"slide": report.slide, "name": report.name, "mpp": report.mpp, "model_mpp": plan.ctx.model_mpp,
             "model": report.model, "wsinuclei": __version__, "features_version": FEATURES_VERSION,
             "families": families, "score_cut": opts.score_cut,
@@ -442,6 +472,13 @@ def _write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, a
                      "features)",
             "units": "Identifier.* in base-level pixels of the slide; other px-based values in pixels at model_mpp; "
                      "*_um and *_um2 columns in µm and µm²; intensities on HistomicsTK's 0-255 stain scale"}
+    if opts.embeddings:
+        from ..features.tables import embedding_dim
+
+        meta["embedding"] = {"column": "embedding", "dim": embedding_dim(results), "dtype": "float16",
+                             "model": report.model, "wsinuclei": __version__, "pooling": EMBEDDING_POOLING,
+                             "stability": "tied to this model file (its sha1 above): another model or model version "
+                                          "gives vectors that are not comparable"}
     keep = np.flatnonzero(scores >= opts.score_cut)
     model_name = Path(report.model.get("file", "")).name
     t0 = time.perf_counter()

@@ -32,17 +32,19 @@ def _model_settings(model_path: str | None):
 
 
 def _detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None,
-              streams: int = 1):
+              streams: int = 1, embeddings: bool = False):
     """This process's detector for tiles read at ``read_mpp`` (None: the model's own µm/px). Its budgets are set
     once, for that resolution: a worker that runs slides at two resolutions holds one detector for each, never
     one whose budgets change under another thread. ``streams``: tiles one call runs at once (OpenVINO; the
-    in-process executor asks for :data:`IN_PROCESS_STREAMS`, a Dask worker's one-tile tasks for 1)."""
+    in-process executor asks for :data:`IN_PROCESS_STREAMS`, a Dask worker's one-tile tasks for 1).
+    ``embeddings``: a detector that gives each nucleus' embedding too (``--embeddings``)."""
     from ..inference import load_detector
 
-    key = ("model", model_path, device, backend, streams)
+    key = ("model", model_path, device, backend, streams, bool(embeddings))
     with _STATE_LOCK:
         if key not in _STATE:
-            _STATE[key] = load_detector(model_path, device=device, backend=backend, streams=streams)
+            _STATE[key] = load_detector(model_path, device=device, backend=backend, streams=streams,
+                                        embeddings=embeddings)
         native = _STATE[key]
         density = native.density(read_mpp)
         if density == 1.0:
@@ -51,7 +53,7 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
         if key not in _STATE:
             # the same network with its own budgets where the detector can share it, else a second load
             _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(model_path, device=device, backend=backend,
-                                                                         read_mpp=read_mpp)
+                                                                         read_mpp=read_mpp, embeddings=embeddings)
         return _STATE[key]
 
 
@@ -64,10 +66,11 @@ def in_process_streams(device: str) -> int:
     return min(IN_PROCESS_STREAMS, os.cpu_count() or 1) if device == "cpu" else 1
 
 
-def in_process_detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None):
+def in_process_detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None,
+                        embeddings: bool = False):
     """:func:`_detector` as the in-process executor runs it (with :func:`in_process_streams`): the one call
     that the background load in ``run_slide`` and the executor share, so both get the same cached instance."""
-    return _detector(model_path, device, backend, read_mpp, in_process_streams(device))
+    return _detector(model_path, device, backend, read_mpp, in_process_streams(device), embeddings)
 
 
 def _slide(path: str, mpp: float) -> Slide:
@@ -145,7 +148,7 @@ class TileReadError(Exception):
 
 def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.ndarray, prof: dict,
                 outlines: np.ndarray | None = None, rgb: np.ndarray | None = None,
-                type_probs: np.ndarray | None = None) -> TileResult:
+                type_probs: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> TileResult:
     """Tile pixels -> base pixels; keep what this tile's core owns and what clears the score floor. A kept
     nucleus keeps its whole contour, as this tile (which sees all of it) drew it, and is measured here, on
     this tile's pixels (``rgb``, when the run asks for features)."""
@@ -169,7 +172,9 @@ def postprocess(ctx: SlideContext, tile: Tile, boxes: np.ndarray, scores: np.nda
     prof["worker"] = _worker_name()
     return TileResult(tile.key, b[keep], scores[keep], prof,
                       outlines=None if base_outlines is None else base_outlines[keep], features=features,
-                      type_probs=None if type_probs is None else np.asarray(type_probs, np.float32)[keep])
+                      type_probs=None if type_probs is None else np.asarray(type_probs, np.float32)[keep],
+                      embeddings=None if embeddings is None or not ctx.embeddings else
+                      np.asarray(embeddings, np.float32)[keep].astype(np.float16))
 
 
 def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
@@ -179,9 +184,10 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    (boxes, scores, outlines, types), = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp).predict_typed([x])
+    det = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, embeddings=ctx.embeddings)
+    (boxes, scores, outlines, types, emb), = det.predict_full([x])
     prof["inference_s"] = time.perf_counter() - t0
-    return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb, types)
+    return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb, types, emb)
 
 
 def _failed(tile: Tile, msg: str, attempts: int) -> TileResult:
