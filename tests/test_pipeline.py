@@ -128,9 +128,13 @@ def test_resume_after_kill_gives_identical_output(pyramid_slide, random_model, t
 
 def test_local_dask_equals_in_process(pyramid_slide, random_model, tmp_path, reference_run):
     name = Path(pyramid_slide[0]).stem
+    environ = dict(os.environ)
     report = run_slide(pyramid_slide[0], tmp_path, RunOptions(model=str(random_model), workers=2, features=True, **OPTS),
                        log=lambda *_: None)
     assert report.executor.startswith("local dask")
+    # Dask's nanny sets OMP_NUM_THREADS=1 and the like here to start its workers: put back, or every process
+    # started after the run (the CLI below, a user's own) would compute on one thread
+    assert dict(os.environ) == environ
     assert_same_detections(tmp_path / f"{name}.csv", reference_run[0] / f"{name}.csv")
     profile = list(csv.DictReader(open(tmp_path / f"{name}.profile.csv")))
     assert len({p["worker"] for p in profile}) == 2  # both workers took tiles

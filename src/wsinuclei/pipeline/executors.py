@@ -4,6 +4,7 @@ Dask cluster, or Dask workers started as Slurm jobs. Each executor calls ``on_re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -186,6 +187,32 @@ def _start_slurm(opts: RunOptions):
 
 
 def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
+    with _environment_kept():
+        _run_dask_cluster(plan, todo, opts, on_result)
+
+
+@contextlib.contextmanager
+def _environment_kept():
+    """Dask's nanny writes its pre-spawn variables (OMP_NUM_THREADS=1 and the like) into this process's
+    environment each time it starts a worker and leaves them there: every process started later (a slide
+    after this one on Slurm, a user's own subprocess) would run its math on one thread, and torch's sums in
+    another order. The variables are put back as they were when the run ends."""
+    import dask
+    import distributed  # noqa: F401  (its defaults, the pre-spawn variables among them, join dask's config)
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_dask_cluster(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
