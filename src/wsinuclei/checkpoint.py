@@ -71,8 +71,10 @@ class LoadedModel:
     """A detector with the settings it was trained with."""
 
     def __init__(self, model, config: DetectorConfig, target_mu, target_sigma, extra: dict, path: Path,
-                 digest: str = "unsaved", int8: tuple[bytes, bytes] | None = None):
+                 digest: str = "unsaved", int8: tuple[bytes, bytes] | None = None, type_head=None):
         self.model, self.config = model, config
+        #: a type head on the frozen network (``models/type_head.py``: ``wsinuclei train-types``), or None
+        self.type_head = type_head
         #: a star model's INT8 network (IR XML and weights, ``models/int8.py``), when the file carries one
         self.int8 = int8
         self.target_mu, self.target_sigma = target_mu, target_sigma
@@ -146,25 +148,66 @@ def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]
         from safetensors import safe_open
 
         from .models import int8
+        from .models import type_head as heads
 
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
             network = int8.read(fh, meta)
             tensors = {k: fh.get_tensor(k) for k in fh.keys() if k != int8.WEIGHTS_KEY}
+        head_tensors = {k: tensors.pop(k) for k in heads.KEYS if k in tensors}  # not the network's weights
         data = path.read_bytes()
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise WsinucleiError(f"{path}: not a readable model file ({exc})") from None
     if meta.get("format") != "wsinuclei-model-1":
         raise WsinucleiError(f"{path}: not a wsinuclei model file (no wsinuclei metadata)")
-    bad = next((k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+    bad = next((k for k, v in {**tensors, **head_tensors}.items() if v.dtype.kind == "f" and not np.isfinite(v).all()),
+               None)
     if bad is not None:
         raise WsinucleiError(f"{path}: its weights hold NaN or infinite values ({bad}); not a usable model")
     if network is not None and int8.FLOAT_DIGEST_KEY in meta and meta[int8.FLOAT_DIGEST_KEY] != int8.float_digest(tensors):
         raise WsinucleiError(f"{path}: its INT8 network was not made from the float weights beside it; re-export "
                              "the model (wsinuclei export --int8)")
     config = DetectorConfig.from_dict(json.loads(meta["preset"]))
+    try:
+        head = heads.TypeHead.from_tensors(head_tensors, config.raw)
+    except ValueError as exc:
+        raise WsinucleiError(f"{path}: its type head does not fit together ({exc})") from None
+    if head is not None and not config.is_star:
+        raise WsinucleiError(f"{path}: a type head needs a star network (it reads the star head's features)")
     return LoadedModel(None, config, json.loads(meta["target_mu"]), json.loads(meta["target_sigma"]),
-                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest(), network), data
+                       json.loads(meta.get("extra", "{}")), path, hashlib.sha1(data).hexdigest(), network,
+                       head), data
+
+
+def save_with_type_head(parent: str | Path | None, head, out: str | Path, record: dict) -> Path:
+    """A model file that is ``parent`` (its tensors and metadata, the INT8 network included, unchanged) with
+    ``head`` (a ``models.type_head.TypeHead``) added: its tensors, its class names in the preset's
+    ``[type_head]``, and ``record`` (how it was trained) in the file's ``extra`` under ``type_head``. Written
+    atomically."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from .models import type_head as heads
+
+    parent = Path(parent) if parent else DEFAULT_MODEL
+    read_model_file(parent)  # a readable wsinuclei model file, or its clear error
+    with safe_open(str(parent), framework="numpy") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys() if k not in heads.KEYS}
+    tensors[heads.WEIGHT_KEY] = np.ascontiguousarray(head.weight, np.float32)
+    tensors[heads.BIAS_KEY] = np.ascontiguousarray(head.bias, np.float32)
+    preset = json.loads(meta["preset"])
+    preset["type_head"] = {"names": list(head.names), "input": "embedding"}
+    meta["preset"] = json.dumps(preset)
+    extra = json.loads(meta.get("extra", "{}"))
+    extra["type_head"] = record
+    meta["extra"] = json.dumps(extra)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return out
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu") -> LoadedModel:
@@ -183,6 +226,10 @@ def with_network(loaded: LoadedModel, data: bytes, device: str = "cpu") -> Loade
     except (SafetensorError, ValueError) as exc:
         raise WsinucleiError(f"{loaded.path}: not a readable model file ({exc})") from None
     state.pop(int8.WEIGHTS_KEY, None)  # the INT8 network's, not the torch model's
+    from .models.type_head import KEYS
+
+    for k in KEYS:  # a type head's: applied to the embeddings after the network (inference.Detector)
+        state.pop(k, None)
     model = build_detector(loaded.config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:

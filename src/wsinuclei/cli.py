@@ -242,6 +242,13 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_train_types(args) -> int:
+    from .type_training import train_types
+
+    train_types(args.data, args.out, parent=args.model, mpp=args.mpp, held_out=args.held_out, seed=args.seed)
+    return 0
+
+
 def _cmd_regions(args) -> int:
     from .regions import count_run_regions
 
@@ -466,6 +473,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from the matching weights of a model file (e.g. the shipped box model)")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("train-types", help="teach a model cell classes of your own from clicked centres (only a "
+                        "type head is trained; the nuclei stay the parent model's)",
+                        description="Each image comes with NAME_types.csv (x,y,type; pixels of the image) or "
+                        "NAME.geojson (QuPath point annotations with their classes) beside it. The images are "
+                        "detected with the parent model, each click is paired with the nucleus within 3 µm, a linear "
+                        "type head is fitted to the nuclei's embeddings, and its per-class F1 and confusion matrix "
+                        "on a held-out part are printed. The output is a model file for 'detect --model'.")
+    sp.add_argument("data", nargs="+", help="folders of images with clicks beside them, or image files")
+    sp.add_argument("--out", required=True, help="model file to write (NAME.safetensors)")
+    sp.add_argument("--model", default=None, help="parent model file (a star model; default: the shipped model)")
+    sp.add_argument("--mpp", type=float, default=None, help="µm per pixel of the images (needed where their files "
+                    "do not say)")
+    sp.add_argument("--held-out", type=float, default=0.2, help="share of the clicks held out and scored: whole "
+                    "images where there are at least four, else a share of each class (default 0.2)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the held-out choice (default 0)")
+    sp.set_defaults(func=_cmd_train_types)
 
     sp = sub.add_parser("export", help="write a model file for shipping (fp16 weights by default)")
     sp.add_argument("model", help="model file, e.g. RUN_DIR/best.safetensors")

@@ -113,6 +113,8 @@ class Detector:
             embeddings = None if embeddings is None else embeddings[keep]
         if masks is not None:
             outlines = polar_outlines(masks, boxes)
+        if self.loaded.type_head is not None and embeddings is not None:  # types from the head on the embeddings
+            type_probs = self.loaded.type_head.probabilities(embeddings)
         return boxes, scores, outlines, type_probs, embeddings
 
 
@@ -130,7 +132,7 @@ class NucleusDetector(Detector):
         super().__init__(loaded)
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
-        self.embeddings = bool(embeddings) and loaded.config.is_star
+        self.embeddings = (bool(embeddings) or loaded.type_head is not None) and loaded.config.is_star
         self.backend = use_backend(self.model, backend, str(self.device), loaded.digest, features=self.embeddings)
         if self.embeddings and self.backend == "torch":
             self.model.backbone.emit_features = True
@@ -248,6 +250,7 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
     if backend not in BACKENDS:
         raise WsinucleiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     loaded, data = read_model_file(path)
+    embeddings = embeddings or loaded.type_head is not None  # a type head reads them
     if embeddings and not loaded.config.is_star:
         raise WsinucleiError(f"--embeddings: {loaded.path} is not a star model (embeddings are the star head's "
                              "features pooled over each nucleus)")

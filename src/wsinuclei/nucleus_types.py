@@ -32,6 +32,9 @@ def model_type_names(config) -> tuple[str, ...] | None:
     """The type names of a model (a ``DetectorConfig``), in the order of its type outputs: the preset's
     ``[star_head] type_names`` (a model trained on classes of one's own), else the first ``n_types`` of
     :data:`TYPE_NAMES`; None for a model without a type head."""
+    trained = (getattr(config, "raw", None) or {}).get("type_head")
+    if trained:  # a type head on the frozen network (``wsinuclei train-types``): its classes, whatever the network's
+        return tuple(str(x) for x in trained["names"])
     head = getattr(config, "star_head", None) or {}
     n = int(head.get("n_types", 0))
     if not n:
