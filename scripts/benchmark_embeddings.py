@@ -5,13 +5,17 @@ alternating, best of ``--repeats``, on each slide given (in-process, the default
     .venv/bin/python scripts/benchmark_embeddings.py --slides ~/.cache/wsinuclei/CMU-1-Small-Region.svs \
         out/bench_embeddings/monuseg_4x4.tiff --repeats 3 --json out/bench_embeddings.json
 
-Also times ``--features`` and ``--features --embeddings`` (the embedding beside the hand-made features). Run on a
-quiet machine.
+Also times ``--features`` and ``--features --embeddings`` (the embedding beside the hand-made features), and
+reports where the difference goes: each variant's stage totals from ``NAME.run.json`` (the tiles' inference,
+which includes the network's extra output, and post-processing, which includes the pooling over each polygon;
+seconds summed over tiles, median over the repeats). Run on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,17 +38,26 @@ def main() -> None:
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for slide in a.slides:
+            stages = {label: [] for label in VARIANTS}
+
             def run(label, extra):
                 model = ["--model", a.model] if a.model else []
-                return lambda k: subprocess.run(
-                    [sys.executable, "-m", "wsinuclei.cli", "detect", slide, "--out",
-                     str(Path(tmp) / f"{Path(slide).stem}-{label.replace(' ', '')}{k}"), "--quiet", *model, *extra],
-                    check=True, capture_output=True)
+
+                def once(k):
+                    out = Path(tmp) / f"{Path(slide).stem}-{label.replace(' ', '')}{k}"
+                    subprocess.run([sys.executable, "-m", "wsinuclei.cli", "detect", slide, "--out", str(out),
+                                    "--quiet", *model, *extra], check=True, capture_output=True)
+                    stages[label].append(json.loads(next(out.glob("*.run.json")).read_text())["stage_totals_s"])
+                return once
 
             times = alternating({label: run(label, extra) for label, extra in VARIANTS.items()}, a.repeats)
             best = {label: min(v) for label, v in times.items()}
             res[Path(slide).name] = {
                 "best_s": {k: round(v, 2) for k, v in best.items()},
+                "stage_totals_median_s": {
+                    label: {st: round(statistics.median(r[st] for r in rows), 3)
+                            for st in ("inference_s", "postprocess_s") if all(st in r for r in rows)}
+                    for label, rows in stages.items()},
                 "embeddings_add": round(best["--embeddings"] / best["detect"] - 1, 3),
                 "embeddings_add_beside_features": round(best["--features --embeddings"] / best["--features"] - 1, 3)}
             print(Path(slide).name, res[Path(slide).name], flush=True)

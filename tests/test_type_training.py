@@ -166,3 +166,28 @@ def test_train_types_says_what_is_wrong(tmp_path):
     r = _cli("train-types", one, "--mpp", 0.25, "--out", tmp_path / "m.safetensors")
     assert r.returncode == 2 and "a type head needs at least two" in r.stderr
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_clicked_images_are_embedded_from_the_tables_alone_and_glass_is_skipped(tmp_path):
+    """Each clicked image is detected for its tables only (no CSV, GeoJSON, DSA file or thumbnail is written);
+    an image of glass alone is skipped by its error type, its clicks counted as unpaired."""
+    from PIL import Image
+
+    from wsinuclei.type_training import embed_clicks, find_clicked_images
+
+    data = two_kinds(tmp_path / "clicks", 2, seed=4)
+    Image.fromarray(np.full((256, 256, 3), 250, np.uint8)).save(data / "glass.png")
+    (data / "glass_types.csv").write_text("x,y,type\n10,10,tumour\n20,20,lymphocyte\n30,30,tumour\n")
+    said, work = [], tmp_path / "work"
+    got = embed_clicks(find_clicked_images([data]), None, 0.25, work, said.append)
+    assert any(s.startswith("glass.png: skipped (") and "no tissue found" in s for s in said), said
+    assert got.clicks == 2 * 36 + 3 and got.unpaired >= 3
+    assert got.names == ("lymphocyte", "tumour") and got.embeddings.shape == (len(got.labels), 64)
+    assert len(got.labels) >= 0.8 * 72 and set(np.unique(got.image)) == {1, 2}  # glass.png is 0
+    written = {p.name for p in work.rglob("*") if p.is_file() and not any(q.startswith(".") for q in p.parts)}
+    assert {n.split(".", 1)[1] for n in written} <= {"nuclei.parquet", "bag.parquet", "run.json", "profile.csv"}
+    assert any(n.endswith(".nuclei.parquet") for n in written), written
+    from wsinuclei.pipeline import RunOptions
+
+    with pytest.raises(WsinucleiError, match="tables_only writes the feature and embedding tables only"):
+        RunOptions(tables_only=True).validate()  # no table asked for: nothing would be written

@@ -6,3 +6,8 @@ class WsinucleiError(Exception):
 
     The CLI prints ``str(error)`` on one line and exits non-zero; library callers can catch it.
     """
+
+
+class NoTissue(WsinucleiError):
+    """The slide or image holds no stained area to run on (all glass): callers that go over many images, such as
+    ``train-types``, skip it; the CLI reports it as any other error."""

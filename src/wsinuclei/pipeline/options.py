@@ -67,6 +67,9 @@ class RunOptions:
     # in NAME.bag.parquet (the two tables are written with it, with or without --features)
     embeddings: bool = False
     feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
+    # write the tables (NAME.nuclei.parquet, NAME.bag.parquet) and NAME.run.json only, not the CSV, GeoJSON, DSA
+    # file and thumbnail: for a library caller that reads the tables back (train-types)
+    tables_only: bool = False
 
     def validate(self) -> "RunOptions":
         if self.regions is not None and self.roi is not None:
@@ -102,6 +105,9 @@ class RunOptions:
             if unknown or not self.feature_families:
                 raise WsinucleiError(f"--feature-families: unknown {', '.join(unknown) or '(none given)'}; "
                                      f"known: {', '.join(FAMILIES)}")
+        if self.tables_only and not (self.features or self.embeddings):
+            raise WsinucleiError("tables_only writes the feature and embedding tables only: ask for features or "
+                                 "embeddings too")
         if self.score_cut < self.min_score:
             raise WsinucleiError(f"--score-cut {self.score_cut:g} is below --min-score {self.min_score:g}: boxes "
                                  "under --min-score are never kept; lower --min-score too")

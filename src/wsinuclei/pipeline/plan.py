@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..colour_stats import tissue_lab_stats
-from ..errors import WsinucleiError
+from ..errors import NoTissue, WsinucleiError
 from ..morphology import CROSS, binary_dilation
 from ..slide import Slide
 from ..tiles import Tile, TileGrid
@@ -116,7 +116,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
                f"pixel {int(thumb.min())})")
         if not opts.tissue_mask:
             why += "; --no-tissue-mask runs every tile, but the colour normalisation is measured on tissue"
-        raise WsinucleiError(why)
+        raise NoTissue(why)
     if opts.lab_stats is not None:
         mu, sigma = opts.lab_stats
         lab_info = {"mean": [float(v) for v in mu], "std": [float(v) for v in sigma], "definition": "given"}

@@ -114,7 +114,8 @@ _BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="wsinuclei-background")
 
 def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print, on_progress=None) -> RunReport:
     """Detect every nucleus in one slide; write NAME.csv/.geojson/.anot.json, NAME.thumbnail.png,
-    NAME.profile.csv and NAME.run.json into ``out_dir``. ``on_progress(done, total)`` is called as tiles
+    NAME.profile.csv and NAME.run.json into ``out_dir`` (the tables, the profile and run.json alone with
+    ``opts.tables_only``). ``on_progress(done, total)`` is called as tiles
     finish (resumed ones count as done from the start)."""
     from ..checkpoint import check_device
 
@@ -163,7 +164,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         name = plan.slide.name
         writable_folder(out_dir)
         lock = _lock_output(out_dir, name)
-        if len(plan.tiles) > EARLY_THUMBNAIL_TILES:  # a long run: the plan can be checked while it runs
+        if len(plan.tiles) > EARLY_THUMBNAIL_TILES and not opts.tables_only:  # a long run: the plan can be checked while it runs
             draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
         model_id = loaded.digest[:12]  # the SHA-1 of the model file's bytes
         parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
@@ -395,14 +396,17 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
     # the thumbnail's PNG encoding releases the GIL: it runs beside the formatting of the other files
     at_cut = scores >= opts.score_cut
-    thumbnail = _BACKGROUND.submit(draw_thumbnail, plan, out_dir / f"{name}.thumbnail.png", boxes[at_cut],
-                                   None if types is None else types.take(at_cut))
-    try:
-        report.outputs = {k: str(v) for k, v in write_outputs(
-            out_dir, name, boxes, scores, opts.gzip, polygons=outlines, areas_um2=areas, score_cut=opts.score_cut,
-            attributes=attributes, measurements=measurements, types=types).items()}
-    finally:
-        thumbnail.result()
+    report.outputs = {}
+    if not opts.tables_only:
+        thumbnail = _BACKGROUND.submit(draw_thumbnail, plan, out_dir / f"{name}.thumbnail.png", boxes[at_cut],
+                                       None if types is None else types.take(at_cut))
+        try:
+            report.outputs = {k: str(v) for k, v in write_outputs(
+                out_dir, name, boxes, scores, opts.gzip, polygons=outlines, areas_um2=areas,
+                score_cut=opts.score_cut, attributes=attributes, measurements=measurements, types=types).items()}
+        finally:
+            thumbnail.result()
+        report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
     if (opts.features or opts.embeddings) and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
                                                     tile_of, row_of, types, outlines))
@@ -411,7 +415,6 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
                                                    areas[at_cut], None if types is None else types.take(at_cut)))
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
     report.outputs["profile"] = str(out_dir / f"{name}.profile.csv")
-    report.outputs["thumbnail"] = str(out_dir / f"{name}.thumbnail.png")
     report.wall_s = round(time.time() - t_start, 3)
     atomic_write_bytes(out_dir / f"{name}.run.json", json.dumps(asdict(report), indent=1).encode())
 
