@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -44,6 +44,8 @@ def _main(argv) -> tuple[int, str]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(OPTIONS), NUMBERS), max_size=4))
+@example(pairs=[("--device", "--")])  # found by the search: Python 3.11's argparse turned the value into []
+@example(pairs=[("--mpp", "--")])
 def test_detect_options_give_a_plan_or_one_clear_error(image, tmp_path, pairs):
     argv = ["detect", image, "--out", tmp_path / "o", "--dry-run", "--mpp", "0.25"]
     for opt, value in pairs:

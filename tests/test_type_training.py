@@ -191,3 +191,33 @@ def test_clicked_images_are_embedded_from_the_tables_alone_and_glass_is_skipped(
 
     with pytest.raises(WsinucleiError, match="tables_only writes the feature and embedding tables only"):
         RunOptions(tables_only=True).validate()  # no table asked for: nothing would be written
+
+
+def test_a_large_image_runs_only_around_its_clicks(tmp_path):
+    """A slide-sized image with clicks in one corner: only the tiles near the clicks run, and the clicks are
+    paired there as on the small image."""
+    from PIL import Image
+
+    from wsinuclei.type_training import embed_clicks
+
+    small = two_kinds(tmp_path / "small", 1, seed=6)
+    rng = np.random.default_rng(0)
+    canvas = np.clip((238, 234, 238) + rng.normal(0, 3, (2304, 2304, 3)), 0, 255).astype(np.uint8)
+    canvas[96:608, 96:608] = np.asarray(Image.open(small / "img0.png"))
+    big = tmp_path / "big" / "slide.png"
+    big.parent.mkdir()
+    Image.fromarray(canvas).save(big)
+    rows = list(csv.DictReader(open(small / "img0_types.csv")))
+    with open(big.with_name("slide_types.csv"), "w", newline="") as fh:
+        csv.writer(fh).writerows([("x", "y", "type")] + [(float(r["x"]) + 96, float(r["y"]) + 96, r["type"])
+                                                          for r in rows])
+    work = tmp_path / "work"
+    got = embed_clicks([(big, big.with_name("slide_types.csv"))], None, 0.25, work, lambda *_: None)
+    assert (work / "0.clicks.geojson").is_file()  # the squares around the clicks, as a regions file
+    run = json.loads(next((work / "0").glob("*.run.json")).read_text())
+    assert run["tiles_total"] == run["tiles_processed"] == 1  # the whole image: 3 x 3 tiles
+    assert got.clicks == 36 and len(got.labels) >= 0.8 * 36
+    alone = embed_clicks([(small / "img0.png", small / "img0_types.csv")], None, 0.25, tmp_path / "w2",
+                         lambda *_: None)
+    assert not (tmp_path / "w2" / "0.clicks.geojson").exists()  # a small image runs whole
+    assert abs(len(alone.labels) - len(got.labels)) <= 2

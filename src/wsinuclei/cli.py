@@ -553,7 +553,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(_joined_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--device=--`: Python 3.11's argparse drops the value '--' and hands the option an empty list, which no
+    # check of ours expects; refused here in one line, as argparse refuses `--device --`
+    bad = next((a for a in argv if a.startswith("--") and a.partition("=")[1] and a.partition("=")[2] == "--"), None)
+    if bad is not None:
+        print(f"wsinuclei: error: {bad.partition('=')[0]}: '--' is not a value", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(_joined_negative_values(argv))
     try:
         return args.func(args)
     except WsinucleiError as exc:

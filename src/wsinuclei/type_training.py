@@ -6,7 +6,8 @@ Each image (or region cut from a slide) comes with the centres a user clicked an
 - ``NAME.geojson`` / ``NAME_points.geojson``: QuPath's export of point annotations (Point or MultiPoint geometries,
   the class in ``properties.classification.name``), in the image's pixels as QuPath writes them.
 
-Every image is detected once with the parent model and ``--embeddings``; each click is paired with the detected
+Every image is detected once with the parent model and ``--embeddings`` (a large one, such as a whole slide
+with clicks in base-level pixels, only in the tiles near its clicks); each click is paired with the detected
 nucleus at the score cut nearest to it within 3 µm (HoVer-Net's pairing, ``type_metrics.pair_centres``), and a
 type head (``models/type_head.py``) is fitted to the paired nuclei's embeddings. A part of the clicks is held out
 (whole images where there are at least four, else a stratified share of the points) and scored: per-class F1
@@ -143,6 +144,39 @@ class ClickedNuclei:
     unpaired: int = 0  # clicks with no detected nucleus within PAIR_RADIUS_UM
 
 
+#: an image with more base pixels than this (four 1024² tiles) is run only around its clicks, as a slide
+#: whose few clicked regions are all that is needed: the tiles that touch a square of CLICK_REGION_UM around a click
+CLICK_REGIONS_MIN_PX = 4 * 1024 ** 2
+CLICK_REGION_UM = 64.0
+
+
+def _click_regions(image: Path, xy: np.ndarray, mpp, path: Path) -> str | None:
+    """For a large image (a whole slide), a regions file (one GeoJSON feature: the union of a square around every
+    click) so that only the tiles near the clicks run; None for a small image, which runs whole."""
+    import shapely
+
+    from .slide import Slide
+
+    with Slide(image, mpp) as slide:
+        (w, h), um = slide.dimensions, slide.mpp
+    if w * h <= CLICK_REGIONS_MIN_PX or not len(xy):
+        return None
+    if um is None:
+        raise WsinucleiError(f"{image}: its µm/px is not in the file: give --mpp")
+    xy = xy[(xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < w) & (xy[:, 1] < h)]
+    if not len(xy):
+        raise WsinucleiError(f"{image}: no click lies inside its {w}x{h} pixels: are the clicks in base-level "
+                             "pixels (x right, y down)?")
+    half = CLICK_REGION_UM / 2 / um
+    lo, hi = np.clip(xy - half, 0, None), np.minimum(xy + half, (w, h))
+    area = shapely.union_all(shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": shapely.geometry.mapping(area),
+        "properties": {"name": "clicks", "objectType": "annotation"}}]}))
+    return str(path)
+
+
 def embed_clicks(pairs: list[tuple[Path, Path]], parent: str | None, mpp, work: Path,
                  log=print) -> ClickedNuclei:
     """Detect each image with the parent model and embeddings, and pair its clicks with the nuclei found.
@@ -167,8 +201,9 @@ def embed_clicks(pairs: list[tuple[Path, Path]], parent: str | None, mpp, work: 
     emb, lab, img_of, clicks, unpaired = [], [], [], 0, 0
     mpps = list(mpp) if isinstance(mpp, (list, tuple)) else [mpp] * len(pairs)
     for k, (img, xy, cls) in enumerate(per_image):
+        regions = _click_regions(img, xy, mpps[k], work / f"{k}.clicks.geojson")
         opts = RunOptions(mpp=mpps[k], tissue_mask=False, model=parent, progress=False, embeddings=True,
-                          tables_only=True)
+                          tables_only=True, regions=regions)
         try:
             report = run_slide(img, work / str(k), opts, log=lambda *_: None)  # a folder each: names may repeat
         except NoTissue as exc:
