@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsinuclei.tissue import region_fraction, tissue_mask
+from wsinuclei.tissue import region_fraction, slide_tissue, tissue_mask
 from conftest import synthetic_he
 
 
@@ -79,3 +79,43 @@ def test_the_thumbnail_s_tissue_outline_is_skimage_s_outer_boundary():
         outline = SlidePlan.tissue_outline.func(type("P", (), {"mask": mask})())
         np.testing.assert_array_equal(outline, find_boundaries(mask, mode="outer"))
         assert outline.any() and not (outline & mask).any()
+
+
+class _ThumbnailOnly:
+    """What slide_tissue reads of a slide: its thumbnail (with downsample) and µm/px."""
+
+    def __init__(self, thumb, ds, mpp):
+        self._thumb, self._ds, self.mpp = thumb, ds, mpp
+
+    def thumbnail(self, min_mpp=None):
+        return self._thumb, self._ds
+
+
+def test_an_isolated_small_piece_of_a_large_slide_is_tissue_but_a_speck_is_not():
+    # a 100,400 x 80,400 px slide at 0.25 µm/px: a 2048 px thumbnail at 12.25 µm/px, where a 250 µm core is
+    # 20 x 20 px, under the share rule's 0.05 % of the thumbnail (1,680 px) but well over 0.01 mm² (67 px)
+    rng = np.random.default_rng(0)
+    thumb = np.clip(rng.normal(243, 2, (1640, 2048, 3)), 0, 255).astype(np.uint8)
+    pink = np.array([200, 120, 170])
+    thumb[800:820, 1000:1020] = pink  # a 250 µm core
+    thumb[300:307, 400:407] = pink  # a 86 µm piece: 0.0074 mm², debris
+    thumb[1500:1503, 100:103] = pink  # a 37 µm speck
+    _, ds, mask = slide_tissue(_ThumbnailOnly(thumb, 49.0, 0.25))
+    assert ds == 49.0
+    assert mask[805:815, 1005:1015].all()
+    assert not mask[300:307, 400:407].any() and not mask[1500:1503, 100:103].any()
+    assert mask.sum() < 600  # the core alone
+    # without a known µm/px only the share rule applies, and it drops the core
+    assert not tissue_mask(thumb).any()
+    assert not slide_tissue(_ThumbnailOnly(thumb, 49.0, None))[2].any()
+
+
+def test_a_small_image_keeps_its_share_rule():
+    # an annotated 1000 px image at 0.25 µm/px is its own thumbnail: 0.01 mm² would be 160,000 px there, so the
+    # smaller share rule (500 px) still decides, as before µm/px was known
+    img, _ = synthetic_he(1000, 1000, tissue=(100, 100, 900, 900))
+    img[20:40, 950:970] = (200, 120, 170)  # 400 px of debris on the glass
+    img[950:985, 20:55] = (200, 120, 170)  # 1,225 px: kept, over 0.05 % of the image
+    m = tissue_mask(img, um_per_px=0.25)
+    np.testing.assert_array_equal(m, tissue_mask(img))
+    assert not m[20:40, 950:970].any() and m[955:980, 25:50].all()

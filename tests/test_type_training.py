@@ -216,6 +216,7 @@ def test_a_large_image_runs_only_around_its_clicks(tmp_path):
     assert (work / "0.clicks.geojson").is_file()  # the squares around the clicks, as a regions file
     run = json.loads(next((work / "0").glob("*.run.json")).read_text())
     assert run["tiles_total"] == run["tiles_processed"] == 1  # the whole image: 3 x 3 tiles
+    assert not list((work / "0").glob("*.regions.*"))  # the squares say where to run; nothing is counted in them
     assert got.clicks == 36 and len(got.labels) >= 0.8 * 36
     alone = embed_clicks([(small / "img0.png", small / "img0_types.csv")], None, 0.25, tmp_path / "w2",
                          lambda *_: None)

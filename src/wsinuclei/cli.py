@@ -28,11 +28,18 @@ def _roi(text: str):
     return (x, y, w, h)
 
 
-def _joined_negative_values(argv: list[str]) -> list[str]:
-    """``--roi -10,0,100,100`` as ``--roi=-10,0,100,100``: argparse takes a value starting with '-' for an option
-    and says only "expected one argument"; joined, the value reaches its own check and error."""
+def _argv_for_argparse(argv: list[str]) -> list[str]:
+    """The command line as argparse can take it, or a :class:`WsinucleiError` where it cannot:
+
+    - ``--roi -10,0,100,100`` as ``--roi=-10,0,100,100``: argparse takes a value starting with '-' for an option
+      and says only "expected one argument"; joined, the value reaches its own check and error;
+    - ``--device=--`` refused: Python 3.11's argparse drops the value '--' and hands the option an empty list,
+      which no check of ours expects (argparse itself refuses ``--device --``)."""
     out, it = [], iter(argv)
     for a in it:
+        name, eq, value = a.partition("=")
+        if a.startswith("--") and eq and value == "--":
+            raise WsinucleiError(f"{name}: '--' is not a value")
         if a in ("--roi", "--analysis-roi"):
             nxt = next(it, None)
             if nxt is not None and nxt[:1] == "-" and nxt[1:2].isdigit():
@@ -553,14 +560,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `--device=--`: Python 3.11's argparse drops the value '--' and hands the option an empty list, which no
-    # check of ours expects; refused here in one line, as argparse refuses `--device --`
-    bad = next((a for a in argv if a.startswith("--") and a.partition("=")[1] and a.partition("=")[2] == "--"), None)
-    if bad is not None:
-        print(f"wsinuclei: error: {bad.partition('=')[0]}: '--' is not a value", file=sys.stderr)
+    try:
+        argv = _argv_for_argparse(list(sys.argv[1:] if argv is None else argv))
+    except WsinucleiError as exc:
+        print(f"wsinuclei: error: {exc}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(_joined_negative_values(argv))
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except WsinucleiError as exc:

@@ -104,7 +104,8 @@ def slide_tissue_stats(slide: Slide, mpp: float, thumbnail=None, **kwargs) -> La
     if thumbnail is None:
         _, ds, mask = slide_tissue(slide)
     else:
-        mask, ds = tissue_mask(thumbnail[0]), thumbnail[1]
+        ds = thumbnail[1]
+        mask = tissue_mask(thumbnail[0], um_per_px=slide.mpp * ds if slide.mpp else None)
     return tissue_lab_stats(slide, mask, ds, mpp, **kwargs)
 
 

@@ -9,5 +9,6 @@ class WsinucleiError(Exception):
 
 
 class NoTissue(WsinucleiError):
-    """The slide or image holds no stained area to run on (all glass): callers that go over many images, such as
-    ``train-types``, skip it; the CLI reports it as any other error."""
+    """The slide or image holds no stained area to run on (all glass, or no tile with tissue where it was asked
+    to run): callers that go over many images, such as ``train-types``, skip it; the CLI reports it as any other
+    error."""

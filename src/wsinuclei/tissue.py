@@ -14,20 +14,31 @@ from .morphology import binary_closing, drop_small_components, otsu_threshold
 #: several pixels at 1 µm. A slide within 2,048 px (an annotated image or tile) stays its own thumbnail.
 MASK_MIN_UM_PER_PX = 1.0
 
+#: µm² a piece of tissue must cover to be kept when the thumbnail's µm/px is known (0.01 mm², a 100 µm square):
+#: smaller pieces are dust and debris. The share-of-the-thumbnail rule alone (``min_object_fraction``) grows with
+#: the slide: on a 25 mm slide it dropped every isolated fragment under about 0.24 mm², whole 250 µm cores and
+#: biopsy crumbs among them, so a piece is dropped only when it is small by both rules.
+MIN_TISSUE_AREA_UM2 = 10_000.0
+
 
 def slide_tissue(slide) -> tuple[np.ndarray, float, np.ndarray]:
     """A slide's thumbnail for tissue detection (:data:`MASK_MIN_UM_PER_PX`), its downsample (base px per
     thumbnail px) and its tissue mask: the one rule planning and colour statistics (training too) share."""
     thumb, ds = slide.thumbnail(min_mpp=MASK_MIN_UM_PER_PX)
-    return thumb, ds, tissue_mask(thumb)
+    return thumb, ds, tissue_mask(thumb, um_per_px=slide.mpp * ds if slide.mpp else None)
 
 
-def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_saturation: float = 0.04) -> np.ndarray:
+def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_saturation: float = 0.04,
+                um_per_px: float | None = None) -> np.ndarray:
     """Boolean tissue mask of a thumbnail.
 
     Otsu threshold on optical density (glass is bright, stained tissue absorbs), intersected with a floor on
     saturation (grey pen marks and shadows absorb but carry no stain colour); then specks removed, small
     holes filled and the outline smoothed. A blank image gives an all-False mask.
+
+    A speck is a piece smaller than ``min_object_fraction`` of the thumbnail and, when ``um_per_px`` (the
+    thumbnail's µm per pixel) is known, also smaller than :data:`MIN_TISSUE_AREA_UM2`. Holes are filled by the
+    share rule alone: a hole inside tissue costs a tile at most.
     """
     rgb = np.asarray(thumb_rgb)[..., :3]
     if rgb.dtype == np.uint8:  # a table per value, not a log per pixel: the same numbers, a fifth of the time
@@ -50,7 +61,10 @@ def tissue_mask(thumb_rgb: np.ndarray, min_object_fraction: float = 0.0005, min_
     mask = (od > thresh) & (saturation > min_saturation)
     mask = binary_closing(mask, DISK_2)
     min_size = max(16, int(mask.size * min_object_fraction))
-    mask = drop_small_components(mask, min_size)  # specks: dust, debris
+    min_piece = min_size
+    if um_per_px:
+        min_piece = max(4, min(min_size, int(MIN_TISSUE_AREA_UM2 / um_per_px ** 2)))
+    mask = drop_small_components(mask, min_piece)  # specks: dust, debris
     mask = ~drop_small_components(~mask, min_size)  # small holes: lumina, fat inside tissue
     return mask
 

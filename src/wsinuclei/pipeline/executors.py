@@ -193,22 +193,19 @@ def _run_dask(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_result):
 
 @contextlib.contextmanager
 def _environment_kept():
-    """Dask's nanny writes its pre-spawn variables (OMP_NUM_THREADS=1 and the like) into this process's
-    environment each time it starts a worker and leaves them there: every process started later (a slide
-    after this one on Slurm, a user's own subprocess) would run its math on one thread, and torch's sums in
-    another order. The variables are put back as they were when the run ends."""
-    import dask
-    import distributed  # noqa: F401  (its defaults, the pre-spawn variables among them, join dask's config)
-
-    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    before = {k: os.environ.get(k) for k in keys}
+    """Dask's nanny writes into this process's environment each time it starts a worker and leaves it there: its
+    pre-spawn variables (OMP_NUM_THREADS=1 and the like), PYTHONHASHSEED and a parent-pid marker. Every process
+    started later (a slide after this one on Slurm, a user's own subprocess) would run its math on one thread, and
+    torch's sums in another order. The environment is put back as it was when the run ends: every variable the
+    run added, removed or changed (a run of ours sets none of its own)."""
+    before = dict(os.environ)
     try:
         yield
     finally:
+        for k in set(os.environ) - set(before):
+            os.environ.pop(k, None)
         for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
+            if os.environ.get(k) != v:
                 os.environ[k] = v
 
 

@@ -68,7 +68,8 @@ class RunOptions:
     embeddings: bool = False
     feature_families: tuple = ("morphometry", "fsd", "intensity", "gradient")
     # write the tables (NAME.nuclei.parquet, NAME.bag.parquet) and NAME.run.json only, not the CSV, GeoJSON, DSA
-    # file and thumbnail: for a library caller that reads the tables back (train-types)
+    # file, thumbnail or region counts (regions then only say where to run): for a library caller that reads the
+    # tables back (train-types)
     tables_only: bool = False
 
     def validate(self) -> "RunOptions":

@@ -146,9 +146,9 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         runs = not opts.tissue_mask or (frac > 0 and frac >= opts.min_tissue)
         (tiles if runs else skipped).append(t)
     if not tiles and area is not None:
-        raise WsinucleiError(f"{path}: no tile inside the regions of {opts.regions} holds tissue")
+        raise NoTissue(f"{path}: no tile inside the regions of {opts.regions} holds tissue")
     if not tiles:
-        raise WsinucleiError(f"{path}: no tile holds {'tissue' if not opts.min_tissue else f'at least {opts.min_tissue:.0%} tissue'} "
+        raise NoTissue(f"{path}: no tile holds {'tissue' if not opts.min_tissue else f'at least {opts.min_tissue:.0%} tissue'} "
                              "(see --min-tissue, --no-tissue-mask)")
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],

@@ -410,7 +410,7 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
     if (opts.features or opts.embeddings) and not failed:  # a partial table is never written as if it were the slide's
         report.outputs.update(_write_feature_tables(plan, opts, results, out_dir, report, boxes, scores, areas,
                                                     tile_of, row_of, types, outlines))
-    if plan.regions is not None:
+    if plan.regions is not None and not opts.tables_only:  # regions then only say where to run
         report.outputs.update(_write_region_tables(plan, out_dir, name, boxes[at_cut], None if areas is None else
                                                    areas[at_cut], None if types is None else types.take(at_cut)))
     atomic_write_bytes(out_dir / f"{name}.profile.csv", _profile_csv(profile_rows))
