@@ -213,7 +213,8 @@ def _cmd_train(args) -> int:
         print(f"no validation yet (stopped before the first); the state is in {args.run_dir}/last.pt: continue "
               "with --resume")
     else:
-        print(f"best validation score {best.get('val_f1', float('nan')):.3f} at step {best.get('step')}; "
+        key = "val_score" if "val_score" in best else "val_f1"  # a typed run picks by detection and types
+        print(f"best validation score {best.get(key, float('nan')):.3f} at step {best.get('step')}; "
               f"model: {args.run_dir}/best.safetensors")
     return 0
 
