@@ -7,7 +7,7 @@ alternating, best of ``--repeats``, on each slide given (in-process, the default
 
 Also times ``--features`` and ``--features --embeddings`` (the embedding beside the hand-made features), and
 reports where the difference goes: each variant's stage totals from ``NAME.run.json`` (the tiles' inference,
-which includes the network's extra output, and post-processing, which includes the pooling over each polygon;
+which holds the network's extra output and, in decoding, the pooling over each polygon; and post-processing;
 seconds summed over tiles, median over the repeats). Run on a quiet machine.
 """
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The same nuclei whatever the tiling: one slide detected with the default tiling (1024-px tiles, overlap 64,
-or ``--overlap``) as the reference, then with other tile sizes, a larger overlap and an ROI at an origin off the 32-px lattice.
+or ``--overlap``) as the reference, then with other tile sizes, four times the overlap and an ROI at an origin
+off the 32-px lattice.
 For each run: the share of the reference's nuclei (score >= the cut, centres inside the run's area) that have a
 counterpart at box IoU >= 0.9 (and, for a typed model, of the same type), and the difference in counts.
 

@@ -21,7 +21,7 @@ from . import stain
 from .errors import WsinucleiError
 from .morphology import dilate_square
 from .slide import Slide
-from .tissue import slide_tissue, tissue_mask
+from .tissue import slide_tissue
 
 #: How the statistics are taken; stored in run.json and model files so results say what they used.
 DEFINITION = "tissue-patches-v1"
@@ -98,14 +98,9 @@ def tissue_lab_stats(slide: Slide, mask: np.ndarray, mask_downsample: float, mpp
     return LabStats(mu, sigma, len(pixels), patches, mpp)
 
 
-def slide_tissue_stats(slide: Slide, mpp: float, thumbnail=None, **kwargs) -> LabStats:
-    """:func:`tissue_lab_stats` with the tissue mask made from the slide's thumbnail (or the given
-    ``(thumbnail, downsample)`` pair)."""
-    if thumbnail is None:
-        _, ds, mask = slide_tissue(slide)
-    else:
-        ds = thumbnail[1]
-        mask = tissue_mask(thumbnail[0], um_per_px=slide.mpp * ds if slide.mpp else None)
+def slide_tissue_stats(slide: Slide, mpp: float, **kwargs) -> LabStats:
+    """:func:`tissue_lab_stats` with the tissue mask made from the slide's thumbnail (``tissue.slide_tissue``)."""
+    _, ds, mask = slide_tissue(slide)
     return tissue_lab_stats(slide, mask, ds, mpp, **kwargs)
 
 

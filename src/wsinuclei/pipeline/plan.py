@@ -148,8 +148,8 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
     if not tiles and area is not None:
         raise NoTissue(f"{path}: no tile inside the regions of {opts.regions} holds tissue")
     if not tiles:
-        raise NoTissue(f"{path}: no tile holds {'tissue' if not opts.min_tissue else f'at least {opts.min_tissue:.0%} tissue'} "
-                             "(see --min-tissue, --no-tissue-mask)")
+        held = "tissue" if not opts.min_tissue else f"at least {opts.min_tissue:.0%} tissue"
+        raise NoTissue(f"{path}: no tile holds {held} (see --min-tissue, --no-tissue-mask)")
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma],

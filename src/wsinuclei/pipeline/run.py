@@ -164,7 +164,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         name = plan.slide.name
         writable_folder(out_dir)
         lock = _lock_output(out_dir, name)
-        if len(plan.tiles) > EARLY_THUMBNAIL_TILES and not opts.tables_only:  # a long run: the plan can be checked while it runs
+        if len(plan.tiles) > EARLY_THUMBNAIL_TILES and not opts.tables_only:  # a long run: its plan can be seen
             draw_thumbnail(plan, out_dir / f"{name}.thumbnail.png")
         model_id = loaded.digest[:12]  # the SHA-1 of the model file's bytes
         parts = out_dir / f".{name}.parts" / _settings_hash(plan, opts, model_id)
@@ -392,12 +392,12 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
             continue
         report.stage_totals_s[stage] = round(sum(float(p.get(stage, 0) or 0) for p in profile_rows), 3)
     report.stage_totals_s["merge_seams_s"] = round(merge_s, 3)  # once per slide, after every tile
-    attributes = annotation_attributes(report, opts)
-    measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
-    # the thumbnail's PNG encoding releases the GIL: it runs beside the formatting of the other files
     at_cut = scores >= opts.score_cut
     report.outputs = {}
     if not opts.tables_only:
+        attributes = annotation_attributes(report, opts)
+        measurements = _qupath_measurements(results, tile_of, row_of) if opts.features and not failed else None
+        # the thumbnail's PNG encoding releases the GIL: it runs beside the formatting of the other files
         thumbnail = _BACKGROUND.submit(draw_thumbnail, plan, out_dir / f"{name}.thumbnail.png", boxes[at_cut],
                                        None if types is None else types.take(at_cut))
         try:
