@@ -14,6 +14,7 @@ Where the truth has types (CoNSeP, CRCHisto, BRCA-M2C) and the model a type head
     .venv/bin/python scripts/evaluate_sets.py --out out/sets/fast                        # the shipped model
     .venv/bin/python scripts/evaluate_sets.py --model runs/contours/best.safetensors --out out/sets/contours
     .venv/bin/python scripts/evaluate_sets.py ... --read-mpp 0.5        # every set read at 20x resolution
+    .venv/bin/python scripts/evaluate_sets.py ... --norm-statistics slide   # each image's own statistics
 
 Writes OUT/<set>/report/metrics.json (and score_cuts.csv) per set and OUT/sets.json, and prints a Markdown
 table; then, for the validation sets only (a test set never chooses anything), the score cuts with the best F1
@@ -69,10 +70,10 @@ def _stage(samples, folder: Path, kind: str) -> Path:
 
 
 def run_set(name: str, images: list[Path], truth: Path, out: Path, mpp: float, model: str | None,
-            read_mpp: float | None, model_resolution: bool, min_precision: float) -> dict:
+            read_mpp: float | None, model_resolution: bool, min_precision: float, norm_statistics: str = "tile") -> dict:
     pred = out / name / "pred"
     opts = RunOptions(mpp=mpp, tissue_mask=False, model=model, progress=False, read_mpp=read_mpp,
-                      native_resolution=not model_resolution)
+                      native_resolution=not model_resolution, norm_statistics=norm_statistics)
     t0 = time.perf_counter()
     for img in images:
         run_slide(img, pred, opts, log=lambda *_: None)
@@ -102,6 +103,8 @@ def main() -> int:
                     help="read every image at this µm/px (e.g. 0.5: the 40x sets at a 20x slide's resolution)")
     ap.add_argument("--model-resolution", action="store_true",
                     help="read every image at the model's own µm/px (CRCHisto upsampled to 0.25)")
+    ap.add_argument("--norm-statistics", choices=["tile", "slide"], default="tile",
+                    help="where GroupNorm's statistics come from (wsinuclei detect --norm-statistics); each image is a slide")
     ap.add_argument("--min-precision", type=float, default=0.75,
                     help="the validation table's precision floor (default 0.75)")
     args = ap.parse_args()
@@ -125,7 +128,8 @@ def main() -> int:
         if args.sets and name not in args.sets:
             continue
         row = run_set(name, images, truth, out, mpp, args.model, args.read_mpp, args.model_resolution,
-                      args.min_precision)
+                      args.min_precision, args.norm_statistics)
+        row["norm_statistics"] = args.norm_statistics
         row["read_mpp"] = args.read_mpp or ("model" if args.model_resolution else "native")
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("set", "images", "s_per_image")}), flush=True)

@@ -6,6 +6,7 @@ For each run: the share of the reference's nuclei (score >= the cut, centres ins
 counterpart at box IoU >= 0.9 (and, for a typed model, of the same type), and the difference in counts.
 
     .venv/bin/python scripts/tiling_invariance.py SLIDE --mpp 0.25 --model MODEL --out out/tiling
+    .venv/bin/python scripts/tiling_invariance.py SLIDE --norm-statistics slide --out out/tiling_slide_stats
     # the figures of BENCHMARKS.md: ../shared/data/slides/tcga-cr-7395-01a-01-ts1.svs (no µm/px: --mpp 0.25)
 
 Prints a Markdown table and writes the figures to OUT/tiling.json. Accuracy only: no timing.
@@ -63,14 +64,16 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--roi", default="333,217,2048,2048", help="x,y,w,h of the ROI run, off the 32-px lattice")
+    ap.add_argument("--norm-statistics", choices=["tile", "slide"], default="tile",
+                    help="where GroupNorm's statistics come from in every run (wsinuclei detect --norm-statistics)")
     ap.add_argument("--overlap", type=int, default=64,
                     help="the overlap of every run but the larger-overlap one, which has four times it (default 64)")
     a = ap.parse_args()
     out = Path(a.out)
     roi = tuple(int(v) for v in a.roi.split(","))
-    ov = {"overlap": a.overlap}
+    ov = {"overlap": a.overlap, "norm_statistics": a.norm_statistics}
     runs = {f"reference (tile 1024, overlap {a.overlap})": ov, "tile 768": {**ov, "tile_size": 768},
-            "tile 512": {**ov, "tile_size": 512}, f"overlap {4 * a.overlap}": {"overlap": 4 * a.overlap},
+            "tile 512": {**ov, "tile_size": 512}, f"overlap {4 * a.overlap}": {**ov, "overlap": 4 * a.overlap},
             f"ROI at ({roi[0]}, {roi[1]})": {**ov, "roi": roi}}
     results = {}
     for i, (label, kw) in enumerate(runs.items()):
@@ -79,7 +82,8 @@ def main() -> int:
         results[label] = (read_nuclei(Path(report.outputs["csv"]), opts.score_cut), kw.get("roi"))
     ref = results.pop(next(iter(runs)))[0]
     rows = {label: compare(ref, nuclei, r) for label, (nuclei, r) in results.items()}
-    (out / "tiling.json").write_text(json.dumps({"slide": a.slide, "model": a.model or "shipped", "runs": rows},
+    (out / "tiling.json").write_text(json.dumps({"slide": a.slide, "model": a.model or "shipped",
+                                                 "norm_statistics": a.norm_statistics, "overlap": a.overlap, "runs": rows},
                                                 indent=1))
     print("| run | reference nuclei | kept at IoU >= 0.9 | kept with the same type | count difference |")
     print("|---|---|---|---|---|")

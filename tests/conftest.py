@@ -152,7 +152,7 @@ def stub_detector(monkeypatch, random_model):
 
     stub = StubDetector(random_model)
     monkeypatch.setattr(worker, "_detector", lambda path, device, backend="auto", read_mpp=None, streams=1,
-                        embeddings=False: stub)  # every caller looks it up there
+                        embeddings=False, norm_stats=None, norm_key="": stub)  # every caller looks it up there
     monkeypatch.setattr(worker, "_model_settings", lambda path: stub.loaded)  # what the slide is planned with
     return stub
 

@@ -59,7 +59,7 @@ def _run_options(args):
     return RunOptions(mpp=args.mpp, roi=args.roi, regions=getattr(args, "regions", None), tile_size=args.tile_size, overlap=args.overlap,
                       min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
                       native_resolution=not args.model_resolution, read_mpp=args.read_mpp, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
-                      device=args.device, backend=args.backend,
+                      device=args.device, backend=args.backend, norm_statistics=getattr(args, "norm_statistics", "tile"),
                       batch_size=args.batch_size, readers=args.readers, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, gzip=args.gzip, features=args.features,
                       embeddings=getattr(args, "embeddings", False),
@@ -346,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what runs the model on the CPU: auto takes a star model's INT8 network on OpenVINO where the "
                     "model file carries one (the shipped model does), else OpenVINO float32 where its outputs equal "
                     "torch's, else torch; openvino = float32 on OpenVINO (pip install openvino) (default auto)")
+    sp.add_argument("--norm-statistics", choices=["tile", "slide"], default="tile",
+                    help="where the network's GroupNorm statistics come from: tile = each tile's own, as the model was "
+                    "trained; slide = measured once per slide on 8 windows of its tissue, so the nuclei do not depend on "
+                    "--tile-size, --overlap or --roi (star models; a slide holding tissue of several patients, such as a "
+                    "tissue microarray, gets one set for all) (default tile)")
     sp.add_argument("--batch-size", type=int, default=1, help="tiles per inference batch (GPU: 4-16)")
     sp.add_argument("--readers", type=int, default=2, help="tile reader threads for in-process runs (default 2)")
     sp.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster with N worker processes "

@@ -190,11 +190,11 @@ class OpenVinoStarDetector(Detector):
     backend = "openvino"
 
     def __init__(self, loaded: LoadedModel, network: Path | tuple[bytes, bytes], read_mpp: float | None = None,
-                 threads: int | None = None, streams: int = 1, embeddings: bool = False):
+                 threads: int | None = None, streams: int = 1, embeddings: bool = False, norm_stats=None):
         from .models.openvino_star import OpenVinoStarNet
 
         super().__init__(loaded)
-        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads, streams, embeddings)
+        self.net = OpenVinoStarNet(network, loaded.config.star_head, threads, streams, embeddings, norm_stats)
         self.embeddings = self.net.embeddings
         self.tiles_at_once = self.net.streams
         self.set_read_mpp(read_mpp)
@@ -231,7 +231,7 @@ class OpenVinoStarDetector(Detector):
 
 
 def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mpp: float | None = None,
-                  streams: int = 1, embeddings: bool = False) -> Detector:
+                  streams: int = 1, embeddings: bool = False, norm_stats=None) -> Detector:
     """The detector for a model file, by ``backend`` (:data:`BACKENDS`):
 
     - ``auto``: a star model on the CPU runs its INT8 network on OpenVINO where the file carries one
@@ -244,6 +244,8 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
     ``streams``: for an OpenVINO network, how many tiles of one call run at once (``OpenVinoStarNet``).
     ``embeddings``: a star model gives each nucleus' embedding too (``Detector.predict_full``); the other
     outputs are the same as without (a clear error for a model of another kind).
+    ``norm_stats``: a slide's normalisation statistics (``models/norm_statistics.py``, measured by
+    :func:`measure_norm_statistics` with the same backend), held by the network's GroupNorm layers.
     """
     from .errors import WsinucleiError
 
@@ -254,6 +256,18 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
     if embeddings and not loaded.config.is_star:
         raise WsinucleiError(f"--embeddings: {loaded.path} is not a star model (embeddings are the star head's "
                              "features pooled over each nucleus)")
+    if norm_stats is not None:
+        from .models.norm_statistics import torch_fixed
+
+        runtime, network = norm_runtime(loaded, device, backend)
+        if runtime == "torch":
+            lm = with_network(loaded, data)
+            lm.model = torch_fixed(lm.model, norm_stats)
+            return NucleusDetector(lm, device, "torch", read_mpp, embeddings)
+        det = OpenVinoStarDetector(loaded, network, read_mpp, streams=streams, embeddings=embeddings,
+                                   norm_stats=norm_stats)
+        det.backend = runtime
+        return det
     if device != "cpu" or backend == "torch":
         if backend.startswith("openvino") and device != "cpu":
             raise WsinucleiError(f"--backend {backend} runs on the CPU; with --device {device} leave it at auto or torch")
@@ -274,6 +288,62 @@ def load_detector(path=None, device: str = "cpu", backend: str = "auto", read_mp
 
 #: what runs a model (``--backend``)
 BACKENDS = ("auto", "torch", "openvino", "openvino-int8")
+
+
+def norm_runtime(loaded: LoadedModel, device: str, backend: str) -> tuple[str, object]:
+    """What runs a star model with slide statistics, as :func:`load_detector` would pick for it without them:
+    ("openvino-int8", IR bytes), ("openvino", checked float32 IR path) or ("torch", None). The same runtime
+    measures the statistics and runs the tiles."""
+    from .errors import WsinucleiError
+
+    if not loaded.config.is_star or loaded.config.backbone.get("norm", "group") != "group":
+        raise WsinucleiError(f"--norm-statistics slide: {Path(str(loaded.path)).name} is not a star model with "
+                             "GroupNorm layers")
+    if device != "cpu" or backend == "torch":
+        return "torch", None
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        if backend.startswith("openvino"):
+            raise WsinucleiError(f"--backend {backend}: OpenVINO is not installed (pip install openvino)") from None
+        return "torch", None
+    if backend in ("auto", "openvino-int8") and loaded.int8 is not None:
+        return "openvino-int8", loaded.int8
+    if backend == "openvino-int8":
+        raise WsinucleiError(f"--backend openvino-int8: {loaded.path} carries no INT8 network (wsinuclei export --int8)")
+    xml = _checked_conversion(loaded.digest)
+    return ("openvino", xml) if xml is not None else ("torch", None)
+
+
+def measure_norm_statistics(path, windows: list[np.ndarray], device: str = "cpu", backend: str = "auto"):
+    """A slide's normalisation statistics (``models/norm_statistics.py``) from its windows (preprocessed uint8
+    HWC, all of one size), measured by the runtime that will run its tiles (:func:`norm_runtime`). Returns the
+    statistics and that runtime's name."""
+    from .models import norm_statistics as ns
+
+    loaded, data = read_model_file(path)
+    runtime, network = norm_runtime(loaded, device, backend)
+    if runtime == "torch":
+        import torch
+
+        lm = with_network(loaded, data)
+        net = lm.model.eval()
+        batch = net.batch([torch.from_numpy(np.ascontiguousarray(w)).permute(2, 0, 1).float().div_(255.0)
+                           for w in windows])
+        return ns.torch_statistics(net.backbone, batch), runtime
+    import openvino as ov
+
+    from .models.openvino_star import tile_input, with_normalisation
+
+    core = ov.Core()
+    model = core.read_model(*network) if isinstance(network, tuple) else core.read_model(str(network))
+    model, names = ns.ov_measuring(model)
+    compiled = core.compile_model(with_normalisation(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    res = compiled(np.concatenate([tile_input(w) for w in windows]))
+    first = len(compiled.outputs) - 2 * len(names)
+    stats = {n: (np.asarray(res[first + 2 * k], np.float32).reshape(-1), np.asarray(res[first + 2 * k + 1], np.float32).reshape(-1))
+             for k, n in enumerate(names)}
+    return stats, runtime
 
 
 def _int8_detector(loaded: LoadedModel, read_mpp: float | None, insist: bool, streams: int = 1,

@@ -132,10 +132,11 @@ class OpenVinoStarNet:
     A lone tile has only its stream's threads, so one-tile-at-a-time callers keep the default, 1.
 
     ``embeddings``: also each nucleus' embedding (N, C), its polygon's mean of the head's features
-    (``star_decode.pool_embeddings``), as a fifth element per tile; else that element is None."""
+    (``star_decode.pool_embeddings``), as a fifth element per tile; else that element is None.
+    ``norm_stats``: a slide's statistics for the GroupNorm layers (``norm_statistics.ov_fixed``)."""
 
     def __init__(self, network: Path | tuple[bytes, bytes], head: dict[str, Any], threads: int | None = None,
-                 streams: int = 1, embeddings: bool = False):
+                 streams: int = 1, embeddings: bool = False, norm_stats=None):
         import openvino as ov
 
         core = ov.Core()
@@ -145,6 +146,10 @@ class OpenVinoStarNet:
         else:
             self.xml = Path(network)
             model = core.read_model(str(network))
+        if norm_stats is not None:  # a slide's statistics in the GroupNorm layers (norm_statistics.py)
+            from .norm_statistics import ov_fixed
+
+            model = ov_fixed(model, norm_stats)
         self.embeddings = bool(embeddings)
         if self.embeddings:
             model = with_feature_output(model)

@@ -40,7 +40,8 @@ def _run_in_process(plan: SlidePlan, todo: list[Tile], opts: RunOptions, on_resu
     since their compiled steps (filters, distance transforms, sums) release the GIL. Results still reach
     ``on_result`` on this thread, in tile order."""
     ctx = plan.ctx
-    det = worker.in_process_detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, ctx.embeddings)
+    det = worker.in_process_detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, ctx.embeddings,
+                                     ctx.norm_stats, ctx.norm_key)
     batch_size = in_process_batch(opts, det)
 
     def prepare(t):

@@ -18,6 +18,9 @@ from ..inference import BACKENDS
 OPERATING_POINT = 0.5
 
 
+#: ``--norm-statistics``: where GroupNorm's statistics come from
+NORM_STATISTICS = ("tile", "slide")
+
 PROFILE_FIELDS = ["tile", "x", "y", "tissue_fraction", "read_s", "tissue_s", "reinhard_s", "deconvolution_s",
                   "inference_s", "postprocess_s", "features_s", "nuclei", "worker", "attempts"]
 
@@ -71,6 +74,9 @@ class RunOptions:
     # file, thumbnail or region counts (regions then only say where to run): for a library caller that reads the
     # tables back (train-types)
     tables_only: bool = False
+    # "tile": GroupNorm's statistics over each tile (as the models were trained); "slide": measured once per slide
+    # on windows of its tissue (models/norm_statistics.py), so the nuclei do not depend on the tiling or an ROI
+    norm_statistics: str = "tile"
 
     def validate(self) -> "RunOptions":
         if self.regions is not None and self.roi is not None:
@@ -136,6 +142,8 @@ class RunOptions:
                                  "is one tile (leave --batch-size at 1)")
         if self.backend not in BACKENDS:
             raise WsinucleiError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
+        if self.norm_statistics not in NORM_STATISTICS:
+            raise WsinucleiError(f"--norm-statistics {self.norm_statistics}: expected one of {', '.join(NORM_STATISTICS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise WsinucleiError(f"--device {self.device}: expected cpu, cuda or cuda:N")
         if self.device.startswith("cuda:") and (self.workers or self.scheduler):
@@ -163,6 +171,9 @@ class SlideContext:
     features: tuple | None = None  # feature families to measure, None for none
     backend: str = "auto"
     embeddings: bool = False  # each nucleus' embedding (--embeddings)
+    # --norm-statistics slide: the slide's GroupNorm statistics (norm_statistics.to_lists) and their digest
+    norm_stats: dict | None = None
+    norm_key: str = ""
 
 
 @dataclass
@@ -214,3 +225,5 @@ class RunReport:
     stage_totals_s: dict = field(default_factory=dict)
     failed: list = field(default_factory=list)
     reinhard_source: dict = field(default_factory=dict)
+    # --norm-statistics slide: the windows, runtime and digest of the slide's GroupNorm statistics
+    norm_statistics: dict = field(default_factory=dict)

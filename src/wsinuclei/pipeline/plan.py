@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..colour_stats import tissue_lab_stats
+from ..colour_stats import sample_tissue_points, tissue_lab_stats
 from ..errors import NoTissue, WsinucleiError
 from ..morphology import CROSS, binary_dilation
 from ..slide import Slide
@@ -38,6 +38,7 @@ class SlidePlan:
     regions: list | None = None  # with --regions: the drawn regions (regions.Region)
     region_area: object = None  # and their union, made once when planning (prepared for many tests)
     outside_regions: int = 0  # tiles not run because their core touches no region
+    norm_info: dict | None = None  # --norm-statistics slide: how the statistics were taken (run.json)
 
     @functools.cached_property
     def tissue_outline(self) -> np.ndarray:
@@ -125,7 +126,12 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
         stats = tissue_lab_stats(slide, mask, ds, slide.colour_map_mpp(model_mpp))
         mu, sigma, lab_info = stats.mean, stats.std, stats.as_dict()
     scale = model_mpp / mpp
-    gx, gy, gw, gh = lattice_area(roi, scale)
+    # an ROI (or the regions' box) is run with half an overlap of the slide around it where the slide has pixels,
+    # as a tile core is: a nucleus cut by its edge is outlined from the whole nucleus, as the whole-slide run
+    # outlines it (without, 1-2 % of an ROI's nuclei changed, nearly all at its edge); only nuclei whose
+    # centre lies inside are reported
+    covered = roi if roi == (0, 0, W, H) else with_context(roi, opts.overlap / 2 * scale, W, H)
+    gx, gy, gw, gh = lattice_area(covered, scale)
     tile_shape = fitted_tile_shape(opts.tile_size, opts.overlap, gw / scale, gh / scale)
     grid = TileGrid(gw, gh, scale, tile_shape, opts.overlap, origin=(gx, gy))
     if len(grid) > MAX_TILES:
@@ -150,13 +156,67 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
     if not tiles:
         held = "tissue" if not opts.min_tissue else f"at least {opts.min_tissue:.0%} tissue"
         raise NoTissue(f"{path}: no tile holds {held} (see --min-tissue, --no-tissue-mask)")
+    norm_stats = norm_key = norm_info = None
+    if opts.norm_statistics == "slide":
+        norm_stats, norm_key, norm_info = slide_norm_statistics(slide, mask, ds, model_mpp, input_channels,
+                                                                target_mu, target_sigma, mu, sigma, model_path, opts)
     ctx = SlideContext(str(Path(path).resolve()), mpp, model_path, model_mpp, input_channels,
                        [float(v) for v in mu], [float(v) for v in sigma],
                        [float(v) for v in target_mu], [float(v) for v in target_sigma],
                        opts.device, opts.min_score, opts.retries, opts.score_cut,
                        tuple(opts.feature_families) if opts.features else None, backend=opts.backend,
-                       embeddings=opts.embeddings)
-    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info, regions, area, outside)
+                       embeddings=opts.embeddings, norm_stats=norm_stats, norm_key=norm_key or "")
+    return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info, regions, area, outside,
+                     norm_info)
+
+
+#: ``--norm-statistics slide``: windows of the slide's tissue its statistics are measured on, and their size at
+#: the µm/px tiles are read at (the default tile's: what GroupNorm saw per tile)
+NORM_WINDOWS = 8
+NORM_WINDOW_SIZE = 1024
+LATTICE = 32  # the network's coarsest stride: windows start on the tiles' lattice
+
+
+def norm_windows(slide: Slide, mask: np.ndarray, ds: float, read_mpp: float, n: int = NORM_WINDOWS,
+                 size: int = NORM_WINDOW_SIZE, seed: int = 0) -> list[tuple[float, float, int, int]]:
+    """Where a slide's normalisation statistics are measured: ``n`` windows (x, y in base pixels, width and height
+    at ``read_mpp``) centred near seeded points spread over the whole slide's tissue mask
+    (``colour_stats.sample_tissue_points``), their corners on the 32-px lattice in slide coordinates. They
+    depend on the slide alone, not on the tile size, the overlap, an ROI or regions: so neither do the
+    statistics. A slide smaller than a window is one window, the whole slide."""
+    scale = read_mpp / slide.require_mpp()  # base pixels per pixel at read_mpp
+    W, H = (int(d / scale) for d in slide.dimensions)
+    w, h = min(size, W), min(size, H)
+    pts = sample_tissue_points(mask if mask.any() else np.ones_like(mask), ds, n, np.random.default_rng(seed)) / scale
+    out = []
+    for px, py in pts:
+        x = int(np.clip(np.floor((px - w / 2) / LATTICE) * LATTICE, 0, (W - w) // LATTICE * LATTICE))
+        y = int(np.clip(np.floor((py - h / 2) / LATTICE) * LATTICE, 0, (H - h) // LATTICE * LATTICE))
+        out.append((x * scale, y * scale, w, h))
+    return out
+
+
+def slide_norm_statistics(slide: Slide, mask, ds, read_mpp, input_channels, target_mu, target_sigma, src_mu, src_sigma,
+                          model_path, opts: RunOptions):
+    """The slide's GroupNorm statistics (``models/norm_statistics.py``), measured on :func:`norm_windows` read and
+    normalised as tiles are, by the runtime that will run the tiles. Returns them (JSON-ready), their digest and
+    what run.json records."""
+    from .. import stain
+    from ..inference import measure_norm_statistics
+    from ..models import norm_statistics as ns
+
+    t0 = time.perf_counter()
+    table = stain.ReinhardTable(target_mu, target_sigma, src_mu, src_sigma)
+    wins = norm_windows(slide, mask, ds, read_mpp)
+    # the distinct windows, each read and measured once (a slide no larger than a window is one window, not
+    # the same one eight times)
+    crops = [stain.model_input(slide.read_region(x, y, w, h, read_mpp, colour_map=table), input_channels)
+             for x, y, w, h in sorted(set(wins), key=wins.index)]
+    stats, runtime = measure_norm_statistics(model_path, crops, opts.device, opts.backend)
+    key = ns.digest(stats)
+    info = {"definition": ns.DEFINITION, "windows": [[round(x, 1), round(y, 1), w, h] for x, y, w, h in wins],
+            "runtime": runtime, "layers": len(stats), "digest": key, "seconds": round(time.perf_counter() - t0, 3)}
+    return ns.to_lists(stats), key, info
 
 
 TISSUE_MARGIN_UM = 20.0  # the tissue mask is grown by this before detections are checked against it
@@ -197,6 +257,14 @@ MAX_ENLARGEMENT = 4.0
 MAX_TILES = 1_000_000
 #: the network's coarsest stride (model pixels): every tile starts on this lattice in slide coordinates
 LATTICE = 32
+
+
+def with_context(roi: tuple, margin: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """``roi`` (x, y, w, h in base pixels) grown by ``margin`` base pixels on every side, inside the slide."""
+    x, y, w, h = roi
+    x0, y0 = max(0.0, x - margin), max(0.0, y - margin)
+    x1, y1 = min(float(width), x + w + margin), min(float(height), y + h + margin)
+    return x0, y0, x1 - x0, y1 - y0
 
 
 def lattice_area(roi: tuple, scale: float) -> tuple[float, float, float, float]:

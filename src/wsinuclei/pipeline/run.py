@@ -39,6 +39,10 @@ def _settings_hash(plan: SlidePlan, opts: RunOptions, model_id: str) -> str:
            "score_cut": opts.score_cut if opts.features or opts.embeddings else None}
     if opts.embeddings:  # only then, so the parts of runs made before embeddings existed still resume
         key["embeddings"] = True
+    if plan.roi != (0, 0, *plan.slide.dimensions):  # an ROI's grid covers context around it (plan.with_context)
+        key["grid_origin"] = [round(float(v), 3) for v in plan.grid.origin]
+    if plan.ctx.norm_key:  # the slide's statistics (--norm-statistics slide)
+        key["norm"] = plan.ctx.norm_key
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -137,7 +141,8 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
                              "features pooled over each nucleus)")
     distributed = bool(opts.scheduler or opts.workers or opts.cluster)  # then workers load the model
     loading = None
-    if not distributed:  # the detector is built while the slide is planned (compiling a network takes ~0.5 s);
+    if not distributed and opts.norm_statistics == "tile":
+        # the detector is built while the slide is planned (compiling a network takes ~0.5 s);
         # cached, so the tiles (and later slides of the same command) use this very instance
         loading = _BACKGROUND.submit(worker.in_process_detector, model_path, opts.device, opts.backend, None,
                                      opts.embeddings)
@@ -150,6 +155,9 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
 
         report_repairs(plan.regions, lambda m: log(f"{name}: {m}"))
     batch = opts.batch_size
+    if not distributed and plan.ctx.norm_stats is not None:  # a detector with this slide's statistics
+        loading = _BACKGROUND.submit(worker.in_process_detector, model_path, opts.device, opts.backend,
+                                     plan.ctx.model_mpp, opts.embeddings, plan.ctx.norm_stats, plan.ctx.norm_key)
     if loading is not None:
         try:
             batch = in_process_batch(opts, loading.result())  # a network that does not build fails here
@@ -186,6 +194,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
                            tiles_skipped_tissue=len(plan.skipped), tiles_resumed=resumed, executor=executor,
                            tiles_outside_regions=plan.outside_regions,
                            workers=max(1, opts.workers), reinhard_source=plan.lab_stats,
+                           norm_statistics=plan.norm_info or {},
                            slide=str(Path(plan.ctx.path).resolve()), mpp=plan.ctx.mpp, read_mpp=plan.ctx.model_mpp,
                            score_cut=opts.score_cut,
                            min_score=opts.min_score, model={"file": str(loaded.path), "sha1": model_id},

@@ -32,19 +32,30 @@ def _model_settings(model_path: str | None):
 
 
 def _detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None,
-              streams: int = 1, embeddings: bool = False):
+              streams: int = 1, embeddings: bool = False, norm_stats: dict | None = None, norm_key: str = ""):
     """This process's detector for tiles read at ``read_mpp`` (None: the model's own µm/px). Its budgets are set
     once, for that resolution: a worker that runs slides at two resolutions holds one detector for each, never
     one whose budgets change under another thread. ``streams``: tiles one call runs at once (OpenVINO; the
     in-process executor asks for :data:`IN_PROCESS_STREAMS`, a Dask worker's one-tile tasks for 1).
-    ``embeddings``: a detector that gives each nucleus' embedding too (``--embeddings``)."""
+    ``embeddings``: a detector that gives each nucleus' embedding too (``--embeddings``). ``norm_stats``
+    (named by ``norm_key``): one slide's normalisation statistics (``--norm-statistics slide``); a process keeps
+    the detectors of its last :data:`SLIDE_DETECTORS` such slides."""
     from ..inference import load_detector
 
-    key = ("model", model_path, device, backend, streams, bool(embeddings))
+    key = ("model", model_path, device, backend, streams, bool(embeddings), norm_key)
+    stats = None
+    if norm_stats is not None:
+        from ..models.norm_statistics import from_lists
+
+        stats = from_lists(norm_stats)
     with _STATE_LOCK:
         if key not in _STATE:
+            if stats is not None:
+                held = [k for k in _STATE if k[0] == "model" and k[6]]
+                for old in held[: max(0, len(held) - SLIDE_DETECTORS + 1)]:  # oldest first (dicts keep order)
+                    del _STATE[old]
             _STATE[key] = load_detector(model_path, device=device, backend=backend, streams=streams,
-                                        embeddings=embeddings)
+                                        embeddings=embeddings, norm_stats=stats)
         native = _STATE[key]
         density = native.density(read_mpp)
         if density == 1.0:
@@ -52,9 +63,14 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
         key = (*key, density)
         if key not in _STATE:
             # the same network with its own budgets where the detector can share it, else a second load
-            _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(model_path, device=device, backend=backend,
-                                                                         read_mpp=read_mpp, embeddings=embeddings)
+            _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(
+                model_path, device=device, backend=backend, read_mpp=read_mpp, embeddings=embeddings,
+                norm_stats=stats)
         return _STATE[key]
+
+
+#: detectors with one slide's statistics a process keeps (each holds its own compiled network)
+SLIDE_DETECTORS = 2
 
 
 #: OpenVINO streams for in-process runs on the CPU: two tiles at a time, one per stream (``OpenVinoStarNet``);
@@ -67,10 +83,10 @@ def in_process_streams(device: str) -> int:
 
 
 def in_process_detector(model_path: str | None, device: str, backend: str = "auto", read_mpp: float | None = None,
-                        embeddings: bool = False):
+                        embeddings: bool = False, norm_stats: dict | None = None, norm_key: str = ""):
     """:func:`_detector` as the in-process executor runs it (with :func:`in_process_streams`): the one call
     that the background load in ``run_slide`` and the executor share, so both get the same cached instance."""
-    return _detector(model_path, device, backend, read_mpp, in_process_streams(device), embeddings)
+    return _detector(model_path, device, backend, read_mpp, in_process_streams(device), embeddings, norm_stats, norm_key)
 
 
 def _slide(path: str, mpp: float) -> Slide:
@@ -184,7 +200,8 @@ def process_tile(ctx: SlideContext, tile: Tile) -> TileResult:
     except TileReadError as exc:
         return _failed(tile, str(exc), exc.attempts)
     t0 = time.perf_counter()
-    det = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, embeddings=ctx.embeddings)
+    det = _detector(ctx.model, ctx.device, ctx.backend, ctx.model_mpp, embeddings=ctx.embeddings,
+                    norm_stats=ctx.norm_stats, norm_key=ctx.norm_key)
     (boxes, scores, outlines, types, emb), = det.predict_full([x])
     prof["inference_s"] = time.perf_counter() - t0
     return postprocess(ctx, tile, boxes, scores, prof, outlines, rgb, types, emb)
