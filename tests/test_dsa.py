@@ -69,7 +69,7 @@ def test_xml_parses_with_ctk_cli_without_warnings(caplog):
     assert out.reference == "inputImageFile"
     assert params["analysis_roi"].typ == "region" and params["analysis_roi"].default == [-1, -1, -1, -1]
     for name in ("mpp", "min_fgnd_frac", "analysis_tile_size", "tile_overlap_value", "score_cut", "model_file",
-                 "device", "scheduler", "num_workers"):
+                 "device", "scheduler", "num_workers", "norm_statistics"):
         assert params[name].longflag == f"--{name}" and params[name].description
 
 

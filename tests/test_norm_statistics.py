@@ -233,3 +233,55 @@ def test_slide_statistics_are_the_same_on_dask_and_after_a_resume(pyramid_slide,
     report = run_slide(path, out, RunOptions(**opts), log=lambda *_: None)
     assert report.tiles_resumed == len(files) - len(files[::2]) > 0
     assert (out / f"{name}.csv").read_text() == ref
+
+
+@needs_model
+def test_the_command_runs_slide_statistics_at_overlap_128_unless_told(tmp_path, random_model, capsys):
+    from wsinuclei.cli import main
+
+    path = _slide(tmp_path)
+    for extra, want in (([], "overlap 128"), (["--overlap", "96"], "overlap 96")):
+        assert main(["detect", str(path), "--out", str(tmp_path / "o"), "--dry-run", "--norm-statistics", "slide",
+                     *extra]) == 0
+        assert want in capsys.readouterr().out
+    assert main(["detect", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert "overlap 64" in capsys.readouterr().out
+    # a model without GroupNorm: one line on stderr, exit status 2
+    code = main(["detect", str(path), "--out", str(tmp_path / "o"), "--norm-statistics", "slide", "--model",
+                 str(random_model), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not a star model with GroupNorm" in err
+    assert not (tmp_path / "o" / "syn.csv").exists()
+
+
+@needs_model
+def test_the_dsa_cli_runs_an_roi_with_slide_statistics(pyramid_slide, tmp_path, capsys):
+    # invoked as slicer_cli_web invokes it: the ROI's nuclei are those of the whole slide's run inside it
+    from test_dsa import slicer_cli_web_args
+    from wsinuclei.dsa import xml_path
+    from wsinuclei.dsa.NucleiDetection.NucleiDetection import main
+
+    slide = pyramid_slide[0]
+    roi = (333, 217, 900, 700)
+    common = {"analysis_tile_size": 512, "tile_overlap_value": 128, "min_fgnd_frac": 0.0, "score_cut": 0.5,
+              "device": "cpu", "scheduler": "", "num_workers": 0, "mpp": -1, "norm_statistics": "slide",
+              "inputImageFile": slide}
+    docs = {}
+    for k, r in (("whole", (-1, -1, -1, -1)), ("roi", roi)):
+        out = tmp_path / k / "synthetic-outputNucleiAnnotationFile.anot"
+        assert main(slicer_cli_web_args(xml_path("NucleiDetection"), {**common, "analysis_roi": r,
+                                                                      "outputNucleiAnnotationFile": out})) == 0
+        docs[k] = json.loads(out.read_text())
+    capsys.readouterr()
+    assert docs["roi"]["attributes"]["params"]["norm_statistics"] == "slide"
+
+    def centres(doc):  # rectangles carry a centre, the star model's closed polylines their vertices
+        return np.array([e["center"][:2] if "center" in e else np.mean(np.array(e["points"])[:, :2], axis=0)
+                         for e in doc["elements"]]).reshape(-1, 2)
+    whole, part = centres(docs["whole"]), centres(docs["roi"])
+    x, y, w, h = roi
+    inside = whole[(whole[:, 0] >= x) & (whole[:, 0] < x + w) & (whole[:, 1] >= y) & (whole[:, 1] < y + h)]
+    # (the ROI keeps nuclei by box centre; these are vertex means, so one at the very edge may fall either side)
+    assert len(part) > 5 and abs(len(part) - len(inside)) <= 1
+    nearest = np.sqrt(((part[:, None, :] - whole[None, :, :]) ** 2).sum(-1)).min(1)
+    assert (nearest <= 1.0).mean() >= 0.99

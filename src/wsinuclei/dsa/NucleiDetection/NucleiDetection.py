@@ -32,11 +32,11 @@ def _parser():
 class Progress:
     """slicer_cli_web's progress protocol on stdout; a line only when the fraction moves by 1 % or more."""
 
-    def __init__(self, out=sys.stdout):
-        self.out, self.last = out, -1.0
+    def __init__(self, out=None):
+        self.out, self.last = out, -1.0  # None: the stdout of the moment (not the one at import)
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
 
     def start(self, comment: str) -> None:
         self._print(f"<filter-start><filter-name>{CLI_NAME}</filter-name>"
@@ -80,7 +80,7 @@ def run_options(args):
                       tile_size=int(args.analysis_tile_size), overlap=int(args.tile_overlap_value),
                       min_tissue=float(args.min_fgnd_frac), model=args.model_file or None,
                       min_score=min(0.1, float(args.score_cut)), score_cut=float(args.score_cut),
-                      device=args.device, workers=workers, scheduler=(args.scheduler or "").strip() or None,
+                      device=args.device, workers=workers, norm_statistics=getattr(args, "norm_statistics", "tile"), scheduler=(args.scheduler or "").strip() or None,
                       progress=False, extra_params={"cli": CLI_NAME, "arguments": params}).validate()
 
 
