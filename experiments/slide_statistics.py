@@ -26,40 +26,21 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from wsinuclei.annotations import read_boxes
 from wsinuclei.checkpoint import load_model, save_model
-from wsinuclei.colour_stats import sample_tissue_points, tissue_lab_stats
+from wsinuclei.colour_stats import tissue_lab_stats
 from wsinuclei.evaluate import evaluate_set
 from wsinuclei.models import DetectorConfig, build_detector
 from wsinuclei.models.builder import calibrate_fixed_norms
 from wsinuclei.pipeline import RunOptions, run_slide
+from wsinuclei.pipeline.plan import norm_windows  # the windows --norm-statistics slide measures on
 from wsinuclei.slide import Slide
 from wsinuclei.stain import ReinhardTable, model_input
 from wsinuclei.synth import build_slide
 from wsinuclei.tissue import slide_tissue
 from wsinuclei.train import to_tensor
-
-LATTICE = 32  # the trunk's coarsest stride, at the model's µm/px
-
-
-def slide_windows(slide: Slide, model_mpp: float, n: int, size: int, seed: int = 0) -> list[tuple[float, float, int, int]]:
-    """``n`` windows (x, y in base pixels; width, height at the model's µm/px) centred near seeded points
-    spread over the slide's tissue, their corners on the 32-px lattice at the model's µm/px."""
-    _, ds, mask = slide_tissue(slide)
-    scale = model_mpp / slide.require_mpp()
-    W, H = (int(d / scale) for d in slide.dimensions)  # the slide's extent at the model's µm/px
-    w, h = min(size, W), min(size, H)
-    pts = sample_tissue_points(mask if mask.any() else np.ones_like(mask), ds, n, np.random.default_rng(seed))
-    out = []
-    for px, py in pts / scale:
-        x = int(np.clip(np.floor((px - w / 2) / LATTICE) * LATTICE, 0, max(0, (W - w) // LATTICE * LATTICE)))
-        y = int(np.clip(np.floor((py - h / 2) / LATTICE) * LATTICE, 0, max(0, (H - h) // LATTICE * LATTICE)))
-        out.append((x * scale, y * scale, w, h))
-    return out
-
 
 def calibrate(model_path: str | None, slide_path: str, out: str, mpp: float | None = None, windows: int = 8,
               size: int = 1024) -> dict:
@@ -79,7 +60,7 @@ def calibrate(model_path: str | None, slide_path: str, out: str, mpp: float | No
         _, ds, mask = slide_tissue(slide)
         stats = tissue_lab_stats(slide, mask, ds, slide.colour_map_mpp(loaded.mpp))  # as pipeline.plan_slide
         table = ReinhardTable(loaded.target_mu, loaded.target_sigma, stats.mean, stats.std)
-        wins = slide_windows(slide, loaded.mpp, windows, size)
+        wins = norm_windows(slide, mask, ds, loaded.mpp, windows, size)
         crops = [model_input(slide.read_region(x, y, w, h, loaded.mpp, colour_map=table), loaded.input_channels)
                  for x, y, w, h in wins]
     with torch.no_grad():

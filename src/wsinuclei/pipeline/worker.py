@@ -43,14 +43,13 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
     from ..inference import load_detector
 
     key = ("model", model_path, device, backend, streams, bool(embeddings), norm_key)
-    stats = None
-    if norm_stats is not None:
-        from ..models.norm_statistics import from_lists
-
-        stats = from_lists(norm_stats)
+    stats = None  # made from the lists only when a detector is built, not on every tile's lookup
     with _STATE_LOCK:
         if key not in _STATE:
-            if stats is not None:
+            if norm_stats is not None:
+                from ..models.norm_statistics import from_lists
+
+                stats = from_lists(norm_stats)
                 held = [k for k in _STATE if k[0] == "model" and k[6]]
                 for old in held[: max(0, len(held) - SLIDE_DETECTORS + 1)]:  # oldest first (dicts keep order)
                     del _STATE[old]
@@ -63,6 +62,10 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
         key = (*key, density)
         if key not in _STATE:
             # the same network with its own budgets where the detector can share it, else a second load
+            if norm_stats is not None and stats is None:
+                from ..models.norm_statistics import from_lists
+
+                stats = from_lists(norm_stats)
             _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(
                 model_path, device=device, backend=backend, read_mpp=read_mpp, embeddings=embeddings,
                 norm_stats=stats)
