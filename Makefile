@@ -13,9 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
-# Fetch the bundled demo slide (CMU-1-Small-Region.svs) and detect every nucleus in it.
+# Fetch the bundled demo slide (CMU-1-Small-Region.svs) and detect every nucleus in it: with the default model
+# into out/demo, and with the typed model (a type per nucleus) into out/demo_types.
 demo: setup
 	$(BIN)/wsinuclei demo --out out/demo
+	$(BIN)/wsinuclei demo --model star_types --out out/demo_types
 
 test: setup
 	$(BIN)/python -m pytest

@@ -29,17 +29,19 @@ expect() {  # expect PATTERN COMMAND...: COMMAND succeeds and prints PATTERN
 }
 expect "default model: star" "$BIN/wsinuclei" --version
 expect "star_default" "$BIN/wsinuclei" models
+expect "star_types" "$BIN/wsinuclei" models
 expect "<executable>" "$BIN/wsinuclei-dsa" NucleiDetection --xml
 "$BIN/python" - <<'PY'
 from importlib import resources
 root = resources.files("wsinuclei")
-for rel in ("weights/star_default.safetensors", "weights/models.toml", "viewer/static/index.html",
+for rel in ("weights/star_default.safetensors", "weights/star_types.safetensors", "weights/models.toml", "viewer/static/index.html",
             "dsa/NucleiDetection/NucleiDetection.xml", "models/presets/star.toml"):
     assert (root / rel).is_file(), f"the wheel lacks {rel}"
 assert any((root / "viewer/static/openseadragon").iterdir()), "the wheel lacks OpenSeadragon"
 PY
 "$BIN/wsinuclei" demo --out "$WORK/demo" --quiet
 ls "$WORK"/demo/*.geojson >/dev/null
+expect "by type: epithelial" "$BIN/wsinuclei" demo --model star_types --out "$WORK/demo_types" --quiet
 "$BIN/wsinuclei" view "$WORK/demo" --no-browser > "$WORK/view.log" 2>&1 &
 VIEW_PID=$!
 for _ in $(seq 60); do grep -q "http://127.0.0.1" "$WORK/view.log" && break; sleep 1; done

@@ -352,3 +352,22 @@ def test_models_lists_the_shipped_files_with_their_cards_figures(capsys):
     assert star["preset"] == "star" and star["int8"] and star["mpp"] == 0.25
     text = run_here(capsys, "models").stdout
     assert "* star_default" in text and "F1@0.5 0.846" in text
+
+
+def test_model_takes_a_shipped_models_name(tmp_path, monkeypatch):
+    """`--model fast_default` is the packaged file; a file of that name in the working folder wins; a path that
+    does not exist is still 'no such model file' (a bare name is never guessed at beyond the package)."""
+    from pathlib import Path
+
+    from wsinuclei.checkpoint import DEFAULT_MODEL, FAST_MODEL, read_model_file, resolve_model_path
+    from wsinuclei.errors import WsinucleiError
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path(None) == DEFAULT_MODEL
+    assert resolve_model_path("fast_default") == FAST_MODEL
+    assert read_model_file("fast_default")[0].config.name == read_model_file(FAST_MODEL)[0].config.name
+    (tmp_path / "fast_default").write_bytes(b"not a model")
+    assert resolve_model_path("fast_default") == Path("fast_default")
+    for missing in ("no_such_model", "sub/fast_default", "fast_default.safetensors"):
+        with pytest.raises(WsinucleiError, match="no such model file"):
+            read_model_file(missing)

@@ -69,7 +69,7 @@ def test_xml_parses_with_ctk_cli_without_warnings(caplog):
     assert out.reference == "inputImageFile"
     assert params["analysis_roi"].typ == "region" and params["analysis_roi"].default == [-1, -1, -1, -1]
     for name in ("mpp", "min_fgnd_frac", "analysis_tile_size", "tile_overlap_value", "score_cut", "model_file",
-                 "device", "scheduler", "num_workers", "norm_statistics"):
+                 "device", "scheduler", "num_workers", "norm_statistics", "shipped_model"):
         assert params[name].longflag == f"--{name}" and params[name].description
 
 
@@ -145,6 +145,27 @@ def test_real_model_through_the_docker_entrypoint(pyramid_slide, tmp_path):
     scores = [e["user"]["score"] for e in doc["elements"]]
     assert scores and min(scores) >= 0.3
     assert f"{len(scores)} nuclei at score >= 0.3" in r.stdout
+
+
+def test_the_typed_model_picked_by_name_gives_a_group_per_type(pyramid_slide, tmp_path):
+    """Model = star_types, as slicer_cli_web passes the enumeration: each element is in its type's group, drawn
+    in that type's colour, and the job's attributes name the typed file."""
+    from wsinuclei.nucleus_types import TYPE_COLOURS
+
+    out = tmp_path / "nuclei.anot"
+    args = slicer_cli_web_args(xml_path("NucleiDetection"), {
+        "analysis_roi": (0, 0, 700, 600), "score_cut": 0.3, "num_workers": 0, "shipped_model": "star_types",
+        "inputImageFile": pyramid_slide[0], "outputNucleiAnnotationFile": out})
+    assert args[args.index("--shipped_model") + 1] == "star_types"
+    r = run_entry("NucleiDetection", *args, via_shell=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    validate_annotation(doc)
+    assert doc["elements"] and doc["attributes"]["model"]["file"].endswith("star_types.safetensors")
+    for e in doc["elements"]:
+        assert e["lineColor"] == "rgb({})".format(",".join(map(str, TYPE_COLOURS[e["group"]])))
+    r = run_entry("NucleiDetection", "--shipped_model", "no_such", str(pyramid_slide[0]), str(tmp_path / "x.anot"))
+    assert r.returncode == 2 and "no_such" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 @pytest.mark.parametrize("flag,value,message", [

@@ -135,10 +135,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_model_path(path: str | Path | None) -> Path:
+    """``--model``'s value as a file: None is the default model; a bare name that is not a file here but is a
+    shipped model's (``wsinuclei models`` lists them, e.g. ``star_types``) is that packaged file; anything else
+    is the path as given."""
+    if not path:
+        return DEFAULT_MODEL
+    path = Path(path)
+    shipped = DEFAULT_MODEL.parent / f"{path.name}.safetensors"
+    if not path.exists() and path.parent == Path(".") and not path.suffix and shipped.is_file():
+        return shipped
+    return path
+
+
 def read_model_file(path: str | Path | None = None) -> tuple[LoadedModel, bytes]:
     """A model file's settings (a :class:`LoadedModel` without its network) and the file's bytes, without
     torch: the header is JSON, the weights are not parsed."""
-    path = Path(path) if path else DEFAULT_MODEL
+    path = resolve_model_path(path)
     if not path.is_file():
         if path == DEFAULT_MODEL:
             raise WsinucleiError(f"no model installed (expected {path}); train one with 'wsinuclei train'")

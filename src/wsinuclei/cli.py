@@ -134,7 +134,7 @@ def _cmd_models(args) -> int:
     if args.json:
         print(json.dumps(models, indent=1))
         return 0
-    print("shipped models (MoNuSeg 2018 test, pooled, at each file's operating point; --model PATH picks one):")
+    print("shipped models (MoNuSeg 2018 test, pooled, at each file's operating point; --model NAME or PATH picks one):")
     for m in models:
         figs = [f"F1@0.5 {m['monuseg_test_f1']:.3f}" if "monuseg_test_f1" in m else None,
                 f"centroid F1 {m['monuseg_test_centroid_f1']:.3f}" if "monuseg_test_centroid_f1" in m else None,
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "mask, grown by 20 µm, are dropped)")
     sp.add_argument("--no-tissue-mask", action="store_true", help="run every tile and keep every detection, glass "
                     "included (for images that are all tissue)")
-    sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    sp.add_argument("--model", default=None, help="model file, or a shipped model's name from 'wsinuclei models' (default: the shipped default)")
     sp.add_argument("--model-resolution", action="store_true", help="read every slide at the model's own µm/px "
                     "(default: a slide inside the range the model serves, e.g. 0.25-0.5 µm/px, runs at its own)")
     sp.add_argument("--read-mpp", type=float, default=None, metavar="MPP",
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="fetch the bundled demo slide (CMU-1-Small-Region.svs) and run detection on it")
     sp.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     sp.add_argument("--cache", default=None, help="where the demo slide is kept (default ~/.cache/wsinuclei)")
-    sp.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    sp.add_argument("--model", default=None, help="model file, or a shipped model's name from 'wsinuclei models' (default: the shipped default)")
     sp.add_argument("--workers", type=int, default=0, help="local Dask workers (default 0: in-process)")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=_cmd_demo)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import stain
+from ..checkpoint import resolve_model_path
 from ..errors import WsinucleiError
 from ..nucleus_types import model_type_names
 from ..outputs import Types, atomic_write_bytes, write_outputs
@@ -134,7 +135,7 @@ def run_slide(path: str | Path, out_dir: str | Path, opts: RunOptions, log=print
         import dataclasses
 
         opts = dataclasses.replace(opts, slurm_log_dir=str(out_dir.resolve() / "slurm-logs"))
-    model_path = str(Path(opts.model).resolve()) if opts.model else None
+    model_path = str(resolve_model_path(opts.model).resolve()) if opts.model else None
     loaded = worker._model_settings(model_path)  # fail early on a bad model file, before any slide work
     if opts.embeddings and not loaded.config.is_star:
         raise WsinucleiError(f"--embeddings: {Path(str(loaded.path)).name} is not a star model (embeddings are the star head's "
@@ -243,7 +244,7 @@ def plan_only(path: str | Path, opts: RunOptions) -> str:
     """``detect --dry-run``: plan the slide (µm/px, tissue, tiles) as a run would, and describe the plan; no tile
     runs and nothing is written."""
     opts.validate()
-    model_path = str(Path(opts.model).resolve()) if opts.model else None
+    model_path = str(resolve_model_path(opts.model).resolve()) if opts.model else None
     loaded = worker._model_settings(model_path)
     plan = plan_slide(path, opts, loaded.mpp, loaded.input_channels, loaded.target_mu, loaded.target_sigma,
                       model_path, mpp_range=loaded.config.mpp_range)
