@@ -1,10 +1,11 @@
 """How many clicks does ``wsinuclei train-types`` need? BRCA-M2C (breast, 20x, every cell centre typed):
 heads trained on 25, 50, 100 and all clicked points per class of its training part, scored on its validation
 part; beside them, any reference models given (e.g. a head trained on every typed set,
-``scripts/train_type_head.py``), on the same validation nuclei.
+``scripts/train_type_head.py``), on the same validation nuclei, and any typed networks (the shipped
+``star_types``), by their own types on the clicks paired with their own nuclei.
 
     .venv/bin/python scripts/benchmark_train_types.py --out out/bench_train_types \
-        [--reference out/type_head/star_types_head.safetensors]
+        [--reference out/type_head/star_types_head.safetensors] [--typed-model src/wsinuclei/weights/star_types.safetensors]
 
 Points are drawn per class with 3 seeds (the mean and range are reported); a click counts when a detected
 nucleus lies within 3 µm of it (the training and the scoring alike), and the score is each class's F1 among the
@@ -32,6 +33,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reference", nargs="*", default=[])
+    ap.add_argument("--typed-model", nargs="*", default=[],
+                    help="typed networks (e.g. src/wsinuclei/weights/star_types.safetensors) scored by their own types "
+                    "on the validation clicks paired with their own nuclei")
     ap.add_argument("--sizes", type=int, nargs="*", default=[25, 50, 100])
     ap.add_argument("--seeds", type=int, default=3)
     a = ap.parse_args()
@@ -70,6 +74,14 @@ def main() -> int:
         rep = per_class_report(val.labels, pred, names)
         rows.append({"trained_on": f"reference: {Path(ref).name}", "accuracy": rep["accuracy"],
                      **{f"f1_{n}": rep["classes"][n]["f1"] for n in names}})
+    for typed in a.typed_model:  # its own nuclei, so its own pairing of the same clicks
+        own = embed_clicks(find_clicked_images([SHARED / "validation"]), typed, MPP, a.out / f"work_{Path(typed).stem}",
+                           quiet)
+        if own.parent_types is None:
+            raise SystemExit(f"{typed}: not a typed model")
+        rep = per_class_report(own.labels, own.parent_types, names)
+        rows.append({"trained_on": f"typed network: {Path(typed).name} ({len(own.labels)} paired clicks)",
+                     "accuracy": rep["accuracy"], **{f"f1_{n}": rep["classes"][n]["f1"] for n in names}})
     res = {"classes": list(names), "val_points": int(len(val.labels)), "val_clicks": val.clicks,
            "train_points": int(len(train.labels)), "extract_s": round(extract_s, 1), "rows": rows}
     (a.out / "results.json").write_text(json.dumps(res, indent=1))

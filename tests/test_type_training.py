@@ -13,6 +13,7 @@ import pytest
 from wsinuclei.errors import WsinucleiError
 from wsinuclei.models.type_head import TypeHead, fit
 from wsinuclei.type_training import clicks_file, held_out_split, per_class_report, read_clicks, ClickedNuclei
+from conftest import MONUSEG, need
 
 
 def test_clicks_from_csv_and_qupath_points(tmp_path):
@@ -85,6 +86,12 @@ def test_held_out_split_and_report_are_counted_as_stated():
     assert rep["confusion"] == [[1, 1], [1, 2]]
     assert rep["classes"]["b"]["precision"] == pytest.approx(2 / 3) and rep["classes"]["b"]["recall"] == pytest.approx(2 / 3)
     assert rep["classes"]["a"]["f1"] == pytest.approx(0.5) and rep["accuracy"] == pytest.approx(0.6)
+    # a typed parent's class outside the clicked ones (-1) is wrong and in no column: b's recall falls, a's
+    # precision does not
+    rep = per_class_report(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, -1, 0]), ("a", "b"))
+    assert rep["confusion"] == [[1, 1], [1, 1]] and rep["accuracy"] == pytest.approx(0.4)
+    assert rep["classes"]["b"]["recall"] == pytest.approx(1 / 3) and rep["classes"]["b"]["support"] == 3
+    assert rep["classes"]["a"]["precision"] == pytest.approx(0.5)
 
 
 def two_kinds(folder: Path, n_images: int, seed: int):
@@ -222,3 +229,30 @@ def test_a_large_image_runs_only_around_its_clicks(tmp_path):
                          lambda *_: None)
     assert not (tmp_path / "w2" / "0.clicks.geojson").exists()  # a small image runs whole
     assert abs(len(alone.labels) - len(got.labels)) <= 2
+
+
+BRCA_TRAIN = MONUSEG.parent / "brca" / "train"
+
+
+@need(BRCA_TRAIN)
+def test_a_typed_parent_s_own_types_are_scored_beside_the_new_head(tmp_path):
+    """`train-types --model star_types` (the shipped typed model, by name) on five BRCA-M2C training images: the
+    new head's held-out report, then the parent's own types on the same held-out nuclei (its training data, so
+    most are right: 0.87 measured); the written file carries both reports."""
+    import shutil
+
+    for i in range(1, 6):
+        for suffix in (".jpg", "_types.csv"):
+            shutil.copy(BRCA_TRAIN / f"brca_train_{i:02d}{suffix}", tmp_path)
+    model = tmp_path / "mine.safetensors"
+    res = _cli("train-types", tmp_path, "--mpp", 0.51, "--model", "star_types", "--out", model)
+    assert res.returncode == 0, res.stderr
+    head_part, parent_part = res.stdout.split("the parent model's own types on the same held-out nuclei")
+    assert "held-out accuracy" in head_part and "confusion" in parent_part
+    assert float(parent_part.split("held-out accuracy ")[1].split()[0]) >= 0.7
+    from wsinuclei.checkpoint import read_model_file
+
+    record = read_model_file(model)[0].extra["type_head"]
+    assert record["parent"]["file"] == "star_types.safetensors"
+    assert record["parent_held_out"]["classes"]["inflammatory"]["support"] == \
+        record["held_out"]["classes"]["inflammatory"]["support"] > 0

@@ -202,7 +202,7 @@ def save_with_type_head(parent: str | Path | None, head, out: str | Path, record
 
     from .models import type_head as heads
 
-    parent = Path(parent) if parent else DEFAULT_MODEL
+    parent = resolve_model_path(parent)
     read_model_file(parent)  # a readable wsinuclei model file, or its clear error
     with safe_open(str(parent), framework="numpy") as fh:
         meta = dict(fh.metadata() or {})

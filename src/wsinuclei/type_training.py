@@ -142,6 +142,9 @@ class ClickedNuclei:
     images: list[str] = field(default_factory=list)
     clicks: int = 0  # clicks read (classified ones)
     unpaired: int = 0  # clicks with no detected nucleus within PAIR_RADIUS_UM
+    #: a typed parent's own type of each paired nucleus, as an index into ``names`` (-1: a type not among them);
+    #: None for an untyped parent
+    parent_types: np.ndarray | None = None
 
 
 #: an image with more base pixels than this (four 1024² tiles) is run only around its clicks, as a slide
@@ -198,7 +201,7 @@ def embed_clicks(pairs: list[tuple[Path, Path]], parent: str | None, mpp, work: 
     if len(names) < 2:
         raise WsinucleiError(f"clicks of {len(names)} class{'es' if len(names) != 1 else ''} "
                              f"({', '.join(names) or 'none'}): a type head needs at least two")
-    emb, lab, img_of, clicks, unpaired = [], [], [], 0, 0
+    emb, lab, img_of, own, clicks, unpaired = [], [], [], [], 0, 0
     mpps = list(mpp) if isinstance(mpp, (list, tuple)) else [mpp] * len(pairs)
     for k, (img, xy, cls) in enumerate(per_image):
         regions = _click_regions(img, xy, mpps[k], work / f"{k}.clicks.geojson")
@@ -222,12 +225,16 @@ def embed_clicks(pairs: list[tuple[Path, Path]], parent: str | None, mpp, work: 
             emb.append(e[pi].astype(np.float32))
             lab.append(np.array([names.index(cls[i]) for i in ci], int))
             img_of.append(np.full(len(pi), k))
+            if "type" in t.column_names:  # a typed parent: what it says of the clicked nuclei itself
+                said = t["type"].to_numpy(zero_copy_only=False)[pi]
+                own.append(np.array([names.index(n) if n in names else -1 for n in said], int))
         log(f"{img.name}: {len(xy)} clicks, {len(pi)} on a detected nucleus ({report.nuclei} nuclei)")
     if not emb:
         raise WsinucleiError("no click lies within 3 µm of a detected nucleus: are the clicks in the images' "
                              "pixels (x right, y down), and is --mpp right?")
     return ClickedNuclei(names, np.concatenate(emb), np.concatenate(lab), np.concatenate(img_of),
-                         [str(i) for i, _, _ in per_image], clicks, unpaired)
+                         [str(i) for i, _, _ in per_image], clicks, unpaired,
+                         np.concatenate(own) if len(own) == len(emb) else None)
 
 
 def held_out_split(data: ClickedNuclei, fraction: float, seed: int) -> tuple[np.ndarray, str]:
@@ -250,18 +257,23 @@ def held_out_split(data: ClickedNuclei, fraction: float, seed: int) -> tuple[np.
 
 
 def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, names) -> dict:
-    """Per-class precision, recall, F1 and support, accuracy and the confusion matrix (rows: truth)."""
+    """Per-class precision, recall, F1 and support, accuracy and the confusion matrix (rows: truth). A prediction
+    of -1 (a class outside ``names``, e.g. a typed parent's own ``other``) is wrong for its nucleus and falls in no
+    column."""
     k = len(names)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     cm = np.zeros((k, k), int)
-    np.add.at(cm, (y_true, y_pred), 1)
+    said = y_pred >= 0
+    np.add.at(cm, (y_true[said], y_pred[said]), 1)
+    support = np.bincount(y_true, minlength=k)
     classes = {}
     for i, n in enumerate(names):
         tp = cm[i, i]
         p = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        r = tp / cm[i].sum() if cm[i].sum() else 0.0
+        r = tp / support[i] if support[i] else 0.0
         classes[n] = {"precision": float(p), "recall": float(r), "f1": float(2 * p * r / (p + r)) if p + r else 0.0,
-                      "support": int(cm[i].sum())}
-    return {"accuracy": float(np.trace(cm) / max(1, cm.sum())), "classes": classes, "confusion": cm.tolist()}
+                      "support": int(support[i])}
+    return {"accuracy": float(np.trace(cm) / max(1, len(y_true))), "classes": classes, "confusion": cm.tolist()}
 
 
 def format_report(rep: dict, names) -> str:
@@ -312,11 +324,13 @@ def train_types(paths, out: str | Path, parent: str | None = None, mpp: float | 
     head = heads.fit(data.embeddings[train], data.labels[train], data.names, lam)
     rep = per_class_report(data.labels[held], head.probabilities(data.embeddings[held]).argmax(1), data.names) \
         if held.any() else None
+    parent_rep = per_class_report(data.labels[held], data.parent_types[held], data.names) \
+        if held.any() and data.parent_types is not None else None
     record = {"classes": list(data.names), "parent": {"file": Path(str(loaded.path)).name, "sha1": loaded.digest[:12]},
               "images": len(pairs), "clicks": data.clicks, "unpaired_clicks": data.unpaired,
               "points": {n: {"train": int((data.labels[train] == c).sum()), "held_out": int((data.labels[held] == c).sum())}
                          for c, n in enumerate(data.names)},
-              "held_out_by": how, "l2_penalty": lam, "held_out": rep, "seed": seed,
+              "held_out_by": how, "l2_penalty": lam, "held_out": rep, "parent_held_out": parent_rep, "seed": seed,
               "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv[1:]) or "train_types()"}
     save_with_type_head(parent or DEFAULT_MODEL, head, out, record)
     log(f"{data.clicks} clicks in {len(pairs)} images, {len(data.labels)} on a detected nucleus "
@@ -324,6 +338,9 @@ def train_types(paths, out: str | Path, parent: str | None = None, mpp: float | 
     log(f"held out: {how}; L2 penalty {lam:g} (chosen by cross-validation on the training points)")
     if rep is not None:
         log(format_report(rep, data.names))
+    if parent_rep is not None:  # a typed parent: what its own types score on the same nuclei, for comparison
+        log("the parent model's own types on the same held-out nuclei (a type outside these classes counts wrong):")
+        log(format_report(parent_rep, data.names))
     else:
         log("nothing held out (too few points): no held-out figures")
     log(f"wrote {out} (the parent's network and nuclei, with this type head)")
