@@ -130,6 +130,7 @@ def test_train_types_end_to_end_learns_new_classes_and_leaves_the_nuclei(tmp_pat
     res = _cli("train-types", data, "--mpp", 0.25, "--out", model)
     assert res.returncode == 0, res.stderr
     assert "held out: 1 of 5 images" in res.stdout and "confusion" in res.stdout
+    assert "nothing held out" not in res.stdout and "parent model's own types" not in res.stdout  # an untyped parent
     acc = float(res.stdout.split("held-out accuracy ")[1].split()[0])
     assert acc >= 0.9, res.stdout  # size and darkness are in the embedding
     # detect with the new model and with its parent: the same nuclei, now with the new classes

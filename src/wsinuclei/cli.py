@@ -63,7 +63,7 @@ def _run_options(args):
 
     return RunOptions(mpp=args.mpp, roi=args.roi, regions=getattr(args, "regions", None), tile_size=args.tile_size,
                       overlap=args.overlap if args.overlap is not None else
-                      SLIDE_STATISTICS_OVERLAP if getattr(args, "norm_statistics", "tile") == "slide" else 64,
+                      SLIDE_STATISTICS_OVERLAP if getattr(args, "norm_statistics", "tile") == "slide" else RunOptions.overlap,
                       min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
                       native_resolution=not args.model_resolution, read_mpp=args.read_mpp, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device, backend=args.backend, norm_statistics=getattr(args, "norm_statistics", "tile"),

@@ -338,10 +338,10 @@ def train_types(paths, out: str | Path, parent: str | None = None, mpp: float | 
     log(f"held out: {how}; L2 penalty {lam:g} (chosen by cross-validation on the training points)")
     if rep is not None:
         log(format_report(rep, data.names))
+    else:
+        log("nothing held out (too few points): no held-out figures")
     if parent_rep is not None:  # a typed parent: what its own types score on the same nuclei, for comparison
         log("the parent model's own types on the same held-out nuclei (a type outside these classes counts wrong):")
         log(format_report(parent_rep, data.names))
-    else:
-        log("nothing held out (too few points): no held-out figures")
     log(f"wrote {out} (the parent's network and nuclei, with this type head)")
     return record

@@ -43,18 +43,14 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
     from ..inference import load_detector
 
     key = ("model", model_path, device, backend, streams, bool(embeddings), norm_key)
-    stats = None  # made from the lists only when a detector is built, not on every tile's lookup
     with _STATE_LOCK:
         if key not in _STATE:
             if norm_stats is not None:
-                from ..models.norm_statistics import from_lists
-
-                stats = from_lists(norm_stats)
                 held = [k for k in _STATE if k[0] == "model" and k[6]]
                 for old in held[: max(0, len(held) - SLIDE_DETECTORS + 1)]:  # oldest first (dicts keep order)
                     del _STATE[old]
             _STATE[key] = load_detector(model_path, device=device, backend=backend, streams=streams,
-                                        embeddings=embeddings, norm_stats=stats)
+                                        embeddings=embeddings, norm_stats=_as_stats(norm_stats))
         native = _STATE[key]
         density = native.density(read_mpp)
         if density == 1.0:
@@ -62,14 +58,20 @@ def _detector(model_path: str | None, device: str, backend: str = "auto", read_m
         key = (*key, density)
         if key not in _STATE:
             # the same network with its own budgets where the detector can share it, else a second load
-            if norm_stats is not None and stats is None:
-                from ..models.norm_statistics import from_lists
-
-                stats = from_lists(norm_stats)
             _STATE[key] = native.at_read_mpp(read_mpp) or load_detector(
                 model_path, device=device, backend=backend, read_mpp=read_mpp, embeddings=embeddings,
-                norm_stats=stats)
+                norm_stats=_as_stats(norm_stats))
         return _STATE[key]
+
+
+def _as_stats(norm_stats: dict | None):
+    """A slide context's statistics (plain lists, as they travel) as the runtime takes them; made only when a
+    detector is built, never on a tile's lookup."""
+    if norm_stats is None:
+        return None
+    from ..models.norm_statistics import from_lists
+
+    return from_lists(norm_stats)
 
 
 #: detectors with one slide's statistics a process keeps (each holds its own compiled network)

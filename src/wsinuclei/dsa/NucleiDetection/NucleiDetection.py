@@ -78,15 +78,10 @@ def run_options(args):
     params = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()}
     return RunOptions(mpp=None if args.mpp is None or args.mpp <= 0 else float(args.mpp), roi=roi,
                       tile_size=int(args.analysis_tile_size), overlap=int(args.tile_overlap_value),
-                      min_tissue=float(args.min_fgnd_frac), model=args.model_file or _shipped(getattr(args, "shipped_model", "star_default")),
+                      min_tissue=float(args.min_fgnd_frac), model=args.model_file or getattr(args, "shipped_model", None) or None,
                       min_score=min(0.1, float(args.score_cut)), score_cut=float(args.score_cut),
                       device=args.device, workers=workers, norm_statistics=getattr(args, "norm_statistics", "tile"), scheduler=(args.scheduler or "").strip() or None,
                       progress=False, extra_params={"cli": CLI_NAME, "arguments": params}).validate()
-
-
-def _shipped(name: str) -> str | None:
-    """The Model parameter: None for the default (the pipeline's own), else the shipped file's name."""
-    return None if name in ("", "star_default") else name
 
 
 def main(argv=None) -> int:
