@@ -1,5 +1,5 @@
 """What per-nucleus features cost (BENCHMARKS.md): nuclei measured per second on one core for the default
-families and with Haralick, and the share of whole-slide time ``--features`` adds.
+families, with Haralick and for each family by itself, and the share of whole-slide time ``--features`` adds.
 
     python scripts/benchmark_features.py --model MODEL.safetensors [--slide SLIDE] [--tiles 6] [--json OUT]
                                          [--baseline-src /tmp/old/src]
@@ -51,7 +51,8 @@ def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
         owned = np.flatnonzero(s >= 0.5)
         torch.set_num_threads(1)
         row = {"tile": t.key, "nuclei": int(len(owned)), "inference_s_2threads": round(infer, 3)}
-        for label, fams in (("default", DEFAULT_FAMILIES), ("with_haralick", FAMILIES)):
+        alone = tuple((f"only_{f}", (f,)) for f in FAMILIES)  # each family by itself, with the pass's fixed work
+        for label, fams in (("default", DEFAULT_FAMILIES), ("with_haralick", FAMILIES), *alone):
             best = min(_timed(lambda: tile_features(x, b, s, o, owned, 0.5, lm.mpp, lambda a, c: (a, c), fams))
                        for _ in range(3))
             row[f"features_s_{label}"] = round(best, 3)
@@ -59,7 +60,7 @@ def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
         print(row, flush=True)
     n = sum(r["nuclei"] for r in rows)
     out = {"tiles": rows, "contours": o is not None}  # outlines from the model: the shape families are measured
-    for label in ("default", "with_haralick"):
+    for label in ("default", "with_haralick", *(f"only_{f}" for f in FAMILIES)):
         secs = sum(r[f"features_s_{label}"] for r in rows)
         out[f"nuclei_per_s_per_core_{label}"] = round(n / secs, 1)
     out["features_vs_inference_default"] = round(sum(r["features_s_default"] for r in rows)

@@ -189,8 +189,8 @@ def test_a_slide_without_nuclei_gives_the_same_columns_as_one_with_them(tmp_path
 
 
 def test_cohort_takes_the_tissue_area_from_the_bag_table(featured_run, tmp_path):
-    """With --features, the cohort row's tissue area is the bag's tiles' core areas times their tissue
-    fractions, and the density the run's nuclei over it."""
+    """With --features, the cohort row's tissue area (the run's, NAME.run.json) is the bag's tiles' core areas
+    times their tissue fractions, and the density the run's nuclei over it."""
     import csv
 
     from wsinuclei.cohort import write_cohort
@@ -209,3 +209,28 @@ def test_cohort_takes_the_tissue_area_from_the_bag_table(featured_run, tmp_path)
     areas = np.array([(x1 - x0) * (y1 - y0) * f for x0, y0, x1, y1, f in
                       zip(bag["x0"], bag["y0"], bag["x1"], bag["y1"], bag["tissue_fraction"])]) * (report.mpp / 1000) ** 2
     assert (dens * areas).sum() == pytest.approx(report.nuclei, rel=1e-4)
+
+
+def test_a_run_without_features_records_its_tissue_for_the_cohort(featured_run, pyramid_slide, stub_detector, tmp_path):
+    """Densities per mm² of tissue need no feature pass: run.json holds the tissue of the tiles that ran (the same
+    as a --features run's), and without a tissue mask it is the whole image's area."""
+    import csv
+
+    from PIL import Image
+
+    from wsinuclei.cohort import write_cohort
+    from conftest import synthetic_he
+
+    stub_detector.outlines = True
+    _, featured = featured_run
+    plain = run_slide(pyramid_slide[0], tmp_path / "plain", RunOptions(**OPTS), log=lambda *_: None)
+    assert plain.tissue_mm2 == pytest.approx(featured.tissue_mm2, rel=1e-9) and plain.tissue_mm2 > 0
+    assert not (tmp_path / "plain" / "synthetic.bag.parquet").exists()
+    write_cohort([tmp_path / "plain"], tmp_path / "c.csv")
+    row = next(csv.DictReader(open(tmp_path / "c.csv")))
+    assert float(row["nuclei_per_mm2_tissue"]) == pytest.approx(plain.nuclei / plain.tissue_mm2, rel=1e-5)
+    img, _ = synthetic_he(300, 200, seed=3)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    whole = run_slide(tmp_path / "img.png", tmp_path / "whole", RunOptions(mpp=0.25, tissue_mask=False, progress=False),
+                      log=lambda *_: None)
+    assert whole.tissue_mm2 == pytest.approx(300 * 200 * (0.25 / 1000) ** 2, rel=1e-9)

@@ -263,7 +263,8 @@ def test_the_dsa_cli_runs_an_roi_with_slide_statistics(pyramid_slide, tmp_path, 
 
     slide = pyramid_slide[0]
     roi = (333, 217, 900, 700)
-    common = {"analysis_tile_size": 512, "tile_overlap_value": 128, "min_fgnd_frac": 0.0, "score_cut": 0.5,
+    common = {"analysis_tile_size": 512, "min_fgnd_frac": 0.0,  # Tile Overlap at its default: 128 with slide statistics
+              "score_cut": 0.5,
               "device": "cpu", "scheduler": "", "num_workers": 0, "mpp": -1, "norm_statistics": "slide",
               "inputImageFile": slide}
     docs = {}
@@ -285,3 +286,31 @@ def test_the_dsa_cli_runs_an_roi_with_slide_statistics(pyramid_slide, tmp_path, 
     assert len(part) > 5 and abs(len(part) - len(inside)) <= 1
     nearest = np.sqrt(((part[:, None, :] - whole[None, :, :]) ** 2).sum(-1)).min(1)
     assert (nearest <= 1.0).mean() >= 0.99
+
+
+def test_an_overlap_left_out_follows_the_normalisation_statistics():
+    # the library, the command and the DSA form share one rule: 64 with each tile's statistics, 128 with the slide's
+    from wsinuclei.pipeline.options import DEFAULT_OVERLAP
+
+    assert DEFAULT_OVERLAP == {"tile": 64, "slide": 128}
+    assert RunOptions().validate().overlap == 64
+    assert RunOptions(norm_statistics="slide").validate().overlap == 128
+    assert RunOptions(norm_statistics="slide", overlap=96).validate().overlap == 96
+    assert RunOptions(overlap=0).validate().overlap == 0
+
+
+def test_the_dsa_form_default_overlap_follows_the_normalisation_statistics(tmp_path):
+    # as slicer_cli_web invokes it: the Tile Overlap parameter left at its XML default (-1)
+    from test_dsa import slicer_cli_web_args
+    from wsinuclei.dsa import xml_path
+    from wsinuclei.dsa.NucleiDetection.NucleiDetection import _parser, run_options
+
+    def overlap(**values):
+        base = {"inputImageFile": tmp_path / "slide.svs", "outputNucleiAnnotationFile": tmp_path / "o.anot"}
+        return run_options(_parser().parse_args(slicer_cli_web_args(xml_path("NucleiDetection"), {**base, **values}))).overlap
+
+    assert overlap() == 64
+    assert overlap(norm_statistics="slide") == 128
+    assert overlap(norm_statistics="slide", tile_overlap_value=96) == 96
+    with pytest.raises(WsinucleiError, match="overlap"):
+        overlap(tile_overlap_value=-2)

@@ -3,6 +3,11 @@ from a Digital Slide Archive annotation, checked against counts computed here by
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +151,8 @@ def test_cohort_gathers_three_runs_and_their_regions(run_dir, tmp_path, capsys):
         shutil.copytree(out, d)
         meta = json.loads((d / "s.run.json").read_text())
         meta.update(slide=f"/slides/s{k}.svs", nuclei=100 + k, model={"file": "/m/star_default.safetensors",
-                                                                        "sha1": "abc"}, wsinuclei="0.3.0")
+                                                                        "sha1": "abc"}, wsinuclei="0.3.0",
+                    tissue_mm2=0.1 * (k + 1))
         (d / "s.run.json").write_text(json.dumps(meta))
         runs.append(d)
     (tmp_path / "r.geojson").write_text(json.dumps({"type": "Feature", "properties": {"name": "A"},
@@ -164,6 +170,16 @@ def test_cohort_gathers_three_runs_and_their_regions(run_dir, tmp_path, capsys):
     counts = json.loads((out / "s.run.json").read_text())["nuclei_by_type"]
     assert int(rows[0]["nuclei_inflammatory"]) == counts["inflammatory"]
     assert float(rows[0]["fraction_inflammatory"]) == pytest.approx(counts["inflammatory"] / 100, rel=1e-5)
+    # densities per mm² of the run's tissue (run.json), slide by slide
+    for k, r in enumerate(r for r in rows if r["level"] == "slide"):
+        assert float(r["tissue_mm2"]) == pytest.approx(0.1 * (k + 1))
+        assert float(r["inflammatory_per_mm2_tissue"]) == pytest.approx(counts["inflammatory"] / (0.1 * (k + 1)))
+    # the plotting example of docs/regions.md runs on the table as written
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "regions.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "til_density.png" in b)
+    pytest.importorskip("pandas")
+    subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, check=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert (tmp_path / "til_density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     inside = (n["x"] <= 400) & (n["y"] <= 400)
     assert rows[2]["region"] == "A" and int(rows[2]["nuclei"]) == inside.sum()
     # the same slide twice is refused, as is a run with failed tiles

@@ -53,17 +53,11 @@ def _argv_for_argparse(argv: list[str]) -> list[str]:
     return out
 
 
-#: the overlap ``--norm-statistics slide`` runs at unless ``--overlap`` is given (BENCHMARKS.md: INT8 rounding turns
-#: context differences near a tile's edge into changed nuclei at 64 px; at 128 >= 99 % stay the same)
-SLIDE_STATISTICS_OVERLAP = 128
-
-
 def _run_options(args):
     from .pipeline import RunOptions
 
     return RunOptions(mpp=args.mpp, roi=args.roi, regions=getattr(args, "regions", None), tile_size=args.tile_size,
-                      overlap=args.overlap if args.overlap is not None else
-                      SLIDE_STATISTICS_OVERLAP if getattr(args, "norm_statistics", "tile") == "slide" else RunOptions.overlap,
+                      overlap=args.overlap,
                       min_tissue=args.min_tissue, tissue_mask=not args.no_tissue_mask,
                       native_resolution=not args.model_resolution, read_mpp=args.read_mpp, model=args.model, min_score=args.min_score, score_cut=args.score_cut,
                       device=args.device, backend=args.backend, norm_statistics=getattr(args, "norm_statistics", "tile"),

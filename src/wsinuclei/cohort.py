@@ -1,9 +1,10 @@
-"""One tidy table over a cohort of finished runs: a row per slide (its nuclei, per type, and per mm² of tissue
-where the run measured tissue per tile), then a row per region and region class where ``wsinuclei regions``
+"""One tidy table over a cohort of finished runs: a row per slide (its nuclei, per type, and per mm² of the
+tissue its tiles held), then a row per region and region class where ``wsinuclei regions``
 counted them, each row naming its slide, the model (file, hash) and the wsinuclei version that made it.
 
-Rows are read from each run's files (``NAME.run.json``, ``NAME.bag.parquet`` when the run had ``--features``,
-``NAME.regions.csv`` when it had regions); nothing is detected again.
+Rows are read from each run's files (``NAME.run.json``, with the run's tissue area; ``NAME.bag.parquet`` for the
+tissue of a run made before run.json recorded it; ``NAME.regions.csv`` when it had regions); nothing is detected
+again.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cohort_rows(run_dirs: list[str | Path]) -> list[dict]:
         common = {"slide": run.get("slide", ""), "name": run["name"], "model": Path(model.get("file", "")).name,
                   "model_sha1": model.get("sha1", ""), "wsinuclei": run.get("wsinuclei", ""), "mpp": mpp,
                   "score_cut": run.get("score_cut")}
-        tissue = _tissue_mm2(folder, run["name"], mpp)
+        tissue = run.get("tissue_mm2") or _tissue_mm2(folder, run["name"], mpp)  # the bag: a run made before run.json held it
         by_type = run.get("nuclei_by_type") or {}
         row = {**common, "level": "slide", "region": "", "class": "", "tiles_processed": run.get("tiles_processed"),
                "tiles_failed": run.get("tiles_failed", 0), "nuclei": run["nuclei"], "tissue_mm2": tissue,

@@ -176,7 +176,6 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
     columns = result_feature_columns(results)
     dim = embedding_dim(results)
     means = []
-    mpp = plan.ctx.mpp
     by_tile = {}
     tiles_kept = tile_of[keep]
     for key in np.unique(tiles_kept):
@@ -191,7 +190,7 @@ def write_bag_table(path: Path, plan, results: dict, tile_of, row_of, keep: np.n
         x0, y0, x1, y1 = plan.grid.clipped_core(t)
         frac = plan.tissue.get(t.key, (None, 0.0))[0]
         idx = by_tile.get(t.key, np.zeros(0, int))
-        tissue_mm2 = (x1 - x0) * (y1 - y0) * (mpp / 1000.0) ** 2 * (frac if frac else 1.0)
+        tissue_mm2 = plan.tile_tissue_mm2(t)
         for n, v in zip(rows, (t.key, x0, y0, x1, y1, frac, len(idx), len(idx) / tissue_mm2 if tissue_mm2 else np.nan)):
             rows[n].append(v)
         for k, n in enumerate(names):

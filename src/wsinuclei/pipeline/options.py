@@ -21,6 +21,11 @@ OPERATING_POINT = 0.5
 #: ``--norm-statistics``: where GroupNorm's statistics come from
 NORM_STATISTICS = ("tile", "slide")
 
+#: the tile overlap (model pixels) a run gets when none is given: 64 with each tile's own statistics, 128 with slide
+#: statistics (BENCHMARKS.md: INT8 rounding turns context differences near a tile's edge into changed nuclei at 64 px;
+#: at 128 >= 99 % stay the same across tilings)
+DEFAULT_OVERLAP = {"tile": 64, "slide": 128}
+
 PROFILE_FIELDS = ["tile", "x", "y", "tissue_fraction", "read_s", "tissue_s", "reinhard_s", "deconvolution_s",
                   "inference_s", "postprocess_s", "features_s", "nuclei", "worker", "attempts"]
 
@@ -31,7 +36,7 @@ class RunOptions:
     roi: tuple[int, int, int, int] | None = None  # x, y, w, h in base pixels
     regions: str | None = None  # a QuPath GeoJSON / DSA annotation file: only tiles touching its regions run
     tile_size: int = 1024
-    overlap: int = 64
+    overlap: int | None = None  # None: DEFAULT_OVERLAP for the run's norm_statistics (filled in by validate)
     min_tissue: float = 0.0  # a tile runs when its core holds more tissue than this (0: any tissue at all)
     tissue_mask: bool = True  # False: run every tile and keep every detection (images that are all tissue)
     native_resolution: bool = True  # slides inside the model's µm/px range run at their own resolution
@@ -79,9 +84,14 @@ class RunOptions:
     norm_statistics: str = "tile"
 
     def validate(self) -> "RunOptions":
+        """Every option in its range, and only executor/device combinations that work; one clear error each. An
+        overlap left at None becomes the default for the run's normalisation statistics (``DEFAULT_OVERLAP``)."""
         if self.regions is not None and self.roi is not None:
             raise WsinucleiError("--roi and --regions both say where to run: give one")
-        """Every option in its range, and only executor/device combinations that work; one clear error each."""
+        if self.norm_statistics not in NORM_STATISTICS:
+            raise WsinucleiError(f"--norm-statistics {self.norm_statistics}: expected one of {', '.join(NORM_STATISTICS)}")
+        if self.overlap is None:
+            self.overlap = DEFAULT_OVERLAP[self.norm_statistics]
         def integer(name, value, low, high):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
                 raise WsinucleiError(f"--{name} must be a whole number from {low} to {high}, got {value}")
@@ -142,8 +152,6 @@ class RunOptions:
                                  "is one tile (leave --batch-size at 1)")
         if self.backend not in BACKENDS:
             raise WsinucleiError(f"--backend {self.backend}: expected one of {', '.join(BACKENDS)}")
-        if self.norm_statistics not in NORM_STATISTICS:
-            raise WsinucleiError(f"--norm-statistics {self.norm_statistics}: expected one of {', '.join(NORM_STATISTICS)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise WsinucleiError(f"--device {self.device}: expected cpu, cuda or cuda:N")
         if self.device.startswith("cuda:") and (self.workers or self.scheduler):
@@ -218,6 +226,9 @@ class RunReport:
     tiles_resumed: int = 0
     tiles_failed: int = 0
     dropped_off_tissue: int = 0  # detections whose centre lay off the (grown) tissue mask
+    # the tissue in the cores of the tiles that ran, mm² (each core's area times its tissue fraction; the whole core
+    # without a tissue mask): what per-mm² densities of a slide divide by (wsinuclei cohort)
+    tissue_mm2: float | None = None
     wall_s: float = 0.0
     tiles_per_s: float = 0.0
     executor: str = ""

@@ -39,6 +39,7 @@ class SlidePlan:
     region_area: object = None  # and their union, made once when planning (prepared for many tests)
     outside_regions: int = 0  # tiles not run because their core touches no region
     norm_info: dict | None = None  # --norm-statistics slide: how the statistics were taken (run.json)
+    all_tissue: bool = False  # --no-tissue-mask: the user says every pixel is tissue (tile_tissue_mm2)
 
     @functools.cached_property
     def tissue_outline(self) -> np.ndarray:
@@ -46,6 +47,13 @@ class SlidePlan:
         pixels with a tissue pixel above, below or beside them (skimage's ``find_boundaries(mode="outer")`` on a
         binary mask, without its label-image machinery)."""
         return binary_dilation(self.mask, CROSS) & ~self.mask
+
+    def tile_tissue_mm2(self, t) -> float:
+        """The tissue in a tile's core (cut to the area the grid covers), in mm²: the core's area times its tissue
+        fraction, or the whole core where none was measured or the run says all is tissue (``--no-tissue-mask``)."""
+        x0, y0, x1, y1 = self.grid.clipped_core(t)
+        frac = None if self.all_tissue else self.tissue.get(t.key, (None, 0.0))[0]
+        return (x1 - x0) * (y1 - y0) * (self.ctx.mpp / 1000.0) ** 2 * (1.0 if frac is None else frac)
 
     def add_tissue(self, r: "TileResult") -> None:
         frac, secs = self.tissue.get(r.key, (None, 0.0))
@@ -167,7 +175,7 @@ def _plan(slide: Slide, path, opts: RunOptions, model_mpp: float, input_channels
                        tuple(opts.feature_families) if opts.features else None, backend=opts.backend,
                        embeddings=opts.embeddings, norm_stats=norm_stats, norm_key=norm_key or "")
     return SlidePlan(slide, ctx, grid, tiles, skipped, thumb, ds, mask, roi, tissue, lab_info, regions, area, outside,
-                     norm_info)
+                     norm_info, all_tissue=not opts.tissue_mask)
 
 
 #: ``--norm-statistics slide``: windows of the slide's tissue its statistics are measured on, and their size at

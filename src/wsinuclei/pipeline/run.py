@@ -392,6 +392,7 @@ def _write_results(plan: SlidePlan, opts: RunOptions, results: dict, out_dir: Pa
         areas = np.zeros(0)
     failed = sorted(k for k, r in results.items() if r.failed)
     report.candidates, report.tiles_failed = len(boxes), len(failed)
+    report.tissue_mm2 = round(sum(plan.tile_tissue_mm2(t) for t in plan.tiles), 6)
     report.nuclei = int((scores >= opts.score_cut).sum())
     if types is not None:
         report.nuclei_by_type = types.take(scores >= opts.score_cut).counts()

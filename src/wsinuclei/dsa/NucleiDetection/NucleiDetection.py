@@ -77,7 +77,7 @@ def run_options(args):
         workers = max(1, (os.cpu_count() or 1) + workers)
     params = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()}
     return RunOptions(mpp=None if args.mpp is None or args.mpp <= 0 else float(args.mpp), roi=roi,
-                      tile_size=int(args.analysis_tile_size), overlap=int(args.tile_overlap_value),
+                      tile_size=int(args.analysis_tile_size), overlap=None if int(args.tile_overlap_value) == -1 else int(args.tile_overlap_value),
                       min_tissue=float(args.min_fgnd_frac), model=args.model_file or getattr(args, "shipped_model", None) or None,
                       min_score=min(0.1, float(args.score_cut)), score_cut=float(args.score_cut),
                       device=args.device, workers=workers, norm_statistics=getattr(args, "norm_statistics", "tile"), scheduler=(args.scheduler or "").strip() or None,
