@@ -37,7 +37,7 @@ def per_tile(model: str, slide_path: str, n_tiles: int) -> dict:
 
     det = NucleusDetector.from_file(model)
     lm = det.loaded
-    plan = plan_slide(slide_path, RunOptions(progress=False), lm.mpp, lm.input_channels, lm.target_mu, lm.target_sigma,
+    plan = plan_slide(slide_path, RunOptions(progress=False).validate(), lm.mpp, lm.input_channels, lm.target_mu, lm.target_sigma,
                       model)
     tiles = sorted(plan.tiles, key=lambda t: -plan.tissue[t.key][0])[:n_tiles]
     rows = []

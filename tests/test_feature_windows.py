@@ -141,3 +141,39 @@ def test_tile_features_on_a_window_equal_the_whole_tile(families, tissue):
         np.testing.assert_allclose(got[name][pick], expected.astype(np.float32), rtol=1e-6, err_msg=name)
         assert np.isnan(got[name][~pick]).all()  # under the cut: no values
     assert got["Nucleus.Gradient.Canny.Sum"][np.isin(owned, measured)].sum() > 0
+
+
+def test_sda_to_uint8_is_the_formula_at_every_bucket_edge_and_on_every_colour():
+    """The bucketed conversion against the formula it replaces: each bucket's two ends and the doubles beside
+    them (where a truncation could change), values outside the table's range, and all 2^24 colours through
+    ``stain_images`` against the full deconvolution."""
+    def formula(d):
+        return stain.sda_to_rgb(d).clip(0, 255).astype(np.uint8)
+
+    n = int(stain._BUCKET_END * stain._BUCKETS_PER_UNIT)
+    edges = np.arange(n + 1) / stain._BUCKETS_PER_UNIT
+    d = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                        np.random.default_rng(0).uniform(-80, 400, 200_000), [-1e9, -0.0, 0.0, 223.125, 1e9]])
+    np.testing.assert_array_equal(stain.sda_to_uint8(d), formula(d))
+    assert (stain._bucket_table() == 256).mean() < 0.01  # the formula is the exception, not the rule
+    colours = np.arange(1 << 24, dtype=np.uint32)
+    for start in range(0, 1 << 24, 1 << 22):
+        c = colours[start:start + (1 << 22)]
+        rgb = np.stack([(c >> 16) & 255, (c >> 8) & 255, c & 255], -1).astype(np.uint8)[None]
+        want = stain.color_deconvolution(rgb, stain.STAIN_MATRIX_HE).Stains
+        np.testing.assert_array_equal(stain.stain_images(rgb, stain.STAIN_MATRIX_HE, (0, 1, 2)), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 40), (9, 9), (10, 10), (37, 23), (200, 3)])
+def test_the_bleed_over_division_equals_dividing_by_the_whole_divisor(shape):
+    from scipy import ndimage as ndi
+
+    from wsinuclei.features import edges
+
+    image = np.random.default_rng(1).uniform(0, 255, shape)
+    want = image / edges._bleed_over(shape)
+    got = image.copy()
+    edges._divide_by_bleed_over(got)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(edges._bleed_over(shape), ndi.gaussian_filter(np.ones(shape), **edges._GAUSS)
+                                  + np.finfo(np.float64).eps)

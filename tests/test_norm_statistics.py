@@ -299,6 +299,16 @@ def test_an_overlap_left_out_follows_the_normalisation_statistics():
     assert RunOptions(overlap=0).validate().overlap == 0
 
 
+def test_a_plan_from_options_never_validated_gets_the_default_overlap(tmp_path):
+    # plan_slide is public: a library caller's RunOptions reach it without validate()
+    from wsinuclei.pipeline import plan_slide
+
+    opts = RunOptions(progress=False)
+    plan = plan_slide(_slide(tmp_path), opts, 0.25, "rgb", [0, 0, 0], [1, 1, 1], None)
+    assert plan.grid.overlap == 64 and opts.overlap == 64
+    plan.slide.close()
+
+
 def test_the_dsa_form_default_overlap_follows_the_normalisation_statistics(tmp_path):
     # as slicer_cli_web invokes it: the Tile Overlap parameter left at its XML default (-1)
     from test_dsa import slicer_cli_web_args

@@ -41,21 +41,39 @@ _GAUSS = dict(sigma=1, mode="constant", cval=0.0, truncate=4.0)
 _RADIUS = 4
 
 
+def _nearness(n: int) -> tuple[np.ndarray, int]:
+    """For each of n pixels along an axis, which pixel of a (2 * radius + 1)-long stand-in is as near (within the
+    radius) to each end as it is; and the stand-in's length (n itself when n is no longer)."""
+    if n <= 2 * _RADIUS + 1:
+        return np.arange(n), n
+    p = np.full(n, _RADIUS)
+    p[:_RADIUS] = np.arange(_RADIUS)
+    p[n - _RADIUS:] = np.arange(_RADIUS + 1, 2 * _RADIUS + 1)
+    return p, 2 * _RADIUS + 1
+
+
 def _bleed_over(shape: tuple[int, int]) -> np.ndarray:
     """``gaussian_filter(ones(shape)) + eps``, skimage's correction for the zeros outside the image, from a
     9x9 stand-in: a pixel's value depends only on how near (within the radius) it is to each edge, so every
     pixel reads the stand-in pixel that has the same nearness, and gets the same sums in the same order."""
-    def nearness(n):
-        if n <= 2 * _RADIUS + 1:
-            return np.arange(n), n
-        p = np.full(n, _RADIUS)
-        p[:_RADIUS] = np.arange(_RADIUS)
-        p[n - _RADIUS:] = np.arange(_RADIUS + 1, 2 * _RADIUS + 1)
-        return p, 2 * _RADIUS + 1
-
-    (pr, mr), (pc, mc) = nearness(shape[0]), nearness(shape[1])
+    (pr, mr), (pc, mc) = _nearness(shape[0]), _nearness(shape[1])
     small = ndi.gaussian_filter(np.ones((mr, mc)), **_GAUSS) + np.finfo(np.float64).eps
     return small[np.ix_(pr, pc)]
+
+
+def _divide_by_bleed_over(image: np.ndarray) -> None:
+    """``image /= _bleed_over(image.shape)`` in place, without making the whole divisor: rows more than the
+    radius from the top and bottom share one row of it, so only the border rows read the stand-in pixel by pixel
+    (the same divisor for every pixel, so the same quotients)."""
+    h, w = image.shape
+    (pr, mr), (pc, mc) = _nearness(h), _nearness(w)
+    small = ndi.gaussian_filter(np.ones((mr, mc)), **_GAUSS) + np.finfo(np.float64).eps
+    if h <= 2 * _RADIUS + 1:
+        image /= small[np.ix_(pr, pc)]
+        return
+    image[_RADIUS:h - _RADIUS] /= small[_RADIUS, pc][None, :]
+    for rows in (slice(0, _RADIUS), slice(h - _RADIUS, h)):
+        image[rows] /= small[np.ix_(pr[rows], pc)]
 
 
 def _suppressed_magnitude(image: np.ndarray) -> np.ndarray:
@@ -63,7 +81,7 @@ def _suppressed_magnitude(image: np.ndarray) -> np.ndarray:
     and above the low threshold, 0 elsewhere; the image's outside counts as zero (``constant`` mode, with
     skimage's bleed-over correction) and its outermost pixels are never edges."""
     smoothed = ndi.gaussian_filter(image, **_GAUSS)
-    smoothed /= _bleed_over(image.shape)
+    _divide_by_bleed_over(smoothed)
     jsobel = ndi.sobel(smoothed, axis=1)
     isobel = ndi.sobel(smoothed, axis=0)
     magnitude = isobel * isobel

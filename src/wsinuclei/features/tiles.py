@@ -35,6 +35,11 @@ def _window(labels: np.ndarray, margin: int) -> tuple[slice, slice]:
             slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)))
 
 
+def _channels(stains: np.ndarray) -> tuple[np.ndarray, ...]:
+    """An (H, W, C) uint8 stain stack as C contiguous float64 images (what Canny and the statistics read)."""
+    return tuple(np.ascontiguousarray(stains[..., c], dtype=np.float64) for c in range(stains.shape[-1]))
+
+
 def label_image(shape: tuple[int, int], boxes: np.ndarray, outlines: np.ndarray | None, order: np.ndarray) -> np.ndarray:
     """Nuclei ``order[k]`` painted with label k + 1, in that order (a later nucleus wins where two overlap):
     filled contours (``skimage.draw.polygon``'s pixels, all polygons in one pass: ``raster.fill_polygons``), or
@@ -77,13 +82,13 @@ def tile_features(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, outlin
     reach = reach_box(rows, cols, labels.shape)
     inner = (slice(rows.start - reach[0].start, rows.stop - reach[0].start),
              slice(cols.start - reach[1].start, cols.stop - reach[1].start))
-    stains = stain.stain_images(rgb[reach], stain.STAIN_MATRIX_HE, (0, 1)).astype(float)
+    stains = _channels(stain.stain_images(rgb[reach], stain.STAIN_MATRIX_HE, (0, 1)))
     edges = None
     if "gradient" in fams:
-        whole_stains = functools.cache(lambda: stain.stain_images(rgb, stain.STAIN_MATRIX_HE, (0, 1)).astype(float))
-        edges = tuple(canny_window(stains[..., c], rows, cols, labels.shape, lambda c=c: whole_stains()[..., c])
+        whole_stains = functools.cache(lambda: _channels(stain.stain_images(rgb, stain.STAIN_MATRIX_HE, (0, 1))))
+        edges = tuple(canny_window(stains[c], rows, cols, labels.shape, lambda c=c: whole_stains()[c])
                       for c in (0, 1))
-    f = compute_nuclei_features(labels[rows, cols], stains[inner + (0,)], stains[inner + (1,)], families=fams,
+    f = compute_nuclei_features(labels[rows, cols], stains[0][inner], stains[1][inner], families=fams,
                                 cyto_width=RING_WIDTH, edges=edges)
     for xs, ys in zip(IDENTIFIER_X, IDENTIFIER_Y):  # window -> tile pixels
         f[xs] = f[xs] + cols.start

@@ -71,6 +71,7 @@ def run_mpp(slide_mpp: float, model_mpp: float, mpp_range: tuple[float, float] |
 
 def plan_slide(path: str | Path, opts: RunOptions, model_mpp: float, input_channels: str, target_mu, target_sigma,
                model_path: str | None, mpp_range: tuple[float, float] | None = None) -> SlidePlan:
+    opts.validate()  # a library caller's options too: ranges checked, the overlap's default filled in
     slide = Slide(path, mpp=opts.mpp)
     try:
         if opts.read_mpp is not None:
