@@ -73,6 +73,16 @@ def test_xml_parses_with_ctk_cli_without_warnings(caplog):
         assert params[name].longflag == f"--{name}" and params[name].description
 
 
+def test_the_model_choices_are_the_packaged_star_models_default_first():
+    # the form's list is written by hand in the XML: it must name every packaged star model, and only those
+    from wsinuclei.checkpoint import DEFAULT_MODEL, shipped_models
+    from wsinuclei.dsa.ctk_adjustment import CLIModule
+
+    param = {p.name: p for p in CLIModule(str(xml_path("NucleiDetection"))).parameters()}["shipped_model"]
+    star = [m["name"] for m in shipped_models() if m["preset"].startswith("star")]
+    assert sorted(param.elements) == sorted(star) and param.default == DEFAULT_MODEL.stem == param.elements[0]
+
+
 def test_list_cli_and_xml_print_nothing_else():
     r = run_entry("--list_cli")
     assert r.returncode == 0 and json.loads(r.stdout) == json.loads(CLI_LIST.read_text())
