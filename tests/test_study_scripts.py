@@ -191,3 +191,35 @@ def test_cpu_machines_to_match_one_gpu_follow_the_measured_rates(random_model):
                     {"preset": "resnet101", "units": 18, "s_per_tile_median": 0.036}]}
     assert sst.architecture(str(random_model)) == ("fast", None)
     assert sst.gpu_seconds(gpu, "resnet101", 18) == 0.036 and sst.gpu_seconds(gpu, "resnet50", 6) is None
+
+
+def test_interpolated_weights_lie_between_the_two_models_and_keep_the_tuned_ones_extra(tmp_path):
+    """scripts/interpolate_weights.py: shared tensors are alpha * tuned + (1 - alpha) * start, a tensor only the
+    tuned model has (its type branch) is kept, and the tuned model's settings travel with it."""
+    import torch
+
+    from wsinuclei.checkpoint import load_model, save_model
+    from wsinuclei.models import build_detector, load_preset
+
+    def star(seed, types):
+        torch.manual_seed(seed)
+        cfg = load_preset("star")
+        if types:
+            cfg.star_head["n_types"] = 4
+        path = tmp_path / f"m{seed}.safetensors"
+        save_model(build_detector(cfg), cfg, path, target_mu=[8.6, -0.1, 0.04], target_sigma=[0.6, 0.1, 0.01],
+                   half=False)
+        return path
+
+    tuned, start = star(1, True), star(2, False)
+    out = tmp_path / "mix.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "interpolate_weights.py"), str(tuned), str(start), "--alpha", "0.25",
+                    "--out", str(out)], check=True, capture_output=True)
+    a, b, m = (load_model(p).model.state_dict() for p in (tuned, start, out))
+    only_tuned = [k for k in a if k not in b]
+    assert only_tuned and all(torch.equal(m[k], a[k]) for k in only_tuned)
+    shared = [k for k in a if k in b and a[k].is_floating_point()]
+    for k in shared:
+        torch.testing.assert_close(m[k], 0.25 * a[k].float() + 0.75 * b[k].float())
+    assert any(not torch.equal(a[k], b[k]) for k in shared)  # the two differ, so the mix is a real test
+    assert load_model(out).config.star_head.get("n_types") == 4
