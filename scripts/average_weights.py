@@ -17,10 +17,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
+def save_weights(loaded, state: dict, out, extra: dict) -> None:
+    """``loaded``'s network with ``state`` as its weights, written in float32 with the file's settings (preset,
+    colour target) and ``extra`` added to its record (also scripts/interpolate_weights.py)."""
+    from wsinuclei.checkpoint import save_model
+
+    loaded.model.load_state_dict(state)
+    save_model(loaded.model, loaded.config, out, target_mu=loaded.target_mu, target_sigma=loaded.target_sigma,
+               half=False, extra=extra)
+
+
 def main() -> int:
     import torch
 
-    from wsinuclei.checkpoint import load_model, save_model
+    from wsinuclei.checkpoint import load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="two or more model files of one preset")
@@ -41,10 +51,7 @@ def main() -> int:
             mean[key] = torch.stack([s[key].float() for s in states]).mean(0)
         else:  # counters and the like: the first file's
             mean[key] = value
-    first.model.load_state_dict(mean)
-    extra = {"averaged": list(args.models)}
-    save_model(first.model, first.config, args.out, target_mu=first.target_mu, target_sigma=first.target_sigma,
-               half=False, extra=extra)
+    save_weights(first, mean, args.out, {"averaged": list(args.models)})
     print(f"wrote {args.out}: mean of {len(args.models)} models")
     return 0
 

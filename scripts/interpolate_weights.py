@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from average_weights import save_weights  # noqa: E402
 
 
 def main() -> int:
-    from wsinuclei.checkpoint import load_model, save_model
+    from wsinuclei.checkpoint import load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("fine_tuned", help="the fine-tuned model file (its settings and extra parts are kept)")
@@ -41,10 +43,8 @@ def main() -> int:
     if not shared:
         print(f"error: {args.fine_tuned} and {args.start} share no parameters", file=sys.stderr)
         return 2
-    tuned.model.load_state_dict(mixed)
-    extra = {"interpolated": {"fine_tuned": args.fine_tuned, "start": args.start, "alpha": args.alpha}}
-    save_model(tuned.model, tuned.config, args.out, target_mu=tuned.target_mu, target_sigma=tuned.target_sigma,
-               half=False, extra=extra)
+    save_weights(tuned, mixed, args.out,
+                 {"interpolated": {"fine_tuned": args.fine_tuned, "start": args.start, "alpha": args.alpha}})
     print(f"wrote {args.out}: {shared} of {len(a)} tensors interpolated at alpha {args.alpha:g}")
     return 0
 

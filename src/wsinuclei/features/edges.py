@@ -52,12 +52,18 @@ def _nearness(n: int) -> tuple[np.ndarray, int]:
     return p, 2 * _RADIUS + 1
 
 
+def _stand_in(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's and column's pixel in the stand-in (:func:`_nearness`) and the stand-in itself:
+    ``gaussian_filter`` of ones the stand-in's size, plus eps."""
+    (pr, mr), (pc, mc) = _nearness(shape[0]), _nearness(shape[1])
+    return pr, pc, ndi.gaussian_filter(np.ones((mr, mc)), **_GAUSS) + np.finfo(np.float64).eps
+
+
 def _bleed_over(shape: tuple[int, int]) -> np.ndarray:
     """``gaussian_filter(ones(shape)) + eps``, skimage's correction for the zeros outside the image, from a
     9x9 stand-in: a pixel's value depends only on how near (within the radius) it is to each edge, so every
     pixel reads the stand-in pixel that has the same nearness, and gets the same sums in the same order."""
-    (pr, mr), (pc, mc) = _nearness(shape[0]), _nearness(shape[1])
-    small = ndi.gaussian_filter(np.ones((mr, mc)), **_GAUSS) + np.finfo(np.float64).eps
+    pr, pc, small = _stand_in(shape)
     return small[np.ix_(pr, pc)]
 
 
@@ -65,12 +71,11 @@ def _divide_by_bleed_over(image: np.ndarray) -> None:
     """``image /= _bleed_over(image.shape)`` in place, without making the whole divisor: rows more than the
     radius from the top and bottom share one row of it, so only the border rows read the stand-in pixel by pixel
     (the same divisor for every pixel, so the same quotients)."""
-    h, w = image.shape
-    (pr, mr), (pc, mc) = _nearness(h), _nearness(w)
-    small = ndi.gaussian_filter(np.ones((mr, mc)), **_GAUSS) + np.finfo(np.float64).eps
+    h = image.shape[0]
     if h <= 2 * _RADIUS + 1:
-        image /= small[np.ix_(pr, pc)]
+        image /= _bleed_over(image.shape)
         return
+    pr, pc, small = _stand_in(image.shape)
     image[_RADIUS:h - _RADIUS] /= small[_RADIUS, pc][None, :]
     for rows in (slice(0, _RADIUS), slice(h - _RADIUS, h)):
         image[rows] /= small[np.ix_(pr[rows], pc)]
